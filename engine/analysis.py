@@ -1,0 +1,128 @@
+"""The one analyzer: text -> index terms, shared by indexing and querying.
+
+The default reproduces Lucene's EnglishAnalyzer as Anserini uses it: Unicode (UAX #29) word-break tokenization as
+in StandardTokenizer, English possessive removal, lower-casing, Lucene's English stop set, Porter stemming. The
+settings travel in the index manifest so that queries are always analyzed as their index was.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+import Stemmer
+
+from engine.errors import SiftError
+
+# Lucene's EnglishAnalyzer.ENGLISH_STOP_WORDS_SET.
+LUCENE_ENGLISH_STOP_WORDS = (
+    *("a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not"),
+    *("of", "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was"),
+    *("will", "with"),
+)
+
+# Ideographs and Hiragana are single-character tokens in UAX #29; everything else in \w joins into words.
+_IDEOGRAPHIC = "\u3040-\u309f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_WORD = rf"[^\W{_IDEOGRAPHIC}]"
+_LETTER = rf"[^\W\d_{_IDEOGRAPHIC}]"
+# UAX #29 word-break classes that may sit inside a word: MidLetter between letters, MidNum between digits, and
+# MidNumLet / Single_Quote between either.
+_MID_LETTER = ":\u00b7\u0387\u055f\u05f4\u2027\ufe13\ufe55\uff1a"
+_MID_NUM = ",;\u037e\u0589\u060c\u060d\u066c\u07f8\u2044\ufe10\ufe14\ufe50\ufe54\uff0c\uff1b"
+_MID_NUM_LET = ".'\u2018\u2019\u2024\ufe52\uff07\uff0e"
+_STANDARD_TOKEN = re.compile(
+    rf"[{_IDEOGRAPHIC}]"
+    rf"|{_WORD}+(?:(?<={_LETTER})[{_MID_LETTER}{_MID_NUM_LET}](?={_LETTER}){_WORD}+"
+    rf"|(?<=\d)[{_MID_NUM}{_MID_NUM_LET}](?=\d){_WORD}+)*"
+)
+_WHITESPACE_TOKEN = re.compile(r"\S+")
+MAX_TOKEN_LENGTH = 255  # StandardTokenizer's default; longer tokens are cut into pieces of this length
+_POSSESSIVE_SUFFIXES = ("'s", "\u2019s", "\uff07s")
+
+
+class AnalyzerError(SiftError, ValueError):
+    """An analyzer configuration that cannot be built."""
+
+
+@dataclass(frozen=True)
+class AnalyzerConfig:
+    """How text becomes terms; stored in the manifest, so it must stay JSON-serializable."""
+
+    tokenizer: str = "standard"  # "standard" (UAX #29, as Lucene) or "whitespace" (pre-tokenized text)
+    lowercase: bool = True
+    possessives: bool = True  # strip English "'s" as Lucene's EnglishPossessiveFilter
+    stopwords: tuple[str, ...] | None = field(default=None)  # None: Lucene's English set; () for none
+    stemmer: str | None = "porter"  # a PyStemmer algorithm name, or None
+    min_stem_length: int = 3  # Lucene's PorterStemmer leaves words of one or two characters alone
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["stopwords"] = list(self.stop_set())
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AnalyzerConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if known.get("stopwords") is not None:
+            known["stopwords"] = tuple(known["stopwords"])
+        return cls(**known)
+
+    def stop_set(self) -> tuple[str, ...]:
+        return tuple(sorted(LUCENE_ENGLISH_STOP_WORDS if self.stopwords is None else self.stopwords))
+
+
+class Analyzer:
+    """Turns text into a list of index terms."""
+
+    def __init__(self, config: AnalyzerConfig | None = None) -> None:
+        self.config = config or AnalyzerConfig()
+        if self.config.tokenizer == "standard":
+            self._pattern = _STANDARD_TOKEN
+        elif self.config.tokenizer == "whitespace":
+            self._pattern = _WHITESPACE_TOKEN
+        else:
+            raise AnalyzerError(f"unknown tokenizer {self.config.tokenizer!r}; choose 'standard' or 'whitespace'")
+        self._stop = frozenset(self.config.stop_set())
+        self._stem = _stemmer(self.config.stemmer) if self.config.stemmer else None
+        self._stem_cache: dict[str, str] = {}  # PyStemmer objects are not thread-safe: one per analyzer
+
+    def tokenize(self, text: str) -> list[str]:
+        """Surface tokens before filtering (also used to cut passages on token boundaries)."""
+        tokens = self._pattern.findall(text)
+        if any(len(t) > MAX_TOKEN_LENGTH for t in tokens):
+            tokens = [t[i : i + MAX_TOKEN_LENGTH] for t in tokens for i in range(0, len(t), MAX_TOKEN_LENGTH)]
+        return tokens
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in self._pattern.finditer(text)]
+
+    def analyze(self, text: str) -> list[str]:
+        terms = self.tokenize(text)
+        if self.config.possessives:
+            terms = [t[:-2] if t[-2:].lower() in _POSSESSIVE_SUFFIXES else t for t in terms]
+        if self.config.lowercase:
+            terms = [t.lower() for t in terms]
+        stop = self._stop
+        terms = [t for t in terms if t and t not in stop]
+        if self._stem is not None:
+            terms = self._stem_all(terms)
+        return terms
+
+    def _stem_all(self, terms: list[str]) -> list[str]:
+        cache = self._stem_cache
+        missing = [t for t in set(terms) if t not in cache]
+        if missing:
+            if len(cache) > 1_000_000:
+                cache.clear()
+            shortest = self.config.min_stem_length
+            long_words = [t for t in missing if len(t) >= shortest]
+            cache.update(zip(long_words, self._stem.stemWords(long_words)))
+            cache.update((t, t) for t in missing if len(t) < shortest)
+        return [cache[t] for t in terms]
+
+
+def _stemmer(name: str) -> Stemmer.Stemmer:
+    try:
+        return Stemmer.Stemmer(name)
+    except KeyError:
+        raise AnalyzerError(f"unknown stemmer {name!r}; choose one of: {', '.join(Stemmer.algorithms())}") from None

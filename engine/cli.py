@@ -1,0 +1,373 @@
+"""The `sift` command line: index, search, eval, compare, info, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from engine.errors import SiftError
+
+EXIT_ERROR = 1
+
+PIPELINES = ("bm25",)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_bm25_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--k1", type=float, help="BM25 k1 (default: the index's, 0.9 unless set at index time)")
+    parser.add_argument("--b", type=float, help="BM25 b (default: the index's, 0.4 unless set at index time)")
+
+
+def _bm25_params(index, args):
+    from engine.sparse import BM25Params
+
+    defaults = index.default_params
+    return BM25Params(
+        k1=defaults.k1 if args.k1 is None else args.k1,
+        b=defaults.b if args.b is None else args.b,
+        length_norm=defaults.length_norm,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sift",
+        description="Sift: build BM25 indexes from a corpus, search them, and evaluate runs.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    index = commands.add_parser(
+        "index",
+        help="build an index from a corpus",
+        description="Build an inverted index from CORPUS into INDEX_DIR and commit it atomically. A failed or "
+        "interrupted run leaves INDEX_DIR as it was.",
+    )
+    index.add_argument("corpus", metavar="CORPUS", help="a BEIR folder, or a .jsonl[.gz], .tsv[.gz] or TREC file")
+    index.add_argument("index_dir", metavar="INDEX_DIR")
+    index.add_argument("--overwrite", action="store_true", help="replace an index already in INDEX_DIR")
+    index.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
+    index.add_argument("--format", choices=("beir", "jsonl", "tsv", "trec"), help="default: detected from CORPUS")
+    index.add_argument("--id-field", help="JSONL id field (default: the first of _id, id, docid, doc_id, docno)")
+    index.add_argument(
+        "--text-fields", default="title,text", help="JSONL fields indexed, comma-separated (default: title,text)"
+    )
+    index.add_argument(
+        "--passage-window", type=int, default=0, metavar="TOKENS", help="split documents longer than this (0: never)"
+    )
+    index.add_argument("--passage-stride", type=int, default=0, metavar="TOKENS", help="default: the window")
+    index.add_argument("--memory-mb", type=_positive_int, default=512, help="flush a segment beyond this (512)")
+    index.add_argument(
+        "--tokenizer", choices=("standard", "whitespace"), default="standard", help="standard: Unicode word breaks"
+    )
+    index.add_argument("--stemmer", default="porter", help="a Snowball algorithm (porter, english, ...) or none")
+    index.add_argument(
+        "--stopwords", default="lucene", help="lucene (English), none, or a file with one stop word a line"
+    )
+    index.add_argument("--no-lowercase", action="store_true", help="keep case")
+    _add_bm25_options(index)
+    index.add_argument("--json", action="store_true", help="print the build report as one JSON line")
+    index.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    search = commands.add_parser("search", help="search an index", description="BM25 search of INDEX_DIR.")
+    search.add_argument("index_dir", metavar="INDEX_DIR")
+    search.add_argument("query", metavar="QUERY")
+    search.add_argument("-k", type=_positive_int, default=10, help="results to return (10)")
+    search.add_argument("--documents", action="store_true", help="rank documents by their best passage")
+    search.add_argument("--text", action="store_true", help="include each result's stored text")
+    _add_bm25_options(search)
+    search.add_argument("--json", action="store_true", help="print one JSON object")
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate an index on judged queries",
+        description="Run every query against INDEX_DIR and report nDCG@10, RR@10, R@100, R@1000 and AP with "
+        "trec_eval semantics. Split indexes are evaluated as documents ranked by their best passage.",
+    )
+    evaluate.add_argument("index_dir", metavar="INDEX_DIR")
+    evaluate.add_argument("--queries", required=True, help="qid<TAB>text per line")
+    evaluate.add_argument("--qrels", required=True, help="TREC qrels: qid 0 docid grade")
+    evaluate.add_argument("--pipeline", default="bm25", help="retrieval pipeline (bm25)")
+    evaluate.add_argument("--run", metavar="OUT.trec", help="write the TREC run file here")
+    evaluate.add_argument("--baseline", metavar="RUN.trec", help="paired t-test against this run")
+    evaluate.add_argument("-k", "--depth", type=_positive_int, default=1000, help="results per query (1000)")
+    evaluate.add_argument("--threads", type=_positive_int, help="search threads (default: all cores)")
+    _add_bm25_options(evaluate)
+    evaluate.add_argument("--json", action="store_true", help="last line: one JSON object of the measures")
+
+    comparison = commands.add_parser(
+        "compare", help="paired t-test between two runs", description="Compare two TREC runs on the same qrels."
+    )
+    comparison.add_argument("run_a", metavar="RUN_A")
+    comparison.add_argument("run_b", metavar="RUN_B")
+    comparison.add_argument("--qrels", required=True)
+    comparison.add_argument("--json", action="store_true")
+
+    info = commands.add_parser("info", help="describe an index")
+    info.add_argument("index_dir", metavar="INDEX_DIR")
+    info.add_argument("--json", action="store_true")
+
+    demo = commands.add_parser(
+        "demo",
+        help="index the Python standard library's docstrings and search them",
+        description="End to end on a corpus every machine has: write the demo corpus, index it, run queries.",
+    )
+    demo.add_argument("--dir", default="demo", help="where the corpus and index go (./demo)")
+    demo.add_argument("queries", nargs="*", metavar="QUERY", help="queries to run (a few examples by default)")
+    return parser
+
+
+def _cmd_index(args) -> int:
+    from engine.analysis import AnalyzerConfig
+    from engine.sparse import BM25Params
+    from indexers.corpus import CorpusReader, open_source
+    from indexers.inverted import BuildOptions, build_index
+
+    text_fields = tuple(f.strip() for f in args.text_fields.split(",") if f.strip())
+    source = open_source(args.corpus, args.format, id_field=args.id_field, text_fields=text_fields)
+    if args.stopwords == "lucene":
+        stopwords = None
+    elif args.stopwords == "none":
+        stopwords = ()
+    else:
+        stopwords = tuple(w.strip() for w in Path(args.stopwords).read_text(encoding="utf-8").split() if w.strip())
+    options = BuildOptions(
+        analyzer=AnalyzerConfig(
+            tokenizer=args.tokenizer,
+            lowercase=not args.no_lowercase,
+            stopwords=stopwords,
+            stemmer=None if args.stemmer == "none" else args.stemmer,
+        ),
+        bm25=BM25Params(k1=0.9 if args.k1 is None else args.k1, b=0.4 if args.b is None else args.b),
+        passage_window=args.passage_window,
+        passage_stride=args.passage_stride,
+        memory_mb=args.memory_mb,
+        overwrite=args.overwrite,
+    )
+    reader = CorpusReader(source, skip_bad=args.skip_bad)
+    progress = _Progress(source.size_bytes, reader, enabled=not args.quiet)
+    with progress:
+        report = build_index(
+            reader,
+            args.index_dir,
+            options,
+            source={"path": str(source.path), "format": source.format},
+            on_progress=progress.update,
+        )
+    summary = {**report.to_dict(), **reader.skipped.to_dict()}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"indexed {report.documents:,} documents ({report.passages:,} passages) into {report.index_dir} "
+            f"in {report.seconds:.1f}s ({summary['documents_per_second']:,} docs/s), generation {report.generation}"
+        )
+        if reader.skipped.total:
+            print(f"skipped {reader.skipped.total:,} bad records: {dict(reader.skipped.counts)}")
+            for example in reader.skipped.examples:
+                print(f"  {example}")
+    return 0
+
+
+class _Progress:
+    """A progress bar over the corpus bytes read (so the ETA is real), showing documents per second."""
+
+    def __init__(self, total_bytes: int, reader, enabled: bool) -> None:
+        self.reader = reader
+        self.enabled = enabled
+        self.bar = None
+        self.total = total_bytes
+        self._last = 0.0
+        self._start = time.perf_counter()
+
+    def __enter__(self):
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, desc="indexing", file=sys.stderr)
+        return self
+
+    def update(self, documents: int) -> None:
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        if now - self._last > 0.25:
+            self._last = now
+            self.bar.n = min(self.reader.bytes_read, self.total)
+            rate = documents / max(now - self._start, 1e-9)
+            self.bar.set_postfix_str(f"{documents:,} docs, {rate:,.0f} docs/s", refresh=False)
+            self.bar.refresh()
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            if exc[0] is None:
+                self.bar.n = self.total
+                self.bar.refresh()
+            self.bar.close()
+
+
+def _cmd_search(args) -> int:
+    from engine.index import open_index
+
+    index = open_index(args.index_dir)
+    started = time.perf_counter()
+    hits = index.search(args.query, args.k, _bm25_params(index, args), documents=args.documents)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    results = []
+    for hit in hits:
+        item = hit.to_dict()
+        if args.text:
+            record = index.fetch(hit.passage)
+            item["title"], item["text"] = record.get("title", ""), record.get("text", "")
+        results.append(item)
+    if args.json:
+        print(json.dumps({"query": args.query, "k": args.k, "took_ms": round(elapsed_ms, 3), "results": results}))
+        return 0
+    if not hits:
+        print("no results")
+    for hit, item in zip(hits, results):
+        print(f"{hit.rank:>4}  {hit.score:9.4f}  {hit.id}")
+        if args.text:
+            print(f"      {_snippet(item['title'] + ' ' + item['text'])}")
+    return 0
+
+
+def _snippet(text: str, width: int = 110) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _cmd_eval(args) -> int:
+    from engine.evaluation import compare, evaluate, read_run, write_run
+    from engine.index import open_index
+    from indexers.corpus import read_qrels, read_queries
+
+    if args.pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {args.pipeline!r}; available: {', '.join(PIPELINES)}")
+    index = open_index(args.index_dir)
+    queries = read_queries(args.queries)
+    qrels = read_qrels(args.qrels)
+    params = _bm25_params(index, args)
+    started = time.perf_counter()
+    results = index.batch_search(
+        [text for _, text in queries], args.depth, params, documents=index.split_passages, threads=args.threads
+    )
+    seconds = time.perf_counter() - started
+    run = {qid: {hit.id: hit.score for hit in hits} for (qid, _), hits in zip(queries, results)}
+    if args.run:
+        write_run(args.run, run, tag=f"sift-{args.pipeline}")
+    evaluation = evaluate(run, qrels)
+    report = {
+        **evaluation.to_dict(),
+        "pipeline": args.pipeline,
+        "k1": params.k1,
+        "b": params.b,
+        "search_seconds": round(seconds, 3),
+    }
+    if args.baseline:
+        report["baseline"] = compare(evaluate(read_run(args.baseline), qrels), evaluation).to_dict()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for name, value in evaluation.to_dict().items():
+            print(f"{name:<10} {value}")
+        if args.baseline:
+            b = report["baseline"]
+            print(f"vs baseline: nDCG@10 {b['a']} -> {b['b']} (delta {b['delta']:+}, p = {b['p_value']})")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from engine.evaluation import MEASURES, compare, evaluate, read_run
+    from indexers.corpus import read_qrels
+
+    qrels = read_qrels(args.qrels)
+    a, b = evaluate(read_run(args.run_a), qrels), evaluate(read_run(args.run_b), qrels)
+    rows = [compare(a, b, m).to_dict() for m in MEASURES]
+    if args.json:
+        print(json.dumps({"a": args.run_a, "b": args.run_b, "comparisons": rows}))
+        return 0
+    print(f"{'measure':<10} {'A':>8} {'B':>8} {'delta':>8} {'p':>10}")
+    for row in rows:
+        print(f"{row['measure']:<10} {row['a']:>8} {row['b']:>8} {row['delta']:>+8} {row['p_value']!s:>10}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from engine.index import open_index
+
+    index = open_index(args.index_dir)
+    size = sum(f.stat().st_size for f in Path(args.index_dir).rglob("*") if f.is_file())
+    info = {**index.stats(), "bytes": size, "analyzer": index.manifest["analyzer"], "bm25": index.manifest["bm25"]}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for key, value in info.items():
+            print(f"{key:<18} {value}")
+    return 0
+
+
+DEMO_QUERIES = ("read a file line by line", "parse command line arguments", "compress data with gzip")
+
+
+def _cmd_demo(args) -> int:
+    from engine.index import open_index
+    from indexers.corpus import CorpusReader, open_source
+    from indexers.inverted import BuildOptions, build_index
+    from tools.demo_corpus import write_demo_corpus
+
+    directory = Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    corpus = directory / "stdlib-docstrings.jsonl"
+    count = write_demo_corpus(corpus)
+    print(f"wrote {count:,} standard-library docstrings to {corpus}")
+    reader = CorpusReader(open_source(corpus))
+    progress = _Progress(corpus.stat().st_size, reader, enabled=True)
+    with progress:
+        report = build_index(reader, directory / "index", BuildOptions(overwrite=True), on_progress=progress.update)
+    print(f"indexed {report.documents:,} documents in {report.seconds:.1f}s into {report.index_dir}")
+    index = open_index(report.index_dir)
+    for query in args.queries or DEMO_QUERIES:
+        print(f"\nquery: {query}")
+        for hit in index.search(query, 3):
+            print(f"{hit.rank:>4}  {hit.score:7.3f}  {hit.id}")
+            print(f"      {_snippet(index.fetch(hit.passage)['text'], 100)}")
+    print(f'\ntry: sift search {report.index_dir} "your query" --text')
+    return 0
+
+
+COMMANDS = {
+    "index": _cmd_index,
+    "search": _cmd_search,
+    "eval": _cmd_eval,
+    "compare": _cmd_compare,
+    "info": _cmd_info,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("sift: interrupted; nothing was committed", file=sys.stderr)
+        return 130
+    except (SiftError, ValueError, OSError) as error:
+        if os.environ.get("SIFT_DEBUG"):
+            raise
+        print(f"sift: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""The on-disk index format: manifest, immutable segments, memory-mapped arrays, document store, atomic commit.
+
+An index is a directory holding ``manifest.json`` and segment folders. Segments are written once, fsynced, and
+never changed; a commit writes the next manifest under a temporary name, fsyncs it and renames it into place, so a
+reader sees either the previous generation or the next one, never a half-written state. Folders not named by the
+manifest (a crashed build's staging area, segments of an older generation) are garbage that the next writer removes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+from engine.errors import SiftError
+
+FORMAT_NAME = "sift-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = "write.lock"
+STAGING_PREFIX = ".staging-"
+SEGMENT_PREFIX = "seg_"
+BLOCK_SIZE = 128  # postings per block of score maxima
+STORE_BLOCK = 32  # passages per compressed document-store block
+_MERGE_CHUNK = 1 << 23  # postings handled at once while merging or computing block maxima
+
+
+class IndexFormatError(SiftError):
+    """The directory is not a readable Sift index (missing, damaged or of another format version)."""
+
+
+class IndexLockedError(SiftError):
+    """Another process is writing to the index."""
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_array(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def open_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError:  # an empty array cannot be memory-mapped
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise IndexFormatError(f"{path}: missing index file; the index is damaged") from None
+
+
+def write_json(path: Path, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --- string tables -------------------------------------------------------------------------------------------------
+
+
+def write_strings(directory: Path, name: str, strings: Sequence[str]) -> None:
+    """Strings as one UTF-8 blob plus offsets: memory-mapped, no load cost on open."""
+    encoded = [s.encode("utf-8") for s in strings]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    with open(directory / f"{name}.blob", "wb") as f:
+        f.write(b"".join(encoded))
+        f.flush()
+        os.fsync(f.fileno())
+    write_array(directory / f"{name}.offsets.npy", offsets)
+
+
+class StringTable(Sequence[str]):
+    def __init__(self, directory: Path, name: str) -> None:
+        self._offsets = open_array(directory / f"{name}.offsets.npy")
+        blob_path = directory / f"{name}.blob"
+        if not blob_path.exists():
+            raise IndexFormatError(f"{blob_path}: missing index file; the index is damaged")
+        self._blob = np.memmap(blob_path, mode="r") if blob_path.stat().st_size else np.zeros(0, np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self._blob[self._offsets[i] : self._offsets[i + 1]].tobytes().decode("utf-8")
+
+    def find(self, key: str) -> int:
+        """Index of key in a sorted table (sorted by UTF-8 bytes), or -1."""
+        target = key.encode("utf-8")
+        lo, hi = 0, len(self)
+        offsets, blob = self._offsets, self._blob
+        while lo < hi:
+            mid = (lo + hi) // 2
+            probe = blob[offsets[mid] : offsets[mid + 1]].tobytes()
+            if probe < target:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(self) and blob[offsets[lo] : offsets[lo + 1]].tobytes() == target:
+            return lo
+        return -1
+
+
+def sort_terms(terms: Iterable[str]) -> list[str]:
+    """Sorted by UTF-8 bytes, the order StringTable.find expects."""
+    return sorted(terms, key=lambda t: t.encode("utf-8"))
+
+
+# --- document store ------------------------------------------------------------------------------------------------
+
+
+class DocStoreWriter:
+    """Appends passage records (JSON objects) in zstandard-compressed blocks with an offset table."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._file = open(directory / "store.zst", "wb")
+        self._compressor = zstandard.ZstdCompressor(level=3)
+        self._pending: list[bytes] = []
+        self._offsets = [0]
+
+    def add(self, record: dict) -> None:
+        self._pending.append(json.dumps(record, ensure_ascii=False).encode("utf-8"))
+        if len(self._pending) == STORE_BLOCK:
+            self._write_block()
+
+    @property
+    def aligned(self) -> bool:
+        return not self._pending
+
+    def add_raw_blocks(self, blob: bytes, offsets: np.ndarray) -> None:
+        """Appends whole compressed blocks of another store (used by merges; no recompression)."""
+        if self._pending:
+            raise ValueError("raw blocks can only be appended on a block boundary")
+        self._file.write(blob)
+        base = self._offsets[-1]
+        self._offsets.extend(int(base + o) for o in offsets[1:])
+
+    def _write_block(self) -> None:
+        block = self._compressor.compress(b"\n".join(self._pending))
+        self._file.write(block)
+        self._offsets.append(self._offsets[-1] + len(block))
+        self._pending = []
+
+    def close(self) -> None:
+        if self._pending:
+            self._write_block()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        write_array(self._directory / "store.offsets.npy", np.asarray(self._offsets, dtype=np.int64))
+
+
+class DocStore:
+    """O(1) access to a passage record by its number within a segment: one block read and decompressed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.offsets = open_array(directory / "store.offsets.npy")
+        path = directory / "store.zst"
+        self.blob = np.memmap(path, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
+        self._cached_block: tuple[int, list[bytes]] = (-1, [])
+
+    def __getitem__(self, passage: int) -> dict:
+        block, within = divmod(passage, STORE_BLOCK)
+        cached_id, lines = self._cached_block
+        if cached_id != block:
+            raw = self.blob[self.offsets[block] : self.offsets[block + 1]].tobytes()
+            lines = zstandard.ZstdDecompressor().decompress(raw).split(b"\n")
+            self._cached_block = (block, lines)
+        return json.loads(lines[within])
+
+
+# --- segments ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PostingBlocks:
+    """Per-block maxima: any BM25 (any k1, b, statistics) of a block is bounded by max tf at min length."""
+
+    offsets: np.ndarray  # int64 [terms + 1]: a term's blocks are offsets[t]:offsets[t+1]
+    max_tf: np.ndarray  # uint32 [blocks]
+    min_length: np.ndarray  # uint32 [blocks]
+    last_doc: np.ndarray  # uint32 [blocks]: the last passage of the block, for skipping
+
+
+def compute_blocks(docs: np.ndarray, tfs: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> PostingBlocks:
+    dfs = np.diff(offsets)
+    per_term = (dfs + BLOCK_SIZE - 1) // BLOCK_SIZE
+    block_offsets = np.zeros(len(dfs) + 1, dtype=np.int64)
+    np.cumsum(per_term, out=block_offsets[1:])
+    total = int(block_offsets[-1])
+    max_tf = np.empty(total, dtype=np.uint32)
+    min_length = np.empty(total, dtype=np.uint32)
+    last_doc = np.empty(total, dtype=np.uint32)
+    for t0, t1 in _term_chunks(offsets):
+        p0, p1 = int(offsets[t0]), int(offsets[t1])
+        b0, b1 = int(block_offsets[t0]), int(block_offsets[t1])
+        if b0 == b1:
+            continue
+        counts = per_term[t0:t1]
+        first_block = np.repeat(block_offsets[t0:t1], counts)
+        starts = np.repeat(offsets[t0:t1], counts) + BLOCK_SIZE * (np.arange(b0, b1) - first_block) - p0
+        ends = np.append(starts[1:], p1 - p0)
+        chunk_docs = np.asarray(docs[p0:p1])
+        max_tf[b0:b1] = np.maximum.reduceat(np.asarray(tfs[p0:p1]), starts)
+        min_length[b0:b1] = np.minimum.reduceat(np.asarray(lengths)[chunk_docs], starts)
+        last_doc[b0:b1] = chunk_docs[ends - 1]
+    return PostingBlocks(block_offsets, max_tf, min_length, last_doc)
+
+
+def _term_chunks(offsets: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Consecutive term ranges holding about _MERGE_CHUNK postings each, so memory stays bounded."""
+    n_terms = len(offsets) - 1
+    t0 = 0
+    while t0 < n_terms:
+        t1 = int(np.searchsorted(offsets, offsets[t0] + _MERGE_CHUNK, side="right")) - 1
+        t1 = min(max(t1, t0 + 1), n_terms)
+        yield t0, t1
+        t0 = t1
+
+
+def write_postings(
+    directory: Path, terms: Sequence[str], offsets: np.ndarray, docs: np.ndarray, tfs: np.ndarray, lengths: np.ndarray
+) -> None:
+    """Terms (sorted), postings and their block maxima. docs/tfs may be memory maps already in place."""
+    write_strings(directory, "terms", terms)
+    write_array(directory / "postings.offsets.npy", offsets)
+    for name, array in (("postings.docs.npy", docs), ("postings.tfs.npy", tfs)):
+        if isinstance(array, np.memmap):
+            array.flush()
+        else:
+            write_array(directory / name, array)
+    blocks = compute_blocks(docs, tfs, offsets, lengths)
+    write_array(directory / "blocks.offsets.npy", blocks.offsets)
+    write_array(directory / "blocks.max_tf.npy", blocks.max_tf)
+    write_array(directory / "blocks.min_length.npy", blocks.min_length)
+    write_array(directory / "blocks.last_doc.npy", blocks.last_doc)
+
+
+def finish_segment(directory: Path, meta: dict) -> None:
+    """segment.json is written last: a segment folder without it was never finished."""
+    for path in directory.iterdir():
+        if path.suffix != ".json" and path.is_file():
+            fsync_path(path)
+    write_json(directory / "segment.json", meta)
+    fsync_path(directory)
+
+
+class Segment:
+    """A read-only, memory-mapped segment."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        meta_path = directory / "segment.json"
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise IndexFormatError(f"{meta_path}: missing; the index is damaged") from None
+        self.terms = StringTable(directory, "terms")
+        self.offsets = open_array(directory / "postings.offsets.npy")
+        self.docs = open_array(directory / "postings.docs.npy")
+        self.tfs = open_array(directory / "postings.tfs.npy")
+        self.blocks = PostingBlocks(
+            open_array(directory / "blocks.offsets.npy"),
+            open_array(directory / "blocks.max_tf.npy"),
+            open_array(directory / "blocks.min_length.npy"),
+            open_array(directory / "blocks.last_doc.npy"),
+        )
+        self.lengths = open_array(directory / "lengths.npy")
+        self.passage_doc = open_array(directory / "passages.doc.npy")
+        self.passage_part = open_array(directory / "passages.part.npy")
+        self.doc_ids = StringTable(directory, "docids")
+        self.store = DocStore(directory)
+
+    @property
+    def passages(self) -> int:
+        return len(self.lengths)
+
+    @cached_property
+    def total_tokens(self) -> int:
+        return int(self.meta["tokens"])
+
+    def term_id(self, term: str) -> int:
+        return self.terms.find(term)
+
+    def df(self, term_id: int) -> int:
+        return int(self.offsets[term_id + 1] - self.offsets[term_id])
+
+    def postings(self, term_id: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.offsets[term_id], self.offsets[term_id + 1]
+        return self.docs[lo:hi], self.tfs[lo:hi]
+
+
+def merge_segments(segments: Sequence[Segment], directory: Path) -> dict:
+    """Rewrites several segments as one, passages renumbered in segment order. Returns the new segment's meta."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocabulary = sort_terms(set().union(*(s.terms[:] for s in segments)))
+    position = {t: i for i, t in enumerate(vocabulary)}
+    maps = [np.fromiter((position[t] for t in s.terms[:]), dtype=np.int64, count=len(s.terms)) for s in segments]
+    df = np.zeros(len(vocabulary), dtype=np.int64)
+    for seg, mapping in zip(segments, maps):
+        np.add.at(df, mapping, np.diff(seg.offsets))
+    offsets = np.zeros(len(vocabulary) + 1, dtype=np.int64)
+    np.cumsum(df, out=offsets[1:])
+    total = int(offsets[-1])
+    docs = np.lib.format.open_memmap(directory / "postings.docs.npy", mode="w+", dtype=np.uint32, shape=(total,))
+    tfs = np.lib.format.open_memmap(directory / "postings.tfs.npy", mode="w+", dtype=np.uint32, shape=(total,))
+    already = np.zeros(len(vocabulary), dtype=np.int64)  # postings of each term placed by earlier segments
+    base = 0
+    for seg, mapping in zip(segments, maps):
+        for t0, t1 in _term_chunks(seg.offsets):
+            p0, p1 = int(seg.offsets[t0]), int(seg.offsets[t1])
+            counts = np.diff(seg.offsets[t0 : t1 + 1])
+            targets = mapping[t0:t1]
+            shift = offsets[targets] + already[targets] - seg.offsets[t0:t1]
+            destination = np.repeat(shift, counts) + np.arange(p0, p1)
+            docs[destination] = np.asarray(seg.docs[p0:p1]) + base
+            tfs[destination] = seg.tfs[p0:p1]
+        already[mapping] += np.diff(seg.offsets)
+        base += seg.passages
+    lengths = np.concatenate([s.lengths for s in segments]).astype(np.uint32)
+    doc_base = np.cumsum([0] + [len(s.doc_ids) for s in segments[:-1]])
+    passage_doc = np.concatenate([s.passage_doc.astype(np.int64) + b for s, b in zip(segments, doc_base)])
+    write_array(directory / "lengths.npy", lengths)
+    write_array(directory / "passages.doc.npy", passage_doc.astype(np.uint32))
+    write_array(directory / "passages.part.npy", np.concatenate([s.passage_part for s in segments]))
+    write_strings(directory, "docids", [d for s in segments for d in s.doc_ids])
+    store = DocStoreWriter(directory)
+    for s in segments:
+        if store.aligned and (s.passages % STORE_BLOCK == 0 or s is segments[-1]):
+            store.add_raw_blocks(s.store.blob.tobytes(), s.store.offsets)
+        else:
+            for i in range(s.passages):
+                store.add(s.store[i])
+    store.close()
+    write_postings(directory, vocabulary, offsets, docs, tfs, lengths)
+    del docs, tfs
+    meta = {
+        "passages": len(lengths),
+        "documents": int(sum(len(s.doc_ids) for s in segments)),
+        "tokens": int(sum(s.total_tokens for s in segments)),
+        "scored_passages": int(sum(s.meta["scored_passages"] for s in segments)),
+        "terms": len(vocabulary),
+        "postings": total,
+        "block_size": BLOCK_SIZE,
+    }
+    finish_segment(directory, meta)
+    return meta
+
+
+# --- manifest and commits ------------------------------------------------------------------------------------------
+
+
+def read_manifest(index_dir: Path) -> dict:
+    path = Path(index_dir) / MANIFEST
+    if not Path(index_dir).is_dir():
+        raise IndexFormatError(f"{index_dir}: no such index directory")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IndexFormatError(f"{index_dir}: holds no committed Sift index (no {MANIFEST})") from None
+    except json.JSONDecodeError as e:
+        raise IndexFormatError(f"{path}: unreadable manifest ({e})") from None
+    if manifest.get("format") != FORMAT_NAME:
+        raise IndexFormatError(f"{path}: not a Sift index manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path}: format version {manifest.get('format_version')} is not supported "
+            f"(this Sift reads version {FORMAT_VERSION}); rebuild the index"
+        )
+    return manifest
+
+
+def commit_manifest(index_dir: Path, manifest: dict) -> None:
+    """The one atomic step of every change: the new manifest replaces the old by rename."""
+    manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest, "committed": time.time()}
+    temporary = index_dir / f"{MANIFEST}.tmp"
+    write_json(temporary, manifest)
+    os.replace(temporary, index_dir / MANIFEST)
+    fsync_path(index_dir)
+
+
+class WriteLock:
+    """One writer per index at a time (advisory flock; released by the OS if the process dies)."""
+
+    def __init__(self, index_dir: Path) -> None:
+        self.index_dir = index_dir
+        self._fd: int | None = None
+
+    def __enter__(self) -> WriteLock:
+        self._fd = os.open(self.index_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise IndexLockedError(f"{self.index_dir}: another process is writing to this index") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+def collect_garbage(index_dir: Path, live_segments: Iterable[str]) -> None:
+    """Removes folders the manifest does not name: crashed staging areas and older generations' segments."""
+    live = set(live_segments)
+    for path in index_dir.iterdir():
+        ours = path.name.startswith((SEGMENT_PREFIX, STAGING_PREFIX))
+        if ours and path.is_dir() and path.name not in live:
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,170 @@
+"""BM25 first stage: Lucene's scoring, a numba kernel per segment and the pure-numpy reference it is tested against.
+
+Scores follow Lucene 9's BM25Similarity to the float: idf = ln(1 + (N - df + 0.5) / (df + 0.5)) in float32,
+document lengths quantized to one byte (SmallFloat.intToByte4) unless ``length_norm="exact"``, and
+``weight - weight / (1 + tf * norm_inverse)`` in float32. Top-k ties break by internal passage id, ascending.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+DEFAULT_K1 = 0.9
+DEFAULT_B = 0.4
+LENGTH_NORMS = ("lucene", "exact")
+
+
+@dataclass(frozen=True)
+class BM25Params:
+    k1: float = DEFAULT_K1
+    b: float = DEFAULT_B
+    length_norm: str = "lucene"  # "lucene": one-byte quantized lengths as Lucene stores them; "exact"
+
+    def __post_init__(self) -> None:
+        if not (self.k1 >= 0 and math.isfinite(self.k1)):
+            raise ValueError(f"BM25 k1 must be a finite number >= 0, got {self.k1}")
+        if not 0 <= self.b <= 1:
+            raise ValueError(f"BM25 b must be between 0 and 1, got {self.b}")
+        if self.length_norm not in LENGTH_NORMS:
+            raise ValueError(f"length_norm must be one of {LENGTH_NORMS}, got {self.length_norm!r}")
+
+
+# --- Lucene's one-byte length encoding (SmallFloat.intToByte4 / byte4ToInt) ---------------------------------------
+
+
+def _long_to_int4(i: int) -> int:
+    bits = i.bit_length()
+    if bits < 4:
+        return i
+    shift = bits - 4
+    return ((i >> shift) & 0x07) | ((shift + 1) << 3)
+
+
+def _int4_to_long(i: int) -> int:
+    bits, shift = i & 0x07, (i >> 3) - 1
+    return bits if shift == -1 else (bits | 0x08) << shift
+
+
+_FREE_VALUES = 255 - _long_to_int4(2**31 - 1)
+LUCENE_LENGTH_TABLE = np.array(
+    [b if b < _FREE_VALUES else _FREE_VALUES + _int4_to_long(b - _FREE_VALUES) for b in range(256)], dtype=np.int64
+)
+
+
+def lucene_norm_bytes(lengths: np.ndarray) -> np.ndarray:
+    """intToByte4: the largest representable length not above the true one."""
+    return (np.searchsorted(LUCENE_LENGTH_TABLE, np.asarray(lengths, dtype=np.int64), side="right") - 1).astype(
+        np.uint8
+    )
+
+
+def norm_inverse_table(params: BM25Params, avgdl: float, max_index: int) -> np.ndarray:
+    """1 / (k1 * (1 - b + b * length / avgdl)) for every value a passage's norm index can take, in float32."""
+    if params.length_norm == "lucene":
+        lengths = LUCENE_LENGTH_TABLE.astype(np.float32)
+    else:
+        lengths = np.arange(max_index + 1, dtype=np.float32)
+    k1, b, avg = np.float32(params.k1), np.float32(params.b), np.float32(avgdl)
+    with np.errstate(divide="ignore"):
+        return (np.float32(1) / (k1 * ((np.float32(1) - b) + b * lengths / avg))).astype(np.float32)
+
+
+def idf(df: np.ndarray, n: int) -> np.ndarray:
+    df = np.asarray(df, dtype=np.float64)
+    return np.log(1 + (n - df + 0.5) / (df + 0.5)).astype(np.float32)
+
+
+# --- the numba kernel ----------------------------------------------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True)
+def _sift_down(heap_scores, heap_docs, size, i):
+    # min-heap on (score, -doc): the root is the current worst of the top-k
+    while True:
+        left = 2 * i + 1
+        if left >= size:
+            return
+        child = left
+        right = left + 1
+        if right < size and (
+            heap_scores[right] < heap_scores[left]
+            or (heap_scores[right] == heap_scores[left] and heap_docs[right] > heap_docs[left])
+        ):
+            child = right
+        if heap_scores[child] < heap_scores[i] or (
+            heap_scores[child] == heap_scores[i] and heap_docs[child] > heap_docs[i]
+        ):
+            heap_scores[i], heap_scores[child] = heap_scores[child], heap_scores[i]
+            heap_docs[i], heap_docs[child] = heap_docs[child], heap_docs[i]
+            i = child
+        else:
+            return
+
+
+@numba.njit(nogil=True, cache=True)
+def top_k(candidates, scores, k):
+    """The k best candidates by (score desc, id asc), sorted; candidates are passage ids, scores indexed by id."""
+    size = min(k, len(candidates))
+    heap_scores = np.empty(size, dtype=np.float32)
+    heap_docs = np.empty(size, dtype=np.int64)
+    for j in range(size):
+        heap_scores[j] = scores[candidates[j]]
+        heap_docs[j] = candidates[j]
+    for i in range(size // 2 - 1, -1, -1):
+        _sift_down(heap_scores, heap_docs, size, i)
+    for j in range(size, len(candidates)):
+        d = candidates[j]
+        s = scores[d]
+        if s > heap_scores[0] or (s == heap_scores[0] and d < heap_docs[0]):
+            heap_scores[0] = s
+            heap_docs[0] = d
+            _sift_down(heap_scores, heap_docs, size, 0)
+    for end in range(size - 1, 0, -1):
+        heap_scores[0], heap_scores[end] = heap_scores[end], heap_scores[0]
+        heap_docs[0], heap_docs[end] = heap_docs[end], heap_docs[0]
+        _sift_down(heap_scores, heap_docs, end, 0)
+    return heap_docs, heap_scores
+
+
+@numba.njit(nogil=True, cache=True)
+def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k, accumulator, touched):
+    """Scores every posting of the query terms, then keeps the top k.
+
+    accumulator (float32, one per passage, all zero) and touched (int64, one per passage) are scratch space owned
+    by the caller's thread; the accumulator is left all zero again.
+    """
+    n_touched = 0
+    for q in range(len(starts)):
+        w = weights[q]
+        for p in range(starts[q], ends[q]):
+            d = docs[p]
+            if accumulator[d] == 0:
+                touched[n_touched] = d
+                n_touched += 1
+            accumulator[d] += w - w / (np.float32(1) + np.float32(tfs[p]) * norm_inverse[norm_index[d]])
+    best_docs, best_scores = top_k(touched[:n_touched], accumulator, k)
+    for j in range(n_touched):
+        accumulator[touched[j]] = 0
+    return best_docs, best_scores
+
+
+# --- the pure-numpy reference --------------------------------------------------------------------------------------
+
+
+def bm25_reference(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k):
+    """Same contract as bm25_exhaustive, in plain numpy: the definition the kernel is tested against."""
+    scores = np.zeros(len(norm_index), dtype=np.float32)
+    hit = np.zeros(len(norm_index), dtype=bool)
+    for start, end, w in zip(starts, ends, weights):
+        d = np.asarray(docs[start:end], dtype=np.int64)
+        tf = np.asarray(tfs[start:end], dtype=np.float32)
+        w = np.float32(w)
+        scores[d] += w - w / (np.float32(1) + tf * norm_inverse[np.asarray(norm_index)[d]])
+        hit[d] = True
+    candidates = np.flatnonzero(hit)
+    order = np.lexsort((candidates, -scores[candidates]))[:k]
+    return candidates[order], scores[candidates[order]]

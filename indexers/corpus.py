@@ -1,0 +1,348 @@
+"""Streaming corpus readers (BEIR, JSONL, TSV, TREC), passage splitting, and bad-input reporting.
+
+Readers yield one Document at a time and never hold the corpus in memory. A bad record raises CorpusError naming
+file, line and problem, or, when skipping is on, is counted in a SkipReport instead.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.analysis import Analyzer
+from engine.errors import SiftError
+
+FORMATS = ("beir", "jsonl", "tsv", "trec")
+DEFAULT_ID_FIELDS = ("_id", "id", "docid", "doc_id", "docno")
+DEFAULT_TEXT_FIELDS = ("title", "text")
+
+
+class CorpusError(SiftError, ValueError):
+    """A corpus record that cannot be indexed."""
+
+    def __init__(self, path: Path | str, line: int | None, problem: str) -> None:
+        self.path, self.line, self.problem = str(path), line, problem
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    title: str = ""
+    source: str = ""  # file:line, for error messages further down the line
+
+
+@dataclass
+class Passage:
+    doc_id: str
+    part: int
+    title: str
+    text: str
+
+    @property
+    def indexed_text(self) -> str:
+        return f"{self.title} {self.text}" if self.title else self.text
+
+
+@dataclass
+class SkipReport:
+    """What --skip-bad skipped, by problem, with the first few places for the summary."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, error: CorpusError) -> None:
+        self.counts[error.problem.split(":")[0]] += 1
+        if len(self.examples) < 5:
+            self.examples.append(str(error))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict:
+        return {"skipped": self.total, "by_problem": dict(self.counts), "examples": self.examples}
+
+
+@dataclass
+class CorpusSource:
+    """Where a corpus is and how to read it."""
+
+    path: Path
+    format: str
+    id_field: str | None = None  # JSONL: None tries _id, id, docid, doc_id, docno
+    text_fields: tuple[str, ...] = DEFAULT_TEXT_FIELDS  # JSONL: joined with a space; "title" is kept apart
+
+    @property
+    def files(self) -> list[Path]:
+        if self.format != "beir":
+            return [self.path]
+        for name in ("corpus.jsonl", "corpus.jsonl.gz"):
+            if (self.path / name).exists():
+                return [self.path / name]
+        raise CorpusError(self.path, None, "BEIR folder without corpus.jsonl or corpus.jsonl.gz")
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        return "beir"
+    if not path.exists():
+        raise CorpusError(path, None, "no such file or folder")
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl"
+    if name.endswith((".tsv", ".txt")) and not name.endswith(".trec.txt"):
+        return "tsv"
+    if name.endswith((".trec", ".sgml", ".xml", ".trec.txt")):
+        return "trec"
+    raise CorpusError(path, None, f"cannot tell the format from the name; pass --format ({'|'.join(FORMATS)})")
+
+
+def open_source(path: str | Path, fmt: str | None = None, **options) -> CorpusSource:
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(path, None, "no such file or folder")
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise CorpusError(path, None, f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "beir" and not path.is_dir():
+        raise CorpusError(path, None, "format beir expects a folder holding corpus.jsonl[.gz]")
+    return CorpusSource(path, fmt, **options)
+
+
+class _ByteCounter:
+    """Counts bytes read from the file on disk (compressed bytes for .gz), for an honest progress bar."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+def _binary_lines(path: Path, counter: _ByteCounter) -> Iterator[tuple[int, bytes]]:
+    raw = open(path, "rb")
+    try:
+        stream = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
+        for number, line in enumerate(stream, 1):
+            counter.bytes = raw.tell()
+            yield number, line
+    except (OSError, EOFError) as e:
+        raise CorpusError(path, None, f"unreadable file ({e})") from None
+    finally:
+        raw.close()
+
+
+def _decode(path: Path, number: int, line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(path, number, f"invalid UTF-8: byte {line[e.start]:#04x} at column {e.start + 1}") from None
+
+
+def _read_jsonl(source: CorpusSource, path: Path, counter: _ByteCounter) -> Iterator[Document | CorpusError]:
+    text_fields = [f for f in source.text_fields if f != "title"]
+    use_title = "title" in source.text_fields
+    for number, raw in _binary_lines(path, counter):
+        try:
+            line = _decode(path, number, raw).strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorpusError(path, number, f"malformed JSON: {e.msg} at column {e.colno}") from None
+            if not isinstance(record, dict):
+                raise CorpusError(path, number, "malformed record: expected a JSON object")
+            id_fields = [source.id_field] if source.id_field else DEFAULT_ID_FIELDS
+            doc_id = next((record[f] for f in id_fields if record.get(f) not in (None, "")), None)
+            if doc_id is None:
+                raise CorpusError(path, number, f"missing id: none of the fields {', '.join(id_fields)}")
+            parts = [record.get(f) for f in text_fields]
+            bad = [f for f, v in zip(text_fields, parts) if v is not None and not isinstance(v, str)]
+            if bad:
+                raise CorpusError(path, number, f"malformed record: field {bad[0]!r} is not a string")
+            title = record.get("title") if use_title else ""
+            if title is not None and not isinstance(title, str):
+                raise CorpusError(path, number, "malformed record: field 'title' is not a string")
+            yield Document(str(doc_id), " ".join(p for p in parts if p), title or "", f"{path}:{number}")
+        except CorpusError as error:
+            yield error
+
+
+def _read_tsv(source: CorpusSource, path: Path, counter: _ByteCounter) -> Iterator[Document | CorpusError]:
+    for number, raw in _binary_lines(path, counter):
+        try:
+            line = _decode(path, number, raw).rstrip("\r\n")
+            if not line.strip():
+                continue
+            doc_id, tab, text = line.partition("\t")
+            if not tab:
+                raise CorpusError(path, number, "malformed line: expected id<TAB>text")
+            if not doc_id.strip():
+                raise CorpusError(path, number, "missing id")
+            yield Document(doc_id.strip(), text, "", f"{path}:{number}")
+        except CorpusError as error:
+            yield error
+
+
+_DOCNO = re.compile(r"<DOCNO>\s*(.*?)\s*</DOCNO>", re.S | re.I)
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _read_trec(source: CorpusSource, path: Path, counter: _ByteCounter) -> Iterator[Document | CorpusError]:
+    buffer: list[str] | None = None
+    start = 0
+    for number, raw in _binary_lines(path, counter):
+        try:
+            line = _decode(path, number, raw)
+        except CorpusError as error:
+            yield error
+            buffer = None
+            continue
+        stripped = line.strip().upper()
+        if stripped.startswith("<DOC>"):
+            if buffer is not None:
+                yield CorpusError(path, start, "malformed document: <DOC> without </DOC>")
+            buffer, start = [line.strip()[5:]], number
+            continue
+        if buffer is None:
+            if line.strip() and not stripped.startswith("</DOC>"):
+                yield CorpusError(path, number, "malformed line: text outside <DOC>...</DOC>")
+            continue
+        if stripped.endswith("</DOC>"):
+            buffer.append(line.strip()[:-6])
+            body = "\n".join(buffer)
+            buffer = None
+            match = _DOCNO.search(body)
+            if not match or not match.group(1):
+                yield CorpusError(path, start, "missing id: no <DOCNO>")
+                continue
+            text = html.unescape(_TAG.sub(" ", body[: match.start()] + body[match.end() :]))
+            yield Document(match.group(1), " ".join(text.split()), "", f"{path}:{start}")
+        else:
+            buffer.append(line.rstrip("\n"))
+    if buffer is not None:
+        yield CorpusError(path, start, "malformed document: <DOC> without </DOC> at end of file")
+
+
+_READERS = {"beir": _read_jsonl, "jsonl": _read_jsonl, "tsv": _read_tsv, "trec": _read_trec}
+
+
+class CorpusReader:
+    """Iterates a corpus's valid documents; checks ids are unique and texts non-empty."""
+
+    def __init__(self, source: CorpusSource, skip_bad: bool = False) -> None:
+        self.source = source
+        self.skip_bad = skip_bad
+        self.skipped = SkipReport()
+        self.documents = 0
+        self._counter = _ByteCounter()
+        self._done_bytes = 0
+
+    @property
+    def bytes_read(self) -> int:
+        return self._done_bytes + self._counter.bytes
+
+    def __iter__(self) -> Iterator[Document]:
+        seen: set[str] = set()
+        for path in self.source.files:
+            self._counter = _ByteCounter()
+            for item in _READERS[self.source.format](self.source, path, self._counter):
+                if isinstance(item, Document):
+                    item = self._check(item, seen, path)
+                if isinstance(item, CorpusError):
+                    if not self.skip_bad:
+                        raise item
+                    self.skipped.add(item)
+                    continue
+                seen.add(item.id)
+                self.documents += 1
+                yield item
+            self._done_bytes += path.stat().st_size
+
+    @staticmethod
+    def _check(doc: Document, seen: set[str], path: Path) -> Document | CorpusError:
+        line = int(doc.source.rsplit(":", 1)[1])
+        if doc.id in seen:
+            return CorpusError(path, line, f"duplicate id: {doc.id!r} appeared earlier in the corpus")
+        if not doc.text.strip() and not doc.title.strip():
+            return CorpusError(path, line, f"empty text: document {doc.id!r} has no title or text")
+        return doc
+
+
+def split_passages(doc: Document, analyzer: Analyzer, window: int, stride: int) -> list[Passage]:
+    """Overlapping windows of `window` tokens every `stride` tokens, cut on token boundaries of the original text.
+
+    window 0 keeps the document whole. The title is kept apart and indexed with every passage.
+    """
+    if window <= 0:
+        return [Passage(doc.id, 0, doc.title, doc.text)]
+    spans = analyzer.token_spans(doc.text)
+    if len(spans) <= window:
+        return [Passage(doc.id, 0, doc.title, doc.text)]
+    passages = []
+    for part, start in enumerate(range(0, len(spans), stride)):
+        end = min(start + window, len(spans))
+        passages.append(Passage(doc.id, part, doc.title, doc.text[spans[start][0] : spans[end - 1][1]]))
+        if end == len(spans):
+            break
+    return passages
+
+
+def read_queries(path: str | Path) -> list[tuple[str, str]]:
+    """A query file: qid<TAB>text per line (TSV), or JSONL with _id/id and text fields."""
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(path, None, "no such query file")
+    queries = []
+    for number, raw in _binary_lines(path, _ByteCounter()):
+        line = _decode(path, number, raw).strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+                qid = next(str(record[k]) for k in DEFAULT_ID_FIELDS if k in record)
+            except (json.JSONDecodeError, StopIteration):
+                raise CorpusError(path, number, 'malformed query: expected {"_id": ..., "text": ...}') from None
+            queries.append((qid, record.get("text", record.get("query", ""))))
+            continue
+        qid, tab, text = line.partition("\t")
+        if not tab:
+            raise CorpusError(path, number, "malformed query line: expected qid<TAB>text")
+        queries.append((qid.strip(), text))
+    return queries
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """TREC qrels (qid iter docid grade), or BEIR's TSV qrels with a header (query-id corpus-id score)."""
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(path, None, "no such qrels file")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            fields = _decode(path, number, raw).split()
+            if not fields or (number == 1 and fields[0].lower() in ("query-id", "qid", "query_id")):
+                continue
+            if len(fields) == 3:
+                qid, docid, grade = fields
+            elif len(fields) == 4:
+                qid, _, docid, grade = fields
+            else:
+                raise CorpusError(path, number, "malformed qrels line: expected 'qid 0 docid grade'")
+            try:
+                qrels.setdefault(qid, {})[docid] = int(float(grade))
+            except ValueError:
+                raise CorpusError(path, number, f"malformed qrels line: grade {grade!r} is not a number") from None
+    return qrels
