@@ -190,16 +190,17 @@ class _Progress:
         self._start = time.perf_counter()
 
     def __enter__(self):
-        if self.enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, desc="indexing", file=sys.stderr)
         return self
 
     def update(self, documents: int) -> None:
-        if self.bar is None:
+        """Called per document; the bar appears with the first one, after the target was checked."""
+        if not self.enabled:
             return
         now = time.perf_counter()
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, desc="indexing", file=sys.stderr)
         if now - self._last > 0.25:
             self._last = now
             self.bar.n = min(self.reader.bytes_read, self.total)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import fcntl
 import json
+import mmap
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +44,12 @@ class IndexLockedError(SiftError):
     """Another process is writing to the index."""
 
 
+def failpoint(name: str) -> None:
+    """Crash-test hook: SIGKILLs this process at the named point when SIFT_FAILPOINT names it."""
+    if os.environ.get("SIFT_FAILPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -58,12 +66,22 @@ def write_array(path: Path, array: np.ndarray) -> None:
 
 
 def open_array(path: Path) -> np.ndarray:
+    """Memory-mapped, as a plain ndarray view: np.memmap's per-slice overhead dominates small reads."""
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
     except ValueError:  # an empty array cannot be memory-mapped
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise IndexFormatError(f"{path}: missing index file; the index is damaged") from None
+
+
+def _map_bytes(path: Path) -> bytes | mmap.mmap:
+    if not path.exists():
+        raise IndexFormatError(f"{path}: missing index file; the index is damaged")
+    if not path.stat().st_size:
+        return b""
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -91,18 +109,22 @@ def write_strings(directory: Path, name: str, strings: Sequence[str]) -> None:
 class StringTable(Sequence[str]):
     def __init__(self, directory: Path, name: str) -> None:
         self._offsets = open_array(directory / f"{name}.offsets.npy")
-        blob_path = directory / f"{name}.blob"
-        if not blob_path.exists():
-            raise IndexFormatError(f"{blob_path}: missing index file; the index is damaged")
-        self._blob = np.memmap(blob_path, mode="r") if blob_path.stat().st_size else np.zeros(0, np.uint8)
+        self._blob = _map_bytes(directory / f"{name}.blob")
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        return self._blob[self._offsets[i] : self._offsets[i + 1]].tobytes().decode("utf-8")
+            return self.take(range(*i.indices(len(self))))
+        return self._blob[self._offsets[i] : self._offsets[i + 1]].decode("utf-8")
+
+    def take(self, indices) -> list[str]:
+        """Many strings at once (offsets gathered in one numpy call)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        starts, ends = self._offsets[indices].tolist(), self._offsets[indices + 1].tolist()
+        blob = self._blob
+        return [blob[a:b].decode("utf-8") for a, b in zip(starts, ends)]
 
     def find(self, key: str) -> int:
         """Index of key in a sorted table (sorted by UTF-8 bytes), or -1."""
@@ -111,12 +133,11 @@ class StringTable(Sequence[str]):
         offsets, blob = self._offsets, self._blob
         while lo < hi:
             mid = (lo + hi) // 2
-            probe = blob[offsets[mid] : offsets[mid + 1]].tobytes()
-            if probe < target:
+            if blob[offsets[mid] : offsets[mid + 1]] < target:
                 lo = mid + 1
             else:
                 hi = mid
-        if lo < len(self) and blob[offsets[lo] : offsets[lo + 1]].tobytes() == target:
+        if lo < len(self) and blob[offsets[lo] : offsets[lo + 1]] == target:
             return lo
         return -1
 
@@ -148,11 +169,12 @@ class DocStoreWriter:
     def aligned(self) -> bool:
         return not self._pending
 
-    def add_raw_blocks(self, blob: bytes, offsets: np.ndarray) -> None:
+    def add_raw_blocks(self, store_file: Path, offsets: np.ndarray) -> None:
         """Appends whole compressed blocks of another store (used by merges; no recompression)."""
         if self._pending:
             raise ValueError("raw blocks can only be appended on a block boundary")
-        self._file.write(blob)
+        with open(store_file, "rb") as source:
+            shutil.copyfileobj(source, self._file, 1 << 20)
         base = self._offsets[-1]
         self._offsets.extend(int(base + o) for o in offsets[1:])
 
@@ -176,15 +198,14 @@ class DocStore:
 
     def __init__(self, directory: Path) -> None:
         self.offsets = open_array(directory / "store.offsets.npy")
-        path = directory / "store.zst"
-        self.blob = np.memmap(path, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
+        self.blob = _map_bytes(directory / "store.zst")
         self._cached_block: tuple[int, list[bytes]] = (-1, [])
 
     def __getitem__(self, passage: int) -> dict:
         block, within = divmod(passage, STORE_BLOCK)
         cached_id, lines = self._cached_block
         if cached_id != block:
-            raw = self.blob[self.offsets[block] : self.offsets[block + 1]].tobytes()
+            raw = self.blob[self.offsets[block] : self.offsets[block + 1]]
             lines = zstandard.ZstdDecompressor().decompress(raw).split(b"\n")
             self._cached_block = (block, lines)
         return json.loads(lines[within])
@@ -348,11 +369,12 @@ def merge_segments(segments: Sequence[Segment], directory: Path) -> dict:
     store = DocStoreWriter(directory)
     for s in segments:
         if store.aligned and (s.passages % STORE_BLOCK == 0 or s is segments[-1]):
-            store.add_raw_blocks(s.store.blob.tobytes(), s.store.offsets)
+            store.add_raw_blocks(s.directory / "store.zst", s.store.offsets)
         else:
             for i in range(s.passages):
                 store.add(s.store[i])
     store.close()
+    failpoint("merge")
     write_postings(directory, vocabulary, offsets, docs, tfs, lengths)
     del docs, tfs
     meta = {
@@ -396,6 +418,7 @@ def commit_manifest(index_dir: Path, manifest: dict) -> None:
     manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest, "committed": time.time()}
     temporary = index_dir / f"{MANIFEST}.tmp"
     write_json(temporary, manifest)
+    failpoint("before-manifest-rename")
     os.replace(temporary, index_dir / MANIFEST)
     fsync_path(index_dir)
 

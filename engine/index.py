@@ -166,32 +166,29 @@ class Index:
         query: str | Sequence[str],
         k: int = 10,
         params: BM25Params | None = None,
-        documents: bool | None = None,
+        documents: bool = False,
     ) -> list[Hit]:
         """BM25 top-k. documents=True ranks documents by their best passage (the default for split indexes)."""
-        if documents is None:
-            documents = False
         if not documents or not self.split_passages:
             docs, scores = self.search_passages(query, k, params)
-            return [self._hit(int(d), float(s), r) for r, (d, s) in enumerate(zip(docs, scores), 1)]
+            return self._hits(docs, scores, as_documents=False)
         depth = k
         while True:
             docs, scores = self.search_passages(query, depth, params)
-            best: dict[tuple[int, int], tuple[float, int]] = {}
-            for d, s in zip(docs.tolist(), scores.tolist()):
-                best.setdefault(self._document_of(d), (s, d))
-            if len(best) >= k or len(docs) < depth:
+            keys = self._document_keys(docs)
+            _, first = np.unique(keys, return_index=True)  # a document's first passage is its best
+            if len(first) >= k or len(docs) < depth:
                 break
             depth *= 4
-        ranked = sorted(best.values(), key=lambda sd: (-sd[0], sd[1]))[:k]
-        return [self._hit(d, s, r, as_document=True) for r, (s, d) in enumerate(ranked, 1)]
+        best = np.sort(first)[:k]
+        return self._hits(docs[best], scores[best], as_documents=True)
 
     def batch_search(
         self,
         queries: Sequence[str | Sequence[str]],
         k: int = 10,
         params: BM25Params | None = None,
-        documents: bool | None = None,
+        documents: bool = False,
         threads: int | None = None,
     ) -> list[list[Hit]]:
         """Many queries at once; the kernels release the GIL, so threads run in parallel. Order is kept."""
@@ -203,33 +200,52 @@ class Index:
 
     # -- fetching
 
-    def _locate(self, passage: int) -> tuple[Segment, int]:
-        if not 0 <= passage < self.passages:
-            raise IndexError(f"passage {passage} is out of range (the index holds {self.passages})")
-        i = int(np.searchsorted(self.bases, passage, side="right")) - 1
-        return self.segments[i], passage - int(self.bases[i])
+    def _locate(self, passages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(segment number, passage number within it) of global passage numbers."""
+        passages = np.asarray(passages, dtype=np.int64)
+        if len(passages) and (passages.min() < 0 or passages.max() >= self.passages):
+            raise IndexError(f"passage numbers must be in [0, {self.passages})")
+        segments = np.searchsorted(self.bases, passages, side="right") - 1
+        return segments, passages - self.bases[segments]
 
-    def _document_of(self, passage: int) -> tuple[int, int]:
-        segment, local = self._locate(passage)
-        return id(segment), int(segment.passage_doc[local])
+    def _document_keys(self, passages: np.ndarray) -> np.ndarray:
+        """A number per document, equal for passages of the same document."""
+        segments, local = self._locate(passages)
+        keys = np.empty(len(passages), dtype=np.int64)
+        for i in np.unique(segments):
+            mask = segments == i
+            keys[mask] = self.segments[i].passage_doc[local[mask]].astype(np.int64) + (i << 40)
+        return keys
 
-    def doc_id(self, passage: int) -> str:
-        segment, local = self._locate(passage)
-        return segment.doc_ids[int(segment.passage_doc[local])]
-
-    def passage_id(self, passage: int) -> str:
-        segment, local = self._locate(passage)
-        doc = segment.doc_ids[int(segment.passage_doc[local])]
-        return f"{doc}#{int(segment.passage_part[local])}" if self.split_passages else doc
+    def ids(self, passages: np.ndarray) -> tuple[list[str], list[str]]:
+        """External (passage ids, document ids) of global passage numbers."""
+        segments, local = self._locate(passages)
+        passage_ids: list[str] = [""] * len(passages)
+        doc_ids: list[str] = [""] * len(passages)
+        for i in np.unique(segments):
+            where = np.flatnonzero(segments == i)
+            segment = self.segments[i]
+            docs = segment.doc_ids.take(segment.passage_doc[local[where]])
+            parts = segment.passage_part[local[where]].tolist()
+            for j, doc, part in zip(where.tolist(), docs, parts):
+                doc_ids[j] = doc
+                passage_ids[j] = f"{doc}#{part}" if self.split_passages else doc
+        return passage_ids, doc_ids
 
     def fetch(self, passage: int) -> dict:
-        """The stored record of a passage (id, title, text), O(1) from the compressed store."""
-        segment, local = self._locate(passage)
-        return segment.store[local]
+        """The stored record of a passage (id, part, title, text), O(1) from the compressed store."""
+        segments, local = self._locate(np.array([passage]))
+        return self.segments[int(segments[0])].store[int(local[0])]
 
-    def _hit(self, passage: int, score: float, rank: int, as_document: bool = False) -> Hit:
-        doc = self.doc_id(passage)
-        return Hit(doc if as_document else self.passage_id(passage), doc, score, rank, passage)
+    def _hits(self, passages: np.ndarray, scores: np.ndarray, as_documents: bool) -> list[Hit]:
+        passage_ids, doc_ids = self.ids(passages)
+        shown = doc_ids if as_documents else passage_ids
+        return [
+            Hit(name, doc, score, rank, passage)
+            for rank, (name, doc, score, passage) in enumerate(
+                zip(shown, doc_ids, scores.tolist(), passages.tolist()), 1
+            )
+        ]
 
 
 def open_index(path: str | os.PathLike) -> Index:

@@ -25,6 +25,7 @@ from engine.format import (
     WriteLock,
     collect_garbage,
     commit_manifest,
+    failpoint,
     finish_segment,
     merge_segments,
     read_manifest,
@@ -50,6 +51,7 @@ class BuildOptions:
     passage_window: int = 0  # tokens per passage; 0 keeps documents whole
     passage_stride: int = 0  # tokens between passage starts; 0 means window (no overlap)
     memory_mb: int = 512  # pending postings and vocabulary before a segment is flushed
+    merge: bool = True  # merge flushed segments into one; False commits them as they are
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -177,7 +179,7 @@ def _prepare_target(index_dir: Path, overwrite: bool) -> tuple[bool, int]:
             raise IndexExistsError(f"{index_dir}: already holds an index; pass --overwrite to replace it")
         return False, int(manifest["generation"])
     leftovers = [p.name for p in index_dir.iterdir() if not p.name.startswith((SEGMENT_PREFIX, STAGING_PREFIX))]
-    if [name for name in leftovers if name != "write.lock"]:
+    if [name for name in leftovers if name not in ("write.lock", f"{MANIFEST}.tmp")]:
         raise IndexExistsError(f"{index_dir}: is not empty and holds no Sift index; choose another directory")
     return False, 0
 
@@ -215,32 +217,39 @@ def build_index(
                 passages += len(parts)
                 if pending.memory_bytes >= budget:
                     flushed.append(pending.flush())
+                    failpoint("after-flush")
                     pending = _PendingSegment(staging / f"part_{len(flushed):04d}")
                 if on_progress:
                     on_progress(count)
             if pending.passages or not flushed:
                 flushed.append(pending.flush())
+            flushes = len(flushed)
             generation += 1
-            name = f"{SEGMENT_PREFIX}{generation:06d}"
-            final = staging / name
-            if len(flushed) == 1:
-                flushed[0].rename(final)
-            else:
-                merge_segments([Segment(p) for p in flushed], final)
-            os.replace(final, index_dir / name)
+            if options.merge and len(flushed) > 1:
+                merged = staging / "merged"
+                merge_segments([Segment(p) for p in flushed], merged)
+                flushed = [merged]
+            live = []
+            for number, folder in enumerate(flushed):
+                name = f"{SEGMENT_PREFIX}{generation:06d}_{number:04d}"
+                meta = Segment(folder).meta
+                os.replace(folder, index_dir / name)
+                live.append({"name": name, "passages": meta["passages"], "documents": meta["documents"]})
+            failpoint("before-commit")
             manifest = {
                 "generation": generation,
                 "analyzer": options.analyzer.to_dict(),
                 "bm25": {"k1": options.bm25.k1, "b": options.bm25.b, "length_norm": options.bm25.length_norm},
                 "passages": {"window": options.passage_window, "stride": stride},
-                "segments": [{"name": name, "passages": passages, "documents": count}],
+                "segments": live,
                 "source": source or {},
             }
             commit_manifest(index_dir, manifest)
-            collect_garbage(index_dir, [name])
+            failpoint("after-commit")
+            collect_garbage(index_dir, [s["name"] for s in live])
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created:
             shutil.rmtree(index_dir, ignore_errors=True)
         raise
-    return BuildReport(index_dir, count, passages, len(flushed), time.perf_counter() - started, generation)
+    return BuildReport(index_dir, count, passages, flushes, time.perf_counter() - started, generation)

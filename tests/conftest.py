@@ -1,0 +1,37 @@
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+WORDS = (
+    "search engine index query passage document ranking retrieval score term frequency inverse length "
+    "vector dense sparse neural model quality prune segment block posting merge commit manifest cat dog "
+    "fox jumps lazy quick brown river bank money water stream flows running runner runs ran"
+).split()
+
+
+def requires_data(collection: str):
+    """Skips cleanly when the shared test collections are absent (as on a machine without ../shared)."""
+    return pytest.mark.skipif(not (DATA / collection).is_dir(), reason=f"{DATA / collection} is absent")
+
+
+def random_documents(count: int, seed: int = 0, min_words: int = 1, max_words: int = 40) -> list[dict]:
+    rng = random.Random(seed)
+    docs = []
+    for i in range(count):
+        words = [rng.choice(WORDS[: rng.randint(3, len(WORDS))]) for _ in range(rng.randint(min_words, max_words))]
+        docs.append({"_id": f"d{i}", "title": rng.choice(["", "A title"]), "text": " ".join(words)})
+    return docs
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def corpus_file(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "corpus.jsonl", random_documents(300))

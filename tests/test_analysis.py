@@ -1,0 +1,65 @@
+import pytest
+
+from engine.analysis import LUCENE_ENGLISH_STOP_WORDS, Analyzer, AnalyzerConfig, AnalyzerError
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ('hello--world ... "quoted"', ["hello", "world", "quoted"]),
+        ("U.S.A. and e.g.", ["U.S.A", "and", "e.g"]),  # MidNumLet between letters joins (UAX #29 WB6/7)
+        ("3.14 1,000,000 v1.2", ["3.14", "1,000,000", "v1.2"]),  # MidNum between digits joins (WB11/12)
+        ("a.1 1.a", ["a", "1", "1", "a"]),  # a mid character between a letter and a digit breaks
+        ("foo_bar ab12cd", ["foo_bar", "ab12cd"]),  # ExtendNumLet and letter-digit runs join (WB9/10/13a)
+        ("don't it’s", ["don't", "it’s"]),
+        ("end. Next", ["end", "Next"]),
+        ("中文字 ひら", ["中", "文", "字", "ひ", "ら"]),  # ideographs and hiragana are one token each
+        ("café naïve", ["café", "naïve"]),
+    ],
+)
+def test_standard_tokenizer_follows_word_breaks(text, tokens):
+    assert Analyzer().tokenize(text) == tokens
+
+
+def test_english_analyzer_chain_matches_lucene():
+    analyzer = Analyzer()
+    # possessive removed, lower-cased, stop words dropped, Porter stems; words of <= 2 chars left unstemmed
+    assert analyzer.analyze("The John's Ponies are RUNNING to us") == ["john", "poni", "run", "us"]
+    assert analyzer.analyze("caresses generalizations") == ["caress", "gener"]
+
+
+def test_long_tokens_are_cut_like_standard_tokenizer():
+    tokens = Analyzer().tokenize("x" * 600)
+    assert [len(t) for t in tokens] == [255, 255, 90]
+
+
+def test_stop_set_is_lucenes():
+    assert len(LUCENE_ENGLISH_STOP_WORDS) == 33
+    assert Analyzer().analyze(" ".join(LUCENE_ENGLISH_STOP_WORDS)) == []
+
+
+def test_configurations():
+    plain = Analyzer(AnalyzerConfig(stemmer=None, stopwords=()))
+    assert plain.analyze("The Running dogs") == ["the", "running", "dogs"]
+    keep_case = Analyzer(AnalyzerConfig(lowercase=False, stemmer=None))
+    assert keep_case.analyze("Big DOGS") == ["Big", "DOGS"]
+    whitespace = Analyzer(AnalyzerConfig(tokenizer="whitespace", stemmer=None, stopwords=()))
+    assert whitespace.analyze("pre-tokenized text_here x.y") == ["pre-tokenized", "text_here", "x.y"]
+    german = Analyzer(AnalyzerConfig(stemmer="german", stopwords=("der",)))
+    assert german.analyze("der Häuser") == ["haus"]
+
+
+def test_config_round_trips_through_the_manifest_dict():
+    config = AnalyzerConfig(stemmer="english", stopwords=("foo", "bar"), lowercase=False)
+    assert AnalyzerConfig.from_dict(config.to_dict()) == AnalyzerConfig(
+        stemmer="english", stopwords=("bar", "foo"), lowercase=False
+    )
+    default = AnalyzerConfig.from_dict(AnalyzerConfig().to_dict())
+    assert Analyzer(default).analyze("the dogs") == Analyzer().analyze("the dogs")
+
+
+def test_bad_configuration_is_a_clear_error():
+    with pytest.raises(AnalyzerError, match="unknown stemmer 'klingon'"):
+        Analyzer(AnalyzerConfig(stemmer="klingon"))
+    with pytest.raises(AnalyzerError, match="unknown tokenizer"):
+        Analyzer(AnalyzerConfig(tokenizer="icu"))

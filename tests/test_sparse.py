@@ -1,0 +1,172 @@
+"""The BM25 kernel against its numpy reference, and whole indexes against brute force over the raw text."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import random_documents, write_jsonl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.analysis import Analyzer
+from engine.index import open_index
+from engine.sparse import (
+    LUCENE_LENGTH_TABLE,
+    BM25Params,
+    bm25_exhaustive,
+    bm25_reference,
+    lucene_norm_bytes,
+    norm_inverse_table,
+    top_k,
+)
+from indexers.corpus import CorpusReader, open_source
+from indexers.inverted import BuildOptions, build_index
+
+
+def test_lucene_length_table_matches_smallfloat():
+    # SmallFloat.byte4ToInt: exact up to 39, then four significant bits
+    assert LUCENE_LENGTH_TABLE[:40].tolist() == list(range(40))
+    assert LUCENE_LENGTH_TABLE[40:44].tolist() == [40, 42, 44, 46]
+    assert LUCENE_LENGTH_TABLE[255] == 2013265944
+    assert np.all(np.diff(LUCENE_LENGTH_TABLE) > 0)
+
+
+@given(st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=50))
+def test_norm_bytes_round_down_to_representable_lengths(lengths):
+    encoded = lucene_norm_bytes(np.array(lengths))
+    decoded = LUCENE_LENGTH_TABLE[encoded]
+    assert np.all(decoded <= lengths)
+    assert np.all((encoded == 255) | (LUCENE_LENGTH_TABLE[np.minimum(encoded.astype(int) + 1, 255)] > lengths))
+
+
+@st.composite
+def random_postings(draw):
+    """A random segment: sorted postings per term, lengths, and a query over some of its terms."""
+    n_docs = draw(st.integers(1, 60))
+    n_terms = draw(st.integers(1, 8))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    docs, tfs, offsets = [], [], [0]
+    for _ in range(n_terms):
+        df = int(rng.integers(0, n_docs + 1))
+        docs.append(np.sort(rng.choice(n_docs, size=df, replace=False)))
+        tfs.append(rng.integers(1, draw(st.sampled_from([2, 5, 50])), size=df))
+        offsets.append(offsets[-1] + df)
+    lengths = rng.integers(0, draw(st.sampled_from([30, 3000])), size=n_docs)
+    query = draw(st.lists(st.integers(0, n_terms - 1), min_size=1, max_size=5, unique=True))
+    weights = rng.uniform(0.01, 5, size=len(query)).astype(np.float32)
+    if draw(st.booleans()):
+        weights = np.round(weights, 1)  # coarse weights make exact score ties likely
+    return (
+        np.concatenate(docs).astype(np.uint32),
+        np.concatenate(tfs).astype(np.uint32),
+        np.array(offsets, dtype=np.int64),
+        lengths,
+        np.array(query, dtype=np.int64),
+        weights,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(random_postings(), st.integers(1, 70), st.sampled_from(["lucene", "exact"]), st.floats(0, 3), st.floats(0, 1))
+def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b):
+    docs, tfs, offsets, lengths, query, weights = postings
+    params = BM25Params(k1=k1, b=b, length_norm=length_norm)
+    avgdl = float(max(lengths.mean(), 1))
+    if length_norm == "lucene":
+        norm_index, table = lucene_norm_bytes(lengths), norm_inverse_table(params, avgdl, 255)
+    else:
+        norm_index, table = lengths.astype(np.uint32), norm_inverse_table(params, avgdl, int(lengths.max()))
+    starts, ends = offsets[query], offsets[query + 1]
+    accumulator = np.zeros(len(lengths), dtype=np.float32)
+    touched = np.empty(len(lengths), dtype=np.int64)
+    got_docs, got_scores = bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched)
+    want_docs, want_scores = bm25_reference(docs, tfs, starts, ends, weights, norm_index, table, k)
+    np.testing.assert_allclose(got_scores, want_scores, rtol=0, atol=1e-6)
+    assert got_docs.tolist() == want_docs.tolist()
+    assert not accumulator.any(), "the kernel must leave its scratch space zeroed"
+
+
+@given(st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.25]), min_size=1, max_size=200), st.integers(1, 250))
+def test_top_k_orders_by_score_then_id(values, k):
+    scores = np.array(values, dtype=np.float32)
+    candidates = np.random.default_rng(len(values)).permutation(len(values)).astype(np.int64)
+    docs, best = top_k(candidates, scores, k)
+    expected = sorted(range(len(values)), key=lambda d: (-values[d], d))[:k]
+    assert docs.tolist() == expected
+    assert best.tolist() == [values[d] for d in expected]
+
+
+def brute_force_bm25(documents: list[dict], query: str, k1=0.9, b=0.4, k=10):
+    """BM25 as Lucene 9 computes it, straight from the raw documents: no index involved."""
+    analyzer = Analyzer()
+    bags = [Counter(analyzer.analyze(f"{d['title']} {d['text']}" if d["title"] else d["text"])) for d in documents]
+    lengths = np.array([sum(bag.values()) for bag in bags])
+    n = int((lengths > 0).sum())
+    avgdl = np.float32(lengths.sum() / n)
+    decoded = LUCENE_LENGTH_TABLE[lucene_norm_bytes(lengths)].astype(np.float32)
+    with np.errstate(divide="ignore"):  # k1 = 0: infinite inverse norm, the score is the idf
+        norm_inverse = np.float32(1) / (
+            np.float32(k1) * ((np.float32(1) - np.float32(b)) + np.float32(b) * decoded / avgdl)
+        )
+    scores = np.zeros(len(documents), dtype=np.float32)
+    for term, boost in Counter(analyzer.analyze(query)).items():
+        df = sum(term in bag for bag in bags)
+        if not df:
+            continue
+        weight = np.float32(np.log(1 + (n - df + 0.5) / (df + 0.5))) * np.float32(boost)
+        for i, bag in enumerate(bags):
+            if bag[term]:
+                scores[i] += weight - weight / (np.float32(1) + np.float32(bag[term]) * norm_inverse[i])
+    ranked = sorted((i for i in range(len(documents)) if scores[i] > 0), key=lambda i: (-scores[i], i))[:k]
+    return [documents[i]["_id"] for i in ranked], [float(scores[i]) for i in ranked]
+
+
+QUERIES = ["search engine", "quick brown fox fox", "the dog", "money bank river", "runs running ran", "zebra"]
+
+
+@pytest.mark.parametrize("memory_mb", [512, 1])
+@pytest.mark.parametrize("merge", [True, False])
+def test_index_scores_equal_brute_force(tmp_path, memory_mb, merge):
+    documents = random_documents(6000 if memory_mb == 1 else 400, seed=memory_mb, max_words=60)
+    corpus = write_jsonl(tmp_path / "c.jsonl", documents)
+    report = build_index(
+        CorpusReader(open_source(corpus)), tmp_path / "idx", BuildOptions(memory_mb=memory_mb, merge=merge)
+    )
+    index = open_index(tmp_path / "idx")
+    if memory_mb == 1:
+        assert report.segments_flushed > 1
+        assert len(index.segments) == (1 if merge else report.segments_flushed)
+    for query in QUERIES:
+        for k in (1, 10, 100):
+            want_ids, want_scores = brute_force_bm25(documents, query, k=k)
+            hits = index.search(query, k)
+            assert [h.id for h in hits] == want_ids
+            np.testing.assert_allclose([h.score for h in hits], want_scores, rtol=0, atol=1e-5)
+
+
+def test_query_time_parameters_change_scores_as_formula_says(tmp_path):
+    documents = random_documents(200, seed=3)
+    build_index(CorpusReader(open_source(write_jsonl(tmp_path / "c.jsonl", documents))), tmp_path / "idx")
+    index = open_index(tmp_path / "idx")
+    for k1, b in [(1.2, 0.75), (0.0, 0.0), (2.0, 1.0)]:
+        want_ids, want_scores = brute_force_bm25(documents, "quick fox river", k1=k1, b=b, k=20)
+        hits = index.search("quick fox river", 20, BM25Params(k1=k1, b=b))
+        assert [h.id for h in hits] == want_ids
+        np.testing.assert_allclose([h.score for h in hits], want_scores, atol=1e-5)
+
+
+def test_batch_search_equals_single_queries(tmp_path):
+    documents = random_documents(500, seed=4)
+    build_index(CorpusReader(open_source(write_jsonl(tmp_path / "c.jsonl", documents))), tmp_path / "idx")
+    index = open_index(tmp_path / "idx")
+    queries = QUERIES * 5
+    single = [index.search(q, 50) for q in queries]
+    assert index.batch_search(queries, 50, threads=4) == single
+    assert index.batch_search(queries, 50, threads=1) == single
+
+
+def test_bad_parameters_are_rejected():
+    with pytest.raises(ValueError, match="b must be between 0 and 1"):
+        BM25Params(b=1.5)
+    with pytest.raises(ValueError, match="k1"):
+        BM25Params(k1=-1)
