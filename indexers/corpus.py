@@ -199,40 +199,47 @@ _DOCNO = re.compile(r"<DOCNO>\s*(.*?)\s*</DOCNO>", re.S | re.I)
 _TAG = re.compile(r"<[^>]*>")
 
 
+_DOC_OPEN = re.compile(r"<DOC>", re.I)
+_DOC_CLOSE = re.compile(r"</DOC>", re.I)
+
+
 def _read_trec(source: CorpusSource, path: Path, counter: _ByteCounter) -> Iterator[Document | CorpusError]:
     buffer: list[str] | None = None
     start = 0
     for number, raw in _binary_lines(path, counter):
         try:
-            line = _decode(path, number, raw)
+            rest = _decode(path, number, raw)
         except CorpusError as error:
             yield error
             buffer = None
             continue
-        stripped = line.strip().upper()
-        if stripped.startswith("<DOC>"):
-            if buffer is not None:
-                yield CorpusError(path, start, "malformed document: <DOC> without </DOC>")
-            buffer, start = [line.strip()[5:]], number
-            continue
-        if buffer is None:
-            if line.strip() and not stripped.startswith("</DOC>"):
-                yield CorpusError(path, number, "malformed line: text outside <DOC>...</DOC>")
-            continue
-        if stripped.endswith("</DOC>"):
-            buffer.append(line.strip()[:-6])
-            body = "\n".join(buffer)
-            buffer = None
-            match = _DOCNO.search(body)
-            if not match or not match.group(1):
-                yield CorpusError(path, start, "missing id: no <DOCNO>")
+        while rest:
+            if buffer is None:
+                opening = _DOC_OPEN.search(rest)
+                if not opening:
+                    if rest.strip():
+                        yield CorpusError(path, number, "malformed line: text outside <DOC>...</DOC>")
+                    break
+                buffer, start, rest = [], number, rest[opening.end() :]
                 continue
-            text = html.unescape(_TAG.sub(" ", body[: match.start()] + body[match.end() :]))
-            yield Document(match.group(1), " ".join(text.split()), "", f"{path}:{start}")
-        else:
-            buffer.append(line.rstrip("\n"))
+            closing = _DOC_CLOSE.search(rest)
+            if not closing:
+                buffer.append(rest)
+                break
+            buffer.append(rest[: closing.start()])
+            rest = rest[closing.end() :]
+            yield _trec_document(path, start, "".join(buffer))
+            buffer = None
     if buffer is not None:
         yield CorpusError(path, start, "malformed document: <DOC> without </DOC> at end of file")
+
+
+def _trec_document(path: Path, line: int, body: str) -> Document | CorpusError:
+    match = _DOCNO.search(body)
+    if not match or not match.group(1):
+        return CorpusError(path, line, "missing id: no <DOCNO>")
+    text = html.unescape(_TAG.sub(" ", body[: match.start()] + body[match.end() :]))
+    return Document(match.group(1), " ".join(text.split()), "", f"{path}:{line}")
 
 
 _READERS = {"beir": _read_jsonl, "jsonl": _read_jsonl, "tsv": _read_tsv, "trec": _read_trec}
@@ -256,7 +263,6 @@ class CorpusReader:
     def __iter__(self) -> Iterator[Document]:
         seen: set[str] = set()
         for path in self.source.files:
-            self._counter = _ByteCounter()
             for item in _READERS[self.source.format](self.source, path, self._counter):
                 if isinstance(item, Document):
                     item = self._check(item, seen, path)
@@ -269,6 +275,7 @@ class CorpusReader:
                 self.documents += 1
                 yield item
             self._done_bytes += path.stat().st_size
+            self._counter = _ByteCounter()
 
     @staticmethod
     def _check(doc: Document, seen: set[str], path: Path) -> Document | CorpusError:
