@@ -4,10 +4,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import random_documents, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import random_documents, write_jsonl
 from engine.analysis import Analyzer
 from engine.index import open_index
 from engine.sparse import (
