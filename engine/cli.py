@@ -200,7 +200,7 @@ class _Progress:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, desc="indexing", file=sys.stderr)
+            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, desc="indexing", file=sys.stderr, disable=None)
         if now - self._last > 0.25:
             self._last = now
             self.bar.n = min(self.reader.bytes_read, self.total)

@@ -135,11 +135,14 @@ def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, 
     """Scores every posting of the query terms, then keeps the top k.
 
     accumulator (float32, one per passage, all zero) and touched (int64, one per passage) are scratch space owned
-    by the caller's thread; the accumulator is left all zero again.
+    by the caller's thread; the accumulator is left all zero again. Terms of weight <= 0 contribute nothing, so
+    every candidate has a positive score.
     """
     n_touched = 0
     for q in range(len(starts)):
         w = weights[q]
+        if w <= 0:
+            continue
         for p in range(starts[q], ends[q]):
             d = docs[p]
             if accumulator[d] == 0:
@@ -158,13 +161,12 @@ def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, 
 def bm25_reference(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k):
     """Same contract as bm25_exhaustive, in plain numpy: the definition the kernel is tested against."""
     scores = np.zeros(len(norm_index), dtype=np.float32)
-    hit = np.zeros(len(norm_index), dtype=bool)
     for start, end, w in zip(starts, ends, weights):
         d = np.asarray(docs[start:end], dtype=np.int64)
         tf = np.asarray(tfs[start:end], dtype=np.float32)
         w = np.float32(w)
-        scores[d] += w - w / (np.float32(1) + tf * norm_inverse[np.asarray(norm_index)[d]])
-        hit[d] = True
-    candidates = np.flatnonzero(hit)
+        if w > 0:
+            scores[d] += w - w / (np.float32(1) + tf * norm_inverse[np.asarray(norm_index)[d]])
+    candidates = np.flatnonzero(scores > 0)
     order = np.lexsort((candidates, -scores[candidates]))[:k]
     return candidates[order], scores[candidates[order]]
