@@ -21,18 +21,31 @@ LUCENE_ENGLISH_STOP_WORDS = (
     *("will", "with"),
 )
 
-# Ideographs and Hiragana are single-character tokens in UAX #29; everything else in \w joins into words.
+# Ideographs and Hiragana are single-character tokens in UAX #29, and so are pictographs (Lucene's <EMOJI> tokens).
 _IDEOGRAPHIC = "\u3040-\u309f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
-_WORD = rf"[^\W{_IDEOGRAPHIC}]"
-_LETTER = rf"[^\W\d_{_IDEOGRAPHIC}]"
+_PICTOGRAPHIC = (
+    "\u00a9\u00ae\u203c\u2049\u2122\u2139\u2194-\u2199\u21a9\u21aa\u231a\u231b\u2328\u23cf\u23e9-\u23f3"
+    "\u23f8-\u23fa\u24c2\u25aa\u25ab\u25b6\u25c0\u25fb-\u25fe\u2600-\u2605\u2607-\u2612\u2614-\u2685"
+    "\u2690-\u2705\u2708-\u2712\u2714\u2716\u271d\u2721\u2728\u2733\u2734\u2744\u2747\u274c\u274e"
+    "\u2753-\u2755\u2757\u2763-\u2767\u2795-\u2797\u27a1\u27b0\u27bf\u2934\u2935\u2b05-\u2b07"
+    "\u2b1b\u2b1c\u2b50\u2b55\u3030\u303d\u3297\u3299\U0001f000-\U0001faff"
+)
+# Python's \w takes in superscripts, subscripts and fractions (category No); word breaks do not.
+_OTHER_NUMBERS = "\u00b2\u00b3\u00b9\u00bc-\u00be\u2070-\u209f\u2150-\u215f\u2189\u2460-\u249b\u2776-\u2793"
+# Format and Extend characters (soft hyphen, joiners, combining marks) stay inside a word (UAX #29 WB4).
+_EXTEND = "\u00ad\u200c\u200d\u2060\ufeff\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+_WORD = rf"(?:[^\W{_IDEOGRAPHIC}{_OTHER_NUMBERS}]|[{_EXTEND}])"
+_ALNUM = rf"[^\W_{_IDEOGRAPHIC}{_OTHER_NUMBERS}]"
+_LETTER = rf"[^\W\d_{_IDEOGRAPHIC}{_OTHER_NUMBERS}]"
 # UAX #29 word-break classes that may sit inside a word: MidLetter between letters, MidNum between digits, and
 # MidNumLet / Single_Quote between either.
 _MID_LETTER = ":\u00b7\u0387\u055f\u05f4\u2027\ufe13\ufe55\uff1a"
 _MID_NUM = ",;\u037e\u0589\u060c\u060d\u066c\u07f8\u2044\ufe10\ufe14\ufe50\ufe54\uff0c\uff1b"
 _MID_NUM_LET = ".'\u2018\u2019\u2024\ufe52\uff07\uff0e"
+# A word holds at least one letter or digit (underscores alone are no token).
 _STANDARD_TOKEN = re.compile(
-    rf"[{_IDEOGRAPHIC}]"
-    rf"|{_WORD}+(?:(?<={_LETTER})[{_MID_LETTER}{_MID_NUM_LET}](?={_LETTER}){_WORD}+"
+    rf"[{_IDEOGRAPHIC}{_PICTOGRAPHIC}]"
+    rf"|_*{_ALNUM}{_WORD}*(?:(?<={_LETTER})[{_MID_LETTER}{_MID_NUM_LET}](?={_LETTER}){_WORD}+"
     rf"|(?<=\d)[{_MID_NUM}{_MID_NUM_LET}](?=\d){_WORD}+)*"
 )
 _WHITESPACE_TOKEN = re.compile(r"\S+")
@@ -116,7 +129,10 @@ class Analyzer:
                 cache.clear()
             shortest = self.config.min_stem_length
             long_words = [t for t in missing if len(t) >= shortest]
-            cache.update(zip(long_words, self._stem.stemWords(long_words)))
+            stems = self._stem.stemWords(long_words)
+            if self.config.stemmer == "porter":
+                stems = [lucene_porter_departures(stem) for stem in stems]
+            cache.update(zip(long_words, stems))
             cache.update((t, t) for t in missing if len(t) < shortest)
         return [cache[t] for t in terms]
 
@@ -126,3 +142,46 @@ def _stemmer(name: str) -> Stemmer.Stemmer:
         return Stemmer.Stemmer(name)
     except KeyError:
         raise AnalyzerError(f"unknown stemmer {name!r}; choose one of: {', '.join(Stemmer.algorithms())}") from None
+
+
+def _consonant(word: str, i: int) -> bool:
+    c = word[i]
+    if c in "aeiou":
+        return False
+    if c == "y":
+        return i == 0 or not _consonant(word, i - 1)
+    return True
+
+
+def _measure(stem: str) -> int:
+    """Porter's m: the number of vowel-consonant sequences in stem."""
+    kinds = "".join("c" if _consonant(stem, i) else "v" for i in range(len(stem)))
+    return kinds.lstrip("c").count("vc") if kinds else 0
+
+
+def _ends_cvc(word: str) -> bool:
+    return (
+        len(word) >= 3
+        and _consonant(word, len(word) - 3)
+        and not _consonant(word, len(word) - 2)
+        and _consonant(word, len(word) - 1)
+        and word[-1] not in "wxy"
+    )
+
+
+def lucene_porter_departures(stem: str) -> str:
+    """Applies the two rules by which Lucene's PorterStemmer (Porter's own C version) departs from the published
+    algorithm that Snowball's "porter" implements: step 2 maps "bli" to "ble" (not only "abli" to "able") and "logi"
+    to "log"; a "ble" then goes through steps 4 and 5 as Lucene would take it.
+    """
+    if stem.endswith("logi") and _measure(stem[:-4]) > 0:
+        return stem[:-1]
+    if stem.endswith("bli") and not stem.endswith("abli") and _measure(stem[:-3]) > 0:
+        word = stem[:-1] + "e"
+        if word.endswith("ible") and _measure(word[:-4]) > 1:
+            return word[:-4]
+        m = _measure(word[:-1])
+        if m > 1 or (m == 1 and not _ends_cvc(word[:-1])):
+            return word[:-1]
+        return word
+    return stem

@@ -14,7 +14,11 @@ from engine.analysis import LUCENE_ENGLISH_STOP_WORDS, Analyzer, AnalyzerConfig,
         ("don't it’s", ["don't", "it’s"]),
         ("end. Next", ["end", "Next"]),
         ("中文字 ひら", ["中", "文", "字", "ひ", "ら"]),  # ideographs and hiragana are one token each
-        ("café naïve", ["café", "naïve"]),
+        ("café naïve cafe\u0301", ["café", "naïve", "cafe\u0301"]),  # combining marks stay in the word
+        ("m² H₂O ½", ["m", "H", "O"]),  # superscripts, subscripts and fractions are no word characters
+        ("© ® x™ ☆ ★ 😀", ["©", "®", "x", "™", "★", "😀"]),  # pictographs are tokens of their own, ☆ is none
+        ("_ __init__ foo_", ["__init__", "foo_"]),  # underscores join words but make none alone
+        ("shrink\u00adage", ["shrink\u00adage"]),  # a soft hyphen (Format) does not break a word
     ],
 )
 def test_standard_tokenizer_follows_word_breaks(text, tokens):
@@ -26,6 +30,22 @@ def test_english_analyzer_chain_matches_lucene():
     # possessive removed, lower-cased, stop words dropped, Porter stems; words of <= 2 chars left unstemmed
     assert analyzer.analyze("The John's Ponies are RUNNING to us") == ["john", "poni", "run", "us"]
     assert analyzer.analyze("caresses generalizations") == ["caress", "gener"]
+
+
+@pytest.mark.parametrize(
+    ("word", "stem"),
+    [
+        ("assembly", "assembl"),  # Lucene's step 2 maps "bli" to "ble", then step 5 drops the "e"
+        ("possibly", "possibl"),
+        ("irreversibly", "irrevers"),  # ... or step 4 drops "ible"
+        ("nobly", "nobli"),  # m = 0 before "bli": unchanged
+        ("technology", "technolog"),  # "logi" -> "log"
+        ("logic", "logic"),
+        ("generalizations", "gener"),
+    ],
+)
+def test_porter_follows_lucenes_porter_stemmer(word, stem):
+    assert Analyzer().analyze(word) == [stem]
 
 
 def test_long_tokens_are_cut_like_standard_tokenizer():

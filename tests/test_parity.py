@@ -33,3 +33,6 @@ def test_bm25_matches_lucene(tmp_path, collection):
     reference = LUCENE[collection]
     assert abs(measured["nDCG@10"] - reference["nDCG@10"]) <= 0.003, measured
     assert abs(measured["R@1000"] - reference["R@1000"]) <= 0.005, measured
+    # the analyzer produces Lucene's terms on every document of these collections, so the rest agrees closely too
+    for measure in ("R@100", "AP", "RR"):
+        assert abs(measured[measure] - reference[measure]) <= 0.002, (measure, measured)

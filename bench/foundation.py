@@ -1,0 +1,234 @@
+"""Foundation benchmark: Sift beside Lucene (pyserini's Anserini jar) on the same text, in the same run.
+
+Measures single-thread indexing throughput, index size, per-query latency at k=10 and k=1000, top-10 agreement,
+and (on SciFact) effectiveness. Writes bench/results/foundation.{md,json}.
+
+    python -m bench.foundation [--synthetic 200000] [--queries 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from engine.evaluation import evaluate
+from engine.index import open_index
+from indexers.corpus import CorpusReader, open_source, read_qrels, read_queries
+from indexers.inverted import BuildOptions, build_index
+from tools.synthetic import synthetic_documents, synthetic_queries
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "bench" / "results"
+WORK = ROOT / "bench" / "work"
+
+
+def machine() -> dict:
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), platform.processor())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory, 1), "os": platform.platform()}
+
+
+def software() -> dict:
+    names = ["sift-engine", "numpy", "numba", "PyStemmer", "pyjnius", "pyserini"]
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def latencies(search, queries: list[str], k: int) -> dict:
+    for query in queries[: min(len(queries), 100)]:  # warm-up: JIT, JVM, page cache
+        search(query, k)
+    timings = []
+    for query in queries:
+        started = time.perf_counter()
+        search(query, k)
+        timings.append(time.perf_counter() - started)
+    ms = np.array(timings) * 1000
+    return {
+        "qps": round(len(queries) / ms.sum() * 1000, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p95_ms": round(float(np.percentile(ms, 95)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+    }
+
+
+def agreement(sift_search, lucene_search, queries: list[str], k: int = 10) -> dict:
+    """Share of top-k ids Lucene also returns, and the largest score difference on documents both rank."""
+    overlap, score_gap = [], 0.0
+    for query in queries:
+        mine = dict(sift_search(query, k))
+        theirs = dict(lucene_search(query, k))
+        if not theirs:
+            continue
+        overlap.append(len(mine.keys() & theirs.keys()) / len(theirs))
+        score_gap = max([score_gap] + [abs(mine[d] - theirs[d]) for d in mine.keys() & theirs.keys()])
+    return {f"top{k}_overlap": round(float(np.mean(overlap)), 4), "max_score_diff": round(score_gap, 5)}
+
+
+def run_corpus(name: str, documents: list[dict], queries: list[tuple[str, str]], qrels: dict | None) -> dict:
+    from bench import lucene
+
+    work = WORK / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    corpus = work / "corpus.jsonl"
+    with open(corpus, "w", encoding="utf-8") as f:
+        for d in documents:
+            f.write(json.dumps(d) + "\n")
+    lucene.write_json_collection(documents, work / "lucene-input")
+
+    started = time.perf_counter()
+    build_index(CorpusReader(open_source(corpus), skip_bad=True), work / "sift", BuildOptions())
+    sift_seconds = time.perf_counter() - started
+    lucene_seconds = lucene.build(work / "lucene-input", work / "lucene", threads=1)
+    sift_index = open_index(work / "sift")
+    lucene_searcher = lucene.Searcher(work / "lucene")
+
+    def sift_search(query: str, k: int):
+        return [(h.id, h.score) for h in sift_index.search(query, k)]
+
+    texts = [text for _, text in queries]
+    row = {
+        "corpus": name,
+        "documents": len(documents),
+        "queries": len(queries),
+        "index": {
+            "sift": {
+                "seconds": round(sift_seconds, 2),
+                "docs_per_s": round(len(documents) / sift_seconds, 1),
+                "bytes": directory_bytes(work / "sift"),
+            },
+            "lucene": {
+                "seconds": round(lucene_seconds, 2),
+                "docs_per_s": round(len(documents) / lucene_seconds, 1),
+                "bytes": directory_bytes(work / "lucene"),
+            },
+        },
+        "search": {},
+        "agreement": agreement(sift_search, lucene_searcher.search, texts),
+    }
+    for k in (10, 1000):
+        row["search"][k] = {
+            "sift": latencies(sift_search, texts, k),
+            "lucene": latencies(lucene_searcher.search, texts, k),
+        }
+    if qrels:
+        runs = {
+            "sift": {qid: dict(sift_search(text, 1000)) for qid, text in queries},
+            "lucene": {qid: dict(lucene_searcher.search(text, 1000)) for qid, text in queries},
+        }
+        row["effectiveness"] = {system: evaluate(run, qrels).to_dict() for system, run in runs.items()}
+    return row
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}×" if b else "n/a"
+
+
+def render(rows: list[dict], info: dict) -> str:
+    lucene = info["lucene"]
+    lines = [
+        "# Foundation benchmark: Sift vs Lucene (same text, same run, one thread)",
+        "",
+        f"Date: {info['date']}  ",
+        f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, {info['machine']['memory_gib']} GiB; "
+        f"{info['machine']['os']}  ",
+        f"Software: {', '.join(f'{k} {v}' for k, v in info['software'].items() if v)}; "
+        f"Lucene {lucene['lucene']} (Java {lucene['java']}, {lucene['anserini_jar']}, driven through pyjnius)",
+        "",
+        "Ratios are Sift ÷ Lucene: above 1 means Sift is faster (throughput) or larger (size).",
+        "",
+        "| corpus | docs | index docs/s Sift | Lucene | ratio | index MB Sift | Lucene | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s, lu = r["index"]["sift"], r["index"]["lucene"]
+        lines.append(
+            f"| {r['corpus']} | {r['documents']:,} | {s['docs_per_s']:,.0f} | {lu['docs_per_s']:,.0f} | "
+            f"{ratio(s['docs_per_s'], lu['docs_per_s'])} | {s['bytes'] / 2**20:.1f} | {lu['bytes'] / 2**20:.1f} | "
+            f"{ratio(s['bytes'], lu['bytes'])} |"
+        )
+    lines += [
+        "",
+        "| corpus | k | QPS Sift | Lucene | ratio | p50 ms Sift | Lucene | p95 ms Sift | Lucene | p99 ms Sift "
+        "| Lucene |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for k, pair in r["search"].items():
+            s, lu = pair["sift"], pair["lucene"]
+            lines.append(
+                f"| {r['corpus']} | {k} | {s['qps']:,.0f} | {lu['qps']:,.0f} | {ratio(s['qps'], lu['qps'])} | "
+                f"{s['p50_ms']} | {lu['p50_ms']} | {s['p95_ms']} | {lu['p95_ms']} | {s['p99_ms']} | {lu['p99_ms']} |"
+            )
+    lines += ["", "| corpus | top-10 overlap with Lucene | max score difference |", "|---|---|---|"]
+    for r in rows:
+        a = r["agreement"]
+        lines.append(f"| {r['corpus']} | {a['top10_overlap']} | {a['max_score_diff']} |")
+    effective = [r for r in rows if "effectiveness" in r]
+    if effective:
+        lines += ["", "| corpus | system | nDCG@10 | R@1000 | AP | RR |", "|---|---|---|---|---|---|"]
+        for r in effective:
+            for system, m in r["effectiveness"].items():
+                lines.append(f"| {r['corpus']} | {system} | {m['nDCG@10']} | {m['R@1000']} | {m['AP']} | {m['RR']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--synthetic", type=int, default=200_000, help="synthetic corpus size (0: skip)")
+    parser.add_argument("--queries", type=int, default=1000, help="synthetic queries")
+    args = parser.parse_args(argv)
+    from bench import lucene
+
+    rows = []
+    scifact = DATA / "scifact"
+    if scifact.is_dir():
+        with gzip.open(scifact / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
+            documents = [json.loads(line) for line in f]
+        queries = read_queries(scifact / "queries.test.tsv")
+        rows.append(run_corpus("scifact", documents, queries, read_qrels(scifact / "qrels.test.txt")))
+    else:
+        print(f"{scifact} is absent: SciFact skipped", file=sys.stderr)
+    if args.synthetic:
+        documents = list(synthetic_documents(args.synthetic, seed=0))
+        queries = synthetic_queries(documents, args.queries, seed=0)
+        rows.append(run_corpus(f"synthetic-{args.synthetic // 1000}k", documents, queries, None))
+    info = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "software": software(),
+        "lucene": lucene.versions(),
+    }
+    table = render(rows, info)
+    print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "foundation.md").write_text(table, encoding="utf-8")
+    (RESULTS / "foundation.json").write_text(json.dumps({**info, "rows": rows}, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
