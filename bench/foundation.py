@@ -127,12 +127,22 @@ def run_corpus(name: str, documents: list[dict], queries: list[tuple[str, str]],
             },
         },
         "search": {},
+        "batch": {},
         "agreement": agreement(sift_search, lucene_searcher.search, texts),
     }
     for k in (10, 1000):
         row["search"][k] = {
             "sift": latencies(sift_search, texts, k),
             "lucene": latencies(lucene_searcher.search, texts, k),
+        }
+        sift_index.batch_search(texts, k, threads=1)  # warm-up
+        started = time.perf_counter()
+        sift_index.batch_search(texts, k, threads=1)
+        sift_batch = time.perf_counter() - started
+        lucene_batch = lucene.batch_seconds(work / "lucene", queries, k, work)
+        row["batch"][k] = {
+            "sift_qps": round(len(texts) / sift_batch, 1),
+            "lucene_qps": round(len(texts) / lucene_batch, 1),
         }
     if qrels:
         runs = {
@@ -183,6 +193,18 @@ def render(rows: list[dict], info: dict) -> str:
                 f"| {r['corpus']} | {k} | {s['qps']:,.0f} | {lu['qps']:,.0f} | {ratio(s['qps'], lu['qps'])} | "
                 f"{s['p50_ms']} | {lu['p50_ms']} | {s['p95_ms']} | {lu['p95_ms']} | {s['p99_ms']} | {lu['p99_ms']} |"
             )
+    lines += [
+        "",
+        "Batch, one thread: Sift `batch_search(threads=1)` against Anserini's SearchCollection (`-threads 1`, all in "
+        "Java, run file written), the same queries.",
+        "",
+        "| corpus | k | batch QPS Sift | Lucene (Java) | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for k, b in r["batch"].items():
+            lines.append(f"| {r['corpus']} | {k} | {b['sift_qps']:,.0f} | {b['lucene_qps']:,.0f} | "
+                         f"{ratio(b['sift_qps'], b['lucene_qps'])} |")  # fmt: skip
     lines += ["", "| corpus | top-10 overlap with Lucene | max score difference |", "|---|---|---|"]
     for r in rows:
         a = r["agreement"]

@@ -1,6 +1,15 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from engine.analysis import LUCENE_ENGLISH_STOP_WORDS, Analyzer, AnalyzerConfig, AnalyzerError
+from engine.analysis import (
+    _ASCII_TOKEN,
+    _STANDARD_TOKEN,
+    LUCENE_ENGLISH_STOP_WORDS,
+    Analyzer,
+    AnalyzerConfig,
+    AnalyzerError,
+)
 
 
 @pytest.mark.parametrize(
@@ -83,3 +92,8 @@ def test_bad_configuration_is_a_clear_error():
         Analyzer(AnalyzerConfig(stemmer="klingon"))
     with pytest.raises(AnalyzerError, match="unknown tokenizer"):
         Analyzer(AnalyzerConfig(tokenizer="icu"))
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80))
+def test_ascii_fast_path_tokenizes_as_the_unicode_grammar(text):
+    assert _ASCII_TOKEN.findall(text) == _STANDARD_TOKEN.findall(text)

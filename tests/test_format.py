@@ -1,0 +1,93 @@
+"""The on-disk format: string tables, the document store, block maxima and segment merges."""
+
+from pathlib import Path
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import random_documents, write_jsonl
+from engine.format import (
+    BLOCK_SIZE,
+    DocStore,
+    DocStoreWriter,
+    Segment,
+    StringTable,
+    compute_blocks,
+    sort_terms,
+    write_strings,
+)
+from indexers.corpus import CorpusReader, open_source
+from indexers.inverted import BuildOptions, build_index
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.sets(st.text(min_size=1, max_size=12), max_size=60), st.lists(st.text(max_size=12), max_size=10))
+def test_string_table_finds_every_term_and_only_those(tmp_path_factory, terms, probes):
+    directory = tmp_path_factory.mktemp("strings")
+    ordered = sort_terms(terms)
+    write_strings(directory, "terms", ordered)
+    table = StringTable(directory, "terms")
+    assert len(table) == len(ordered) and table[:] == ordered
+    for i, term in enumerate(ordered):
+        assert table.find(term) == i
+    for probe in probes:
+        assert table.find(probe) == (ordered.index(probe) if probe in terms else -1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.text(max_size=30), max_size=100))
+def test_document_store_round_trip(tmp_path_factory, texts):
+    directory = tmp_path_factory.mktemp("store")
+    writer = DocStoreWriter(directory)
+    for i, text in enumerate(texts):
+        writer.add({"id": str(i), "text": text})
+    writer.close()
+    store = DocStore(directory)
+    for i in reversed(range(len(texts))):  # any order: each read is one block
+        assert store[i] == {"id": str(i), "text": texts[i]}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=6), st.integers(0, 2**32 - 1))
+def test_block_maxima_bound_every_block(dfs, seed):
+    rng = np.random.default_rng(seed)
+    n_docs = 400
+    lengths = rng.integers(0, 1000, size=n_docs).astype(np.uint32)
+    docs = np.concatenate([np.sort(rng.choice(n_docs, size=df, replace=False)) for df in dfs]).astype(np.uint32)
+    tfs = rng.integers(1, 20, size=len(docs)).astype(np.uint32)
+    offsets = np.concatenate([[0], np.cumsum(dfs)]).astype(np.int64)
+    blocks = compute_blocks(docs, tfs, offsets, lengths)
+    for term in range(len(dfs)):
+        term_docs, term_tfs = docs[offsets[term] : offsets[term + 1]], tfs[offsets[term] : offsets[term + 1]]
+        first, last = blocks.offsets[term], blocks.offsets[term + 1]
+        assert last - first == -(-len(term_docs) // BLOCK_SIZE)
+        for b, start in zip(range(first, last), range(0, len(term_docs), BLOCK_SIZE)):
+            chunk = slice(start, start + BLOCK_SIZE)
+            assert blocks.max_tf[b] == term_tfs[chunk].max()
+            assert blocks.min_length[b] == lengths[term_docs[chunk]].min()
+            assert blocks.last_doc[b] == term_docs[chunk][-1]
+
+
+def segment_arrays(index_dir: Path) -> dict:
+    (folder,) = [p for p in index_dir.iterdir() if p.name.startswith("seg_")]
+    segment = Segment(folder)
+    return {
+        "terms": segment.terms[:],
+        "doc_ids": segment.doc_ids[:],
+        "store": [segment.store[i] for i in range(segment.passages)],
+        **{
+            name: np.asarray(getattr(segment, name)).tolist()
+            for name in ("offsets", "docs", "tfs", "lengths", "passage_doc", "passage_part")
+        },
+        **{f"blocks.{k}": np.asarray(v).tolist() for k, v in vars(segment.blocks).items()},
+        "meta": {k: v for k, v in segment.meta.items() if k != "block_size"},
+    }
+
+
+def test_merged_segment_equals_a_single_flush(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", random_documents(12000, seed=8, max_words=60))
+    one = build_index(CorpusReader(open_source(corpus)), tmp_path / "one", BuildOptions())
+    many = build_index(CorpusReader(open_source(corpus)), tmp_path / "many", BuildOptions(memory_mb=1))
+    assert one.segments_flushed == 1 and many.segments_flushed > 1
+    assert segment_arrays(tmp_path / "one") == segment_arrays(tmp_path / "many")
