@@ -57,8 +57,9 @@ def directory_bytes(path: Path) -> int:
 
 
 def latencies(search, queries: list[str], k: int) -> dict:
-    for query in queries[: min(len(queries), 100)]:  # warm-up: JIT, JVM, page cache
-        search(query, k)
+    for _ in range(2):  # warm-up: numba and the JVM's JIT, page cache
+        for query in queries:
+            search(query, k)
     timings = []
     for query in queries:
         started = time.perf_counter()

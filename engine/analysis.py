@@ -108,7 +108,7 @@ class Analyzer:
         """Surface tokens before filtering (also used to cut passages on token boundaries)."""
         pattern = _ASCII_TOKEN if self._pattern is _STANDARD_TOKEN and text.isascii() else self._pattern
         tokens = pattern.findall(text)
-        if any(len(t) > MAX_TOKEN_LENGTH for t in tokens):
+        if len(text) > MAX_TOKEN_LENGTH and max(map(len, tokens), default=0) > MAX_TOKEN_LENGTH:
             tokens = [t[i : i + MAX_TOKEN_LENGTH] for t in tokens for i in range(0, len(t), MAX_TOKEN_LENGTH)]
         return tokens
 
@@ -126,7 +126,7 @@ class Analyzer:
         if self._stem is None:
             return [t for t in tokens if t and t not in stop]
         cache = self._stem_cache
-        missing = {t for t in tokens if t not in cache}
+        missing = set(tokens).difference(cache)
         if missing:
             self._add_stems(missing)
         return [cache[t] for t in tokens if t and t not in stop]

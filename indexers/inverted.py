@@ -97,7 +97,9 @@ class _PendingSegment:
             number = self.passages
             terms = analyzer.analyze(passage.indexed_text)
             counts = Counter(terms)
-            self.term_ids.extend([vocabulary.setdefault(t, len(vocabulary)) for t in counts])
+            for term in set(counts).difference(vocabulary):
+                vocabulary[term] = len(vocabulary)
+            self.term_ids.extend(map(vocabulary.__getitem__, counts))
             self.tfs.extend(counts.values())
             self.passage_of_posting.extend([number] * len(counts))
             self.lengths.append(len(terms))
