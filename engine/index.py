@@ -36,7 +36,6 @@ class Hit:
 class QueryPlan:
     """A query analyzed against this index: per segment, the posting ranges to score and their weights."""
 
-    terms: tuple[str, ...]
     per_segment: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]  # (starts, ends, weights)
 
 
@@ -52,6 +51,7 @@ class Index:
         self.bases = np.cumsum([0] + [s.passages for s in self.segments])
         self.split_passages = bool(self.manifest.get("passages", {}).get("window"))
         self._local = threading.local()
+        self._norm_cache: dict[tuple, tuple[list[np.ndarray], np.ndarray]] = {}
 
     # -- statistics, global across segments so scores do not depend on segmentation
 
@@ -93,7 +93,7 @@ class Index:
 
     # -- query processing
 
-    def plan(self, query: str | Sequence[str], params: BM25Params) -> QueryPlan:
+    def plan(self, query: str | Sequence[str]) -> QueryPlan:
         """query: text to analyze, or terms already analyzed."""
         terms = self.analyzer.analyze(query) if isinstance(query, str) else list(query)
         boosts = Counter(terms)  # a repeated query term counts once per occurrence, as in Anserini
@@ -112,11 +112,11 @@ class Index:
                     weights[found].astype(np.float32),
                 )
             )
-        return QueryPlan(tuple(unique), tuple(per_segment))
+        return QueryPlan(tuple(per_segment))
 
     def _norms(self, params: BM25Params) -> tuple[list[np.ndarray], np.ndarray]:
         """Per-segment norm indexes and the shared inverse-norm table for these parameters (cached)."""
-        cache = self.__dict__.setdefault("_norm_cache", {})
+        cache = self._norm_cache
         key = (params.k1, params.b, params.length_norm)
         if key not in cache:
             if params.length_norm == "lucene":
@@ -143,7 +143,7 @@ class Index:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         params = params or self.default_params
-        plan = self.plan(query, params)
+        plan = self.plan(query)
         norm_indexes, table = self._norms(params)
         found_docs, found_scores = [], []
         for i, (segment, (starts, ends, weights)) in enumerate(zip(self.segments, plan.per_segment)):
