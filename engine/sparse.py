@@ -69,7 +69,7 @@ def norm_inverse_table(params: BM25Params, avgdl: float, max_index: int) -> np.n
     else:
         lengths = np.arange(max_index + 1, dtype=np.float32)
     k1, b, avg = np.float32(params.k1), np.float32(params.b), np.float32(avgdl)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):  # k1 -> 0: an infinite inverse, the score tends to idf
         return (np.float32(1) / (k1 * ((np.float32(1) - b) + b * lengths / avg))).astype(np.float32)
 
 
