@@ -23,9 +23,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_bm25_options(parser: argparse.ArgumentParser) -> None:
+def _add_bm25_options(parser: argparse.ArgumentParser, query_time: bool = True) -> None:
     parser.add_argument("--k1", type=float, help="BM25 k1 (default: the index's, 0.9 unless set at index time)")
     parser.add_argument("--b", type=float, help="BM25 b (default: the index's, 0.4 unless set at index time)")
+    if query_time:
+        parser.add_argument(
+            "--algorithm",
+            choices=("auto", "maxscore", "exhaustive"),
+            default="auto",
+            help="query processing; all return the same results (auto: MaxScore where lists are long for k)",
+        )
 
 
 def _bm25_params(index, args):
@@ -74,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stopwords", default="lucene", help="lucene (English), none, or a file with one stop word a line"
     )
     index.add_argument("--no-lowercase", action="store_true", help="keep case")
-    _add_bm25_options(index)
+    _add_bm25_options(index, query_time=False)
     index.add_argument("--json", action="store_true", help="print the build report as one JSON line")
     index.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -221,7 +228,7 @@ def _cmd_search(args) -> int:
 
     index = open_index(args.index_dir)
     started = time.perf_counter()
-    hits = index.search(args.query, args.k, _bm25_params(index, args), documents=args.documents)
+    hits = index.search(args.query, args.k, _bm25_params(index, args), args.documents, args.algorithm)
     elapsed_ms = (time.perf_counter() - started) * 1000
     results = []
     for hit in hits:
@@ -260,7 +267,12 @@ def _cmd_eval(args) -> int:
     params = _bm25_params(index, args)
     started = time.perf_counter()
     results = index.batch_search(
-        [text for _, text in queries], args.depth, params, documents=index.split_passages, threads=args.threads
+        [text for _, text in queries],
+        args.depth,
+        params,
+        documents=index.split_passages,
+        threads=args.threads,
+        algorithm=args.algorithm,
     )
     seconds = time.perf_counter() - started
     run = {qid: {hit.id: hit.score for hit in hits} for (qid, _), hits in zip(queries, results)}

@@ -170,3 +170,167 @@ def bm25_reference(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k
     candidates = np.flatnonzero(scores > 0)
     order = np.lexsort((candidates, -scores[candidates]))[:k]
     return candidates[order], scores[candidates[order]]
+
+
+# --- safe dynamic pruning ------------------------------------------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True)
+def _block_bounds(weights, block_first, block_count, block_max_tf, block_min_length, norm_lengths, norm_inverse):
+    """Per query term, the score bound of each of its blocks (max tf at min length), and the term's maximum.
+
+    Computed with the scoring formula in float32, so a bound is never below a score it bounds: Lucene's formula is
+    monotone in tf and norm even after rounding.
+    """
+    m = len(weights)
+    offsets = np.zeros(m + 1, dtype=np.int64)
+    for q in range(m):
+        offsets[q + 1] = offsets[q] + block_count[q]
+    bounds = np.zeros(offsets[m], dtype=np.float32)
+    term_bound = np.zeros(m, dtype=np.float32)
+    for q in range(m):
+        w = weights[q]
+        for j in range(block_count[q]):
+            b = block_first[q] + j
+            norm = np.searchsorted(norm_lengths, block_min_length[b], side="right") - 1
+            s = w - w / (np.float32(1) + np.float32(block_max_tf[b]) * norm_inverse[norm])
+            bounds[offsets[q] + j] = s
+            if s > term_bound[q]:
+                term_bound[q] = s
+    return offsets, bounds, term_bound
+
+
+@numba.njit(nogil=True, cache=True)
+def bm25_maxscore(
+    docs,
+    tfs,
+    starts,
+    ends,
+    weights,
+    norm_index,
+    norm_inverse,
+    norm_lengths,
+    block_first,
+    block_max_tf,
+    block_min_length,
+    block_last_doc,
+    block_size,
+    k,
+):
+    """Block-max MaxScore, document at a time: exactly bm25_exhaustive's top k, usually scoring far fewer postings.
+
+    Terms are ordered by their score bound; the lowest ones whose bounds together cannot lift a document above the
+    current k-th score are "non-essential" and only probed for documents the others produce, and a probe stops as
+    soon as the block maxima say the document cannot make it. A document's score is summed in query-term order, as
+    the exhaustive kernel sums it, so both return the same floats. Bounds are compared with a margin that covers
+    float32 rounding of the sums.
+    """
+    m = len(starts)
+    block_count = np.empty(m, dtype=np.int64)
+    for q in range(m):
+        block_count[q] = (ends[q] - starts[q] + block_size - 1) // block_size
+    bound_offsets, bounds, term_bound = _block_bounds(
+        weights, block_first, block_count, block_max_tf, block_min_length, norm_lengths, norm_inverse
+    )
+    live = 0
+    for q in range(m):
+        if weights[q] > 0 and ends[q] > starts[q]:
+            live += 1
+    order = np.empty(live, dtype=np.int64)
+    j = 0
+    for q in np.argsort(term_bound, kind="mergesort"):
+        if weights[q] > 0 and ends[q] > starts[q]:
+            order[j] = q
+            j += 1
+    prefix = np.zeros(live, dtype=np.float64)  # prefix[i]: the bounds of order[0..i] together
+    running = 0.0
+    for i in range(live):
+        running += term_bound[order[i]]
+        prefix[i] = running
+    margin = 1.0 + (m + 2) * 2.5e-7
+    n_docs = len(norm_index)
+
+    position = starts.copy()
+    block = np.zeros(m, dtype=np.int64)
+    contribution = np.zeros(m, dtype=np.float32)
+    heap_scores = np.empty(k, dtype=np.float32)
+    heap_docs = np.empty(k, dtype=np.int64)
+    size = 0
+    threshold = -1.0
+    first_essential = 0
+
+    current = n_docs
+    for i in range(live):
+        q = order[i]
+        if docs[position[q]] < current:
+            current = docs[position[q]]
+    while current < n_docs and first_essential < live:
+        partial = 0.0
+        following = n_docs
+        for i in range(first_essential, live):
+            q = order[i]
+            p = position[q]
+            if p < ends[q] and docs[p] == current:
+                w = weights[q]
+                c = w - w / (np.float32(1) + np.float32(tfs[p]) * norm_inverse[norm_index[current]])
+                contribution[q] = c
+                partial += c
+                p += 1
+                position[q] = p
+            if p < ends[q] and docs[p] < following:
+                following = docs[p]
+        candidate = True
+        for i in range(first_essential - 1, -1, -1):
+            if (partial + prefix[i]) * margin <= threshold:
+                candidate = False
+                break
+            q = order[i]
+            first = block_first[q]
+            while block[q] < block_count[q] and block_last_doc[first + block[q]] < current:
+                block[q] += 1
+            if block[q] == block_count[q]:
+                continue
+            rest = prefix[i - 1] if i > 0 else 0.0
+            if (partial + bounds[bound_offsets[q] + block[q]] + rest) * margin <= threshold:
+                candidate = False
+                break
+            p = max(position[q], starts[q] + block[q] * block_size)
+            while p < ends[q] and docs[p] < current:
+                p += 1
+            position[q] = p
+            if p < ends[q] and docs[p] == current:
+                w = weights[q]
+                c = w - w / (np.float32(1) + np.float32(tfs[p]) * norm_inverse[norm_index[current]])
+                contribution[q] = c
+                partial += c
+        if candidate:
+            score = np.float32(0)
+            for q in range(m):
+                score += contribution[q]
+            if size < k:
+                heap_scores[size] = score
+                heap_docs[size] = current
+                size += 1
+                if size == k:
+                    for i in range(k // 2 - 1, -1, -1):
+                        _sift_down(heap_scores, heap_docs, k, i)
+                    threshold = heap_scores[0]
+            elif score > heap_scores[0]:
+                heap_scores[0] = score
+                heap_docs[0] = current
+                _sift_down(heap_scores, heap_docs, k, 0)
+                threshold = heap_scores[0]
+            if size == k:
+                while first_essential < live and prefix[first_essential] * margin <= threshold:
+                    first_essential += 1
+        for q in range(m):
+            contribution[q] = 0
+        current = following
+    if size < k:
+        for i in range(size // 2 - 1, -1, -1):
+            _sift_down(heap_scores, heap_docs, size, i)
+    for end in range(size - 1, 0, -1):
+        heap_scores[0], heap_scores[end] = heap_scores[end], heap_scores[0]
+        heap_docs[0], heap_docs[end] = heap_docs[end], heap_docs[0]
+        _sift_down(heap_scores, heap_docs, end, 0)
+    return heap_docs[:size].copy(), heap_scores[:size].copy()

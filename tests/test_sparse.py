@@ -9,11 +9,13 @@ from hypothesis import strategies as st
 
 from conftest import random_documents, write_jsonl
 from engine.analysis import Analyzer
+from engine.format import BLOCK_SIZE, compute_blocks
 from engine.index import open_index
 from engine.sparse import (
     LUCENE_LENGTH_TABLE,
     BM25Params,
     bm25_exhaustive,
+    bm25_maxscore,
     bm25_reference,
     lucene_norm_bytes,
     norm_inverse_table,
@@ -155,6 +157,20 @@ def test_query_time_parameters_change_scores_as_formula_says(tmp_path):
         np.testing.assert_allclose([h.score for h in hits], want_scores, atol=1e-5)
 
 
+def test_every_algorithm_returns_the_same_hits(tmp_path):
+    documents = random_documents(30000, seed=6, max_words=80)
+    build_index(CorpusReader(open_source(write_jsonl(tmp_path / "c.jsonl", documents))), tmp_path / "idx")
+    index = open_index(tmp_path / "idx")
+    queries = [*QUERIES, "search index query passage document ranking", "cat dog fox quality prune"]
+    for k in (1, 10, 1000):
+        for query in queries:
+            exhaustive = index.search(query, k, algorithm="exhaustive")
+            assert index.search(query, k, algorithm="maxscore") == exhaustive
+            assert index.search(query, k, algorithm="auto") == exhaustive
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        index.search("cat", algorithm="wand")
+
+
 def test_batch_search_equals_single_queries(tmp_path):
     documents = random_documents(500, seed=4)
     build_index(CorpusReader(open_source(write_jsonl(tmp_path / "c.jsonl", documents))), tmp_path / "idx")
@@ -170,3 +186,58 @@ def test_bad_parameters_are_rejected():
         BM25Params(b=1.5)
     with pytest.raises(ValueError, match="k1"):
         BM25Params(k1=-1)
+
+
+def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params):
+    avgdl = float(max(lengths.mean(), 1))
+    if params.length_norm == "lucene":
+        norm_index, table = lucene_norm_bytes(lengths), norm_inverse_table(params, avgdl, 255)
+        norm_lengths = LUCENE_LENGTH_TABLE
+    else:
+        longest = int(lengths.max())
+        norm_index, table = lengths.astype(np.uint32), norm_inverse_table(params, avgdl, longest)
+        norm_lengths = np.arange(longest + 1, dtype=np.int64)
+    blocks = compute_blocks(docs, tfs, offsets, lengths.astype(np.uint32))
+    starts, ends = offsets[query], offsets[query + 1]
+    pruned = bm25_maxscore(
+        docs, tfs, starts, ends, weights, norm_index, table, norm_lengths, blocks.offsets[query],
+        blocks.max_tf, blocks.min_length, blocks.last_doc, BLOCK_SIZE, k,
+    )  # fmt: skip
+    accumulator = np.zeros(len(lengths), dtype=np.float32)
+    touched = np.empty(len(lengths), dtype=np.int64)
+    exhaustive = bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched)
+    return pruned, exhaustive
+
+
+@settings(max_examples=400, deadline=None)
+@given(random_postings(), st.integers(1, 70), st.sampled_from(["lucene", "exact"]), st.floats(0.01, 3), st.floats(0, 1))
+def test_maxscore_returns_exactly_the_exhaustive_top_k(postings, k, length_norm, k1, b):
+    docs, tfs, offsets, lengths, query, weights = postings
+    (got_docs, got_scores), (want_docs, want_scores) = run_maxscore(
+        docs, tfs, offsets, lengths, query, weights, k, BM25Params(k1=k1, b=b, length_norm=length_norm)
+    )
+    assert got_docs.tolist() == want_docs.tolist()
+    assert got_scores.tolist() == want_scores.tolist()  # bit-identical: summed in the same order
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_maxscore_on_long_zipfian_lists(seed):
+    """Many blocks per term, skewed frequencies: where pruning actually skips."""
+    rng = np.random.default_rng(seed)
+    n_docs, n_terms = 20000, 6
+    docs, tfs, offsets = [], [], [0]
+    for t in range(n_terms):
+        df = int(n_docs * [0.6, 0.3, 0.1, 0.02, 0.005, 0.001][t])
+        docs.append(np.sort(rng.choice(n_docs, size=df, replace=False)))
+        tfs.append(rng.zipf(2.0, size=df).clip(1, 60))
+        offsets.append(offsets[-1] + df)
+    lengths = rng.integers(5, 400, size=n_docs)
+    weights = np.array([0.2, 0.6, 1.5, 3.0, 4.5, 6.0], dtype=np.float32)
+    docs_all = np.concatenate(docs).astype(np.uint32)
+    tfs_all = np.concatenate(tfs).astype(np.uint32)
+    for k in (1, 10, 100, 1000):
+        (got_docs, got_scores), (want_docs, want_scores) = run_maxscore(
+            docs_all, tfs_all, np.array(offsets), lengths, np.arange(n_terms), weights, k, BM25Params()
+        )
+        assert got_docs.tolist() == want_docs.tolist()
+        assert got_scores.tolist() == want_scores.tolist()
