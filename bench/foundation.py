@@ -30,8 +30,11 @@ from tools.synthetic import synthetic_documents, synthetic_queries
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "bench" / "results"
-WORK = ROOT / "bench" / "work"
+# SIFT_BENCH_DIR moves results and scratch elsewhere (the tests use it to keep bench/results untouched).
+RESULTS = (
+    Path(os.environ["SIFT_BENCH_DIR"]) / "results" if "SIFT_BENCH_DIR" in os.environ else ROOT / "bench" / "results"
+)
+WORK = Path(os.environ["SIFT_BENCH_DIR"]) / "work" if "SIFT_BENCH_DIR" in os.environ else ROOT / "bench" / "work"
 
 
 def machine() -> dict:
@@ -42,7 +45,7 @@ def machine() -> dict:
 
 
 def software() -> dict:
-    names = ["sift-engine", "numpy", "numba", "PyStemmer", "pyjnius", "pyserini"]
+    names = ["sift-engine", "numpy", "numba", "PyStemmer", "pyjnius", "pyserini", "pyterrier-pisa", "bm25s", "tantivy"]
     found = {"python": platform.python_version()}
     for name in names:
         try:

@@ -75,14 +75,16 @@ def write_json_collection(documents, folder: Path) -> None:
             f.write(json.dumps({"id": d["_id"], "contents": contents}) + "\n")
 
 
-def build(collection: Path, index_dir: Path, threads: int = 1) -> float:
-    """Indexes with Anserini's IndexCollection (default English analyzer, Porter); returns seconds."""
+def build(collection: Path, index_dir: Path, threads: int = 1, pretokenized: bool = False) -> float:
+    """Indexes with Anserini's IndexCollection (default English analyzer, or whitespace if pre-tokenized)."""
     jnius = _jnius()
     index_collection = jnius.autoclass("io.anserini.index.IndexCollection")
     args = [
         "-collection", "JsonCollection", "-input", str(collection), "-index", str(index_dir),
         "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(threads), "-storeRaw", "-optimize",
     ]  # fmt: skip
+    if pretokenized:
+        args.append("-pretokenized")
     started = time.perf_counter()
     index_collection.main(args)
     return time.perf_counter() - started
@@ -93,6 +95,9 @@ class Searcher:
         jnius = _jnius()
         self._searcher = jnius.autoclass("io.anserini.search.SimpleSearcher")(str(index_dir))
         self._searcher.set_bm25(k1, b)
+
+    def use_analyzer(self, analyzer) -> None:
+        self._searcher.set_analyzer(analyzer)
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         return [(hit.docid, hit.score) for hit in self._searcher.search(query, k)]

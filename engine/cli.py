@@ -123,6 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("index_dir", metavar="INDEX_DIR")
     info.add_argument("--json", action="store_true")
 
+    bench = commands.add_parser("bench", help="benchmarks against peer engines (see bench/README.md)")
+    benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    first_stage = benches.add_parser(
+        "first-stage",
+        help="BM25 top-k speed against PISA, Lucene, bm25s and tantivy on identical input",
+        description="Index one corpus with every engine from the same pre-tokenized terms, then time top-k "
+        "retrieval on one thread and on all threads. Results go to bench/results/.",
+    )
+    first_stage.add_argument("--corpus", default="scifact", help="a shared collection name, or synthetic:N")
+    first_stage.add_argument(
+        "--peers", default="sift,pisa-bmw,pisa-bmm,pyserini,bm25s,tantivy", help="comma-separated engines"
+    )
+    first_stage.add_argument("--k", default="10,1000", help="comma-separated depths (10,1000)")
+    first_stage.add_argument("--threads", type=_positive_int, help="threads for batch QPS (default: all cores)")
+    first_stage.add_argument("--queries", type=_positive_int, default=1000, help="at most this many queries")
+    first_stage.add_argument("--json", action="store_true", help="last line: one JSON object")
+
     demo = commands.add_parser(
         "demo",
         help="index the Python standard library's docstrings and search them",
@@ -358,6 +375,16 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from bench import first_stage
+
+    ks = [int(k) for k in args.k.split(",") if k.strip()]
+    if not ks or min(ks) < 1 or max(ks) > 10_000:
+        raise ValueError(f"--k takes depths from 1 to 10000, got {args.k!r}")
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    return first_stage.main(args.corpus, peers, ks, args.threads, args.queries, args.json)
+
+
 COMMANDS = {
     "index": _cmd_index,
     "search": _cmd_search,
@@ -365,6 +392,7 @@ COMMANDS = {
     "compare": _cmd_compare,
     "info": _cmd_info,
     "demo": _cmd_demo,
+    "bench": _cmd_bench,
 }
 
 

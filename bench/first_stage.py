@@ -1,0 +1,254 @@
+"""First-stage benchmark: Sift against PISA, Lucene, bm25s and tantivy on identical pre-tokenized input.
+
+Each engine gets the same surrogate tokens (bench/peers.py). Per k: a warm-up pass, then per-query latencies on one
+thread (p50, p95, p99, mean, QPS), and QPS on all threads from each engine's batch entry point. Every query Sift
+times is also run exhaustively, and the benchmark fails if pruning changed any result. Writes
+bench/results/first-stage-<corpus>.{md,json,png}.
+
+    sift bench first-stage --corpus scifact --peers sift,pisa-bmw,pyserini,bm25s --k 10,1000 --json
+"""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bench.foundation import DATA, RESULTS, WORK, machine, software
+from bench.peers import PEERS, PeerUnavailable, SiftEngine, make
+from engine.analysis import Analyzer
+from engine.errors import SiftError
+from indexers.corpus import read_queries
+from tools.synthetic import synthetic_documents, synthetic_queries
+
+
+class BenchmarkError(SiftError):
+    pass
+
+
+def load_corpus(name: str, max_queries: int) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """(ids, texts, queries) for a shared collection name or "synthetic:N"."""
+    if name.startswith("synthetic:"):
+        count = int(name.split(":", 1)[1])
+        documents = list(synthetic_documents(count, seed=0))
+        sampled = synthetic_queries(documents, max_queries, seed=0)
+        # the "hard" set: the most frequent words of the vocabulary appear in every query
+        frequent = [d["text"].split()[0] for d in documents[:200]]
+        rng = np.random.default_rng(7)
+        hard = [(f"h{i}", f"{' '.join(rng.choice(frequent, 2))} {text}") for i, (_, text) in enumerate(sampled[:200])]
+        return [d["_id"] for d in documents], [d["text"] for d in documents], sampled + hard
+    folder = DATA / name
+    if not folder.is_dir():
+        raise BenchmarkError(f"unknown corpus {name!r}: no {folder}; use a shared collection or synthetic:N")
+    ids, texts = [], []
+    with gzip.open(folder / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            ids.append(record["_id"])
+            texts.append(f"{record['title']} {record['text']}" if record.get("title") else record["text"])
+    split = "test" if (folder / "queries.test.tsv").exists() else "train"
+    return ids, texts, read_queries(folder / f"queries.{split}.tsv")[:max_queries]
+
+
+def surrogate_tokens(texts: list[str], queries: list[str]) -> tuple[list[list[str]], list[list[str]]]:
+    """Analyzes once with Sift's analyzer; every distinct term becomes "t<number>", which no engine alters."""
+    analyzer = Analyzer()
+    vocabulary: dict[str, str] = {}
+
+    def convert(text: str) -> list[str]:
+        terms = analyzer.analyze(text)
+        for term in set(terms).difference(vocabulary):
+            vocabulary[term] = f"t{len(vocabulary)}"
+        return [vocabulary[t] for t in terms]
+
+    docs = [convert(t) for t in texts]
+    # a query term absent from the corpus matches nothing anywhere; it is dropped for every engine alike
+    query_tokens = [[vocabulary[t] for t in analyzer.analyze(q) if t in vocabulary] for q in queries]
+    return docs, query_tokens
+
+
+def latencies(search: Callable, queries: list[list[str]], k: int) -> dict:
+    for query in queries:
+        search(query, k)
+    timings = np.empty(len(queries))
+    for i, query in enumerate(queries):
+        started = time.perf_counter()
+        search(query, k)
+        timings[i] = time.perf_counter() - started
+    ms = timings * 1000
+    return {
+        "qps": round(len(queries) / timings.sum(), 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p95_ms": round(float(np.percentile(ms, 95)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+        "mean_ms": round(float(ms.mean()), 4),
+    }
+
+
+def agreement(mine: list[list[tuple[str, float]]], theirs: list[list[tuple[str, float]]]) -> tuple[float, float]:
+    """(per-rank score agreement within 1e-4 relative, overlap of the returned ids), averaged over queries."""
+    ranks_equal, overlaps = [], []
+    for a, b in zip(mine, theirs):
+        if not a and not b:
+            continue
+        depth = max(len(a), len(b))
+        same = sum(
+            1 for (_, x), (_, y) in zip(a, b) if abs(x - y) <= 1e-4 * max(1.0, abs(x))
+        )  # ties may order ids differently, scores may not differ
+        ranks_equal.append(same / depth)
+        overlaps.append(len({d for d, _ in a} & {d for d, _ in b}) / depth)
+    return round(float(np.mean(ranks_equal)), 4), round(float(np.mean(overlaps)), 4)
+
+
+def verify_pruning(engine: SiftEngine, queries: list[list[str]], k: int) -> int:
+    """Every timed query: the pruned top k equals the exhaustive one, ids and scores."""
+    for query in queries:
+        pruned = engine.search_internal(query, k, "maxscore")
+        exhaustive = engine.search_internal(query, k, "exhaustive")
+        if not (np.array_equal(pruned[0], exhaustive[0]) and np.array_equal(pruned[1], exhaustive[1])):
+            raise BenchmarkError(f"pruned results differ from exhaustive ones for query {query} at k={k}")
+    return len(queries)
+
+
+def run(corpus: str, peers: list[str], ks: list[int], threads: int, max_queries: int, log=print) -> dict:
+    ids, texts, queries = load_corpus(corpus, max_queries)
+    log(f"{corpus}: {len(ids):,} passages, {len(queries):,} queries; analyzing once for every engine")
+    docs, query_tokens = surrogate_tokens(texts, [q for _, q in queries])
+    del texts
+    query_tokens = [q for q in query_tokens if q]
+    work = WORK / corpus.replace(":", "-")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    engines, builds, skipped = [], [], {}
+    for name in peers:
+        engine = make(name)
+        try:
+            seconds = engine.build(ids, docs, work)
+        except PeerUnavailable as e:
+            skipped[name] = str(e)
+            log(f"  {name}: skipped ({e})")
+            continue
+        engines.append(engine)
+        builds.append({"system": name, "seconds": None if seconds is None else round(seconds, 2),
+                       "docs_per_s": None if not seconds else round(len(ids) / seconds, 1),
+                       "bytes": engine.index_bytes()})  # fmt: skip
+        log(f"  {name}: built in {seconds if seconds is None else round(seconds, 1)} s")
+    sift = next((e for e in engines if isinstance(e, SiftEngine)), None)
+    results, verified = [], 0
+    for k in ks:
+        reference = [sift.search(q, k) for q in query_tokens] if sift else None
+        if sift:
+            verified += verify_pruning(sift, query_tokens, k)
+        for engine in engines:
+            single = latencies(engine.search, query_tokens, k)
+            started = time.perf_counter()
+            engine.batch(query_tokens, k, threads)
+            many = len(query_tokens) / (time.perf_counter() - started)
+            score_agreement = overlap = None
+            if reference is not None and engine is not sift:
+                found = [engine.search(q, k) for q in query_tokens]
+                score_agreement, overlap = agreement(reference, found)
+                if not engine.same_bm25:
+                    score_agreement = None
+            common = {"system": engine.name, "k": k, "agreement": score_agreement, "overlap": overlap}
+            results.append({**common, "threads": 1, **single})
+            results.append({**common, "threads": threads, "qps": round(many, 1)})
+            log(f"  k={k} {engine.name}: {single['qps']:,.0f} QPS on 1 thread, {many:,.0f} on {threads}")
+    return {
+        "corpus": corpus,
+        "passages": len(ids),
+        "queries": len(query_tokens),
+        "results": results,
+        "builds": builds,
+        "skipped": skipped,
+        "pruning_verified_queries": verified,
+    }
+
+
+def render(report: dict) -> str:
+    lines = [
+        f"# First stage: {report['corpus']} ({report['passages']:,} passages, {report['queries']:,} queries)",
+        "",
+        f"Date: {report['date']}  ",
+        f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+        f"{report['machine']['memory_gib']} GiB  ",
+        f"Software: {', '.join(f'{k} {v}' for k, v in report['software'].items() if v)}",
+        "",
+        "Identical input: Sift's analyzer ran once and every engine indexed the same surrogate tokens. "
+        f"Pruning verified against exhaustive evaluation on {report['pruning_verified_queries']:,} timed queries.",
+        "",
+        "| system | k | threads | QPS | ratio Sift/system | p50 ms | p95 ms | p99 ms | score agreement | overlap |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    sift = {(r["k"], r["threads"]): r["qps"] for r in report["results"] if r["system"] == "sift"}
+    for r in report["results"]:
+        mine = sift.get((r["k"], r["threads"]))
+        ratio = f"{mine / r['qps']:.2f}×" if mine and r["system"] != "sift" else ""
+        lines.append(
+            f"| {r['system']} | {r['k']} | {r['threads']} | {r['qps']:,.0f} | {ratio} | {r.get('p50_ms', '')} | "
+            f"{r.get('p95_ms', '')} | {r.get('p99_ms', '')} | {r['agreement'] if r['agreement'] is not None else ''} | "
+            f"{r['overlap'] if r['overlap'] is not None else ''} |"
+        )
+    lines += ["", "| system | build s (1 thread) | docs/s | index MB |", "|---|---|---|---|"]
+    for b in report["builds"]:
+        seconds = "shared" if b["seconds"] is None else b["seconds"]
+        lines.append(f"| {b['system']} | {seconds} | {b['docs_per_s'] or ''} | {b['bytes'] / 2**20:.1f} |")
+    for name, why in report["skipped"].items():
+        lines.append(f"\n{name} skipped: {why}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in report["results"] if r["threads"] == 1]
+    ks = sorted({r["k"] for r in rows})
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    fig, axes = plt.subplots(1, len(ks), figsize=(5 * len(ks), 4), squeeze=False)
+    for axis, k in zip(axes[0], ks):
+        values = [next((r["qps"] for r in rows if r["system"] == s and r["k"] == k), 0) for s in systems]
+        axis.bar(systems, values, color=["tab:red" if s == "sift" else "tab:gray" for s in systems])
+        axis.set_title(f"top-{k}, one thread")
+        axis.set_ylabel("queries per second")
+        axis.tick_params(axis="x", rotation=30)
+    fig.suptitle(f"{report['corpus']}: {report['passages']:,} passages ({report['date'][:10]})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(corpus: str, peers: list[str], ks: list[int], threads: int | None, max_queries: int, as_json: bool) -> int:
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise BenchmarkError(f"unknown peer {unknown[0]!r}; choose from {', '.join(PEERS)}")
+    threads = threads or os.cpu_count() or 1
+    log = (lambda *a: None) if as_json else print
+    report = run(corpus, peers, ks, threads, max_queries, log=log)
+    report.update(
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), machine=machine(), software=software()
+    )
+    stem = f"first-stage-{corpus.replace(':', '-')}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    table = render(report)
+    (RESULTS / f"{stem}.md").write_text(table, encoding="utf-8")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    plotted = plot(report, RESULTS / f"{stem}.png")
+    if as_json:
+        print(json.dumps(report))
+    else:
+        print(table)
+        print(f"written: {RESULTS / stem}.md, .json{', .png' if plotted else ''}")
+    return 0

@@ -1,0 +1,33 @@
+"""The benchmark harness's CLI contract, on a small synthetic corpus with Sift alone (peers are optional)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_first_stage_json_contract(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SIFT_BENCH_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "engine.cli", "bench", "first-stage", "--corpus", "synthetic:3000",
+               "--peers", "sift", "--k", "10,100", "--threads", "2", "--queries", "50", "--json"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["corpus"] == "synthetic:3000" and report["queries"] > 50  # sampled plus the "hard" set
+    rows = {(r["system"], r["k"], r["threads"]) for r in report["results"]}
+    assert rows == {("sift", 10, 1), ("sift", 10, 2), ("sift", 100, 1), ("sift", 100, 2)}
+    single = next(r for r in report["results"] if r["threads"] == 1)
+    assert {"qps", "p50_ms", "p95_ms", "p99_ms", "agreement"} <= set(single) and single["qps"] > 0
+    assert report["pruning_verified_queries"] == 2 * report["queries"]
+    assert (tmp_path / "results" / "first-stage-synthetic-3000.md").exists()
+
+
+def test_unknown_peer_is_a_one_line_error(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SIFT_BENCH_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "engine.cli", "bench", "first-stage", "--peers", "sift,elastic"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    expected = "sift: error: unknown peer 'elastic'; choose from sift, pisa-bmw, pisa-bmm, pyserini, bm25s, tantivy"
+    assert result.returncode == 1 and result.stderr.strip() == expected
