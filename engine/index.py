@@ -34,6 +34,13 @@ _PRUNE_MIN_POSTINGS = 20_000
 _PRUNE_POSTINGS_PER_RESULT = 1000
 
 
+def _check(k: int, algorithm: str) -> None:
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+
+
 def _choose(algorithm: str, starts: np.ndarray, ends: np.ndarray, k: int) -> str:
     if algorithm != "auto":
         return algorithm
@@ -41,9 +48,9 @@ def _choose(algorithm: str, starts: np.ndarray, ends: np.ndarray, k: int) -> str
     return "maxscore" if postings >= max(_PRUNE_MIN_POSTINGS, _PRUNE_POSTINGS_PER_RESULT * k) else "exhaustive"
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One search result: a passage, or a document scored by its best passage."""
+class Hit(NamedTuple):
+    """One search result: a passage, or a document scored by its best passage. (A tuple: cheap to make by the
+    thousand.)"""
 
     id: str  # external id: the document's, or "docid#n" for passage n of a split document
     doc_id: str
@@ -83,6 +90,7 @@ class Index:
         self.split_passages = bool(self.manifest.get("passages", {}).get("window"))
         self._local = threading.local()
         self._norm_cache: dict[tuple, Norms] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- statistics, global across segments so scores do not depend on segmentation
 
@@ -175,14 +183,13 @@ class Index:
         k: int = 10,
         params: BM25Params | None = None,
         algorithm: str = "auto",
-    ):
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k internal passage numbers and float32 scores, best first. Every algorithm returns the same."""
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        params = params or self.default_params
-        plan = self.plan(query)
+        _check(k, algorithm)
+        return self._top_passages(self.plan(query), k, params or self.default_params, algorithm)
+
+    def _top_passages(self, plan: QueryPlan, k: int, params: BM25Params, algorithm: str):
+        """The kernels for one planned query; they release the GIL, so threads run this in parallel."""
         norms = self._norms(params)
         found_docs, found_scores = [], []
         for i, (segment, (starts, ends, weights, block_first)) in enumerate(zip(self.segments, plan.per_segment)):
@@ -204,6 +211,8 @@ class Index:
             found_scores.append(scores)
         if not found_docs:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if len(found_docs) == 1:
+            return found_docs[0], found_scores[0]
         docs, scores = np.concatenate(found_docs), np.concatenate(found_scores)
         order = np.lexsort((docs, -scores))[:k]
         return docs[order], scores[order]
@@ -240,12 +249,23 @@ class Index:
         threads: int | None = None,
         algorithm: str = "auto",
     ) -> list[list[Hit]]:
-        """Many queries at once; the kernels release the GIL, so threads run in parallel. Order is kept."""
+        """Many queries at once, in order. Queries are planned on the calling thread and scored on a pool of
+        threads: the kernels release the GIL, so scoring uses every core. Results equal single searches."""
+        _check(k, algorithm)
         threads = threads or os.cpu_count() or 1
-        if threads == 1 or len(queries) < 2:
-            return [self.search(q, k, params, documents, algorithm) for q in queries]
-        with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(lambda q: self.search(q, k, params, documents, algorithm), queries))
+        params = params or self.default_params
+        if documents and self.split_passages:
+            return self._map(threads, lambda q: self.search(q, k, params, True, algorithm), queries)
+        plans = [self.plan(q) for q in queries]
+        found = self._map(threads, lambda plan: self._top_passages(plan, k, params, algorithm), plans)
+        return [self._hits(docs, scores, as_documents=False) for docs, scores in found]
+
+    def _map(self, threads: int, function, items: Sequence) -> list:
+        if threads == 1 or len(items) < 2:
+            return [function(item) for item in items]
+        if self._pool is None or self._pool._max_workers != threads:
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="sift-search")
+        return list(self._pool.map(function, items))
 
     # -- fetching
 
