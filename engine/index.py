@@ -154,7 +154,7 @@ class Index:
             )
         return QueryPlan(tuple(per_segment))
 
-    def _norms(self, params: BM25Params) -> Norms:
+    def norms(self, params: BM25Params) -> Norms:
         """Cached per parameter set: computing norm indexes touches every passage."""
         key = (params.k1, params.b, params.length_norm)
         if key not in self._norm_cache:
@@ -190,7 +190,7 @@ class Index:
 
     def _top_passages(self, plan: QueryPlan, k: int, params: BM25Params, algorithm: str):
         """The kernels for one planned query; they release the GIL, so threads run this in parallel."""
-        norms = self._norms(params)
+        norms = self.norms(params)
         found_docs, found_scores = [], []
         for i, (segment, (starts, ends, weights, block_first)) in enumerate(zip(self.segments, plan.per_segment)):
             if not len(starts):

@@ -1,0 +1,151 @@
+"""A postings block codec decodable inside numba: per 128-posting block, delta-coded passage ids and tf - 1, each
+bit-packed at the width its largest value needs (the "binary packing" of Lemire & Boytsov, without SIMD).
+
+Measured against raw uint32 arrays by bench/compression.py; see bench/results/compression.md for the choice.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from engine.sparse import top_k
+
+BLOCK = 128
+
+
+@numba.njit(nogil=True, cache=True)
+def _width(value):
+    bits = 0
+    while value > 0:
+        bits += 1
+        value >>= 1
+    return bits
+
+
+@numba.njit(nogil=True, cache=True)
+def _pack(values, n, width, out, word):
+    """Writes n values of `width` bits into out from position word; returns the next free word."""
+    if width == 0:
+        return word
+    buffer = np.uint64(0)
+    filled = 0
+    for i in range(n):
+        buffer |= np.uint64(values[i]) << np.uint64(filled)
+        filled += width
+        if filled >= 32:
+            out[word] = np.uint32(buffer & np.uint64(0xFFFFFFFF))
+            word += 1
+            buffer >>= np.uint64(32)
+            filled -= 32
+    if filled > 0:
+        out[word] = np.uint32(buffer & np.uint64(0xFFFFFFFF))
+        word += 1
+    return word
+
+
+@numba.njit(nogil=True, cache=True)
+def unpack(packed, word, n, width, out):
+    """Reads n values of `width` bits starting at packed[word] into out[:n]."""
+    if width == 0:
+        for i in range(n):
+            out[i] = 0
+        return
+    buffer = np.uint64(0)
+    filled = 0
+    mask = np.uint64((1 << width) - 1)
+    for i in range(n):
+        if filled < width:
+            buffer |= np.uint64(packed[word]) << np.uint64(filled)
+            word += 1
+            filled += 32
+        out[i] = buffer & mask
+        buffer >>= np.uint64(width)
+        filled -= width
+
+
+@numba.njit(nogil=True, cache=True)
+def encode(docs, tfs, offsets):
+    """Postings (per term, sorted passage ids) -> (packed words, per-block word offset, doc width, tf width).
+
+    A term's blocks are those of compute_blocks: term t's postings offsets[t]:offsets[t+1] in blocks of BLOCK.
+    """
+    n_terms = len(offsets) - 1
+    n_blocks = 0
+    for t in range(n_terms):
+        n_blocks += (offsets[t + 1] - offsets[t] + BLOCK - 1) // BLOCK
+    words = np.empty(len(docs) * 2 + n_blocks + 1, dtype=np.uint32)
+    block_word = np.empty(n_blocks + 1, dtype=np.int64)
+    doc_width = np.empty(n_blocks, dtype=np.uint8)
+    tf_width = np.empty(n_blocks, dtype=np.uint8)
+    deltas = np.empty(BLOCK, dtype=np.uint32)
+    counts = np.empty(BLOCK, dtype=np.uint32)
+    word = 0
+    b = 0
+    for t in range(n_terms):
+        previous = -1
+        for start in range(offsets[t], offsets[t + 1], BLOCK):
+            n = min(BLOCK, offsets[t + 1] - start)
+            widest_doc = 0
+            widest_tf = 0
+            for i in range(n):
+                d = np.int64(docs[start + i])
+                deltas[i] = d - previous - 1
+                previous = d
+                counts[i] = tfs[start + i] - 1
+                widest_doc = max(widest_doc, np.int64(deltas[i]))
+                widest_tf = max(widest_tf, np.int64(counts[i]))
+            block_word[b] = word
+            doc_width[b] = _width(widest_doc)
+            tf_width[b] = _width(widest_tf)
+            word = _pack(deltas, n, doc_width[b], words, word)
+            word = _pack(counts, n, tf_width[b], words, word)
+            b += 1
+    block_word[n_blocks] = word
+    return words[:word].copy(), block_word, doc_width, tf_width
+
+
+@numba.njit(nogil=True, cache=True)
+def decode_block(words, block_word, doc_width, tf_width, block, n, previous_doc, docs_out, tfs_out):
+    """Decodes one block of n postings; previous_doc is the last passage id of the term's previous block, or -1."""
+    unpack(words, block_word[block], n, doc_width[block], docs_out)
+    running = previous_doc
+    for i in range(n):
+        running += docs_out[i] + 1
+        docs_out[i] = running
+    tf_start = block_word[block] + (n * doc_width[block] + 31) // 32
+    unpack(words, tf_start, n, tf_width[block], tfs_out)
+    for i in range(n):
+        tfs_out[i] += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def bm25_exhaustive_packed(
+    words, block_word, doc_width, tf_width, block_last_doc, starts, ends, block_first, weights, norm_index,
+    norm_inverse, k, accumulator, touched,
+):  # fmt: skip
+    """bm25_exhaustive over compressed postings: the same scores, decoded block by block."""
+    docs = np.empty(BLOCK, dtype=np.int64)
+    tfs = np.empty(BLOCK, dtype=np.int64)
+    n_touched = 0
+    for q in range(len(starts)):
+        w = weights[q]
+        if w <= 0:
+            continue
+        previous = np.int64(-1)
+        block = block_first[q]
+        for start in range(starts[q], ends[q], BLOCK):
+            n = min(BLOCK, ends[q] - start)
+            decode_block(words, block_word, doc_width, tf_width, block, n, previous, docs, tfs)
+            for i in range(n):
+                d = docs[i]
+                if accumulator[d] == 0:
+                    touched[n_touched] = d
+                    n_touched += 1
+                accumulator[d] += w - w / (np.float32(1) + np.float32(tfs[i]) * norm_inverse[norm_index[d]])
+            previous = np.int64(block_last_doc[block])
+            block += 1
+    best_docs, best_scores = top_k(touched[:n_touched], accumulator, k)
+    for j in range(n_touched):
+        accumulator[touched[j]] = 0
+    return best_docs, best_scores
