@@ -15,8 +15,10 @@ import gzip
 import json
 import os
 import shutil
+import subprocess
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ from bench.peers import PEERS, PeerUnavailable, SiftEngine, make
 from engine.analysis import Analyzer
 from engine.errors import SiftError
 from indexers.corpus import read_queries
+from tools.debian_corpus import PACKAGES, MissingPackages, debian_documents
 from tools.synthetic import synthetic_documents, synthetic_queries
 
 
@@ -34,19 +37,17 @@ class BenchmarkError(SiftError):
 
 
 def load_corpus(name: str, max_queries: int) -> tuple[list[str], list[str], list[tuple[str, str]]]:
-    """(ids, texts, queries) for a shared collection name or "synthetic:N"."""
+    """(ids, texts, queries) for a shared collection name, "debian", or "synthetic:N"."""
     if name.startswith("synthetic:"):
-        count = int(name.split(":", 1)[1])
-        documents = list(synthetic_documents(count, seed=0))
-        sampled = synthetic_queries(documents, max_queries, seed=0)
-        # the "hard" set: the most frequent words of the vocabulary appear in every query
-        frequent = [d["text"].split()[0] for d in documents[:200]]
-        rng = np.random.default_rng(7)
-        hard = [(f"h{i}", f"{' '.join(rng.choice(frequent, 2))} {text}") for i, (_, text) in enumerate(sampled[:200])]
-        return [d["_id"] for d in documents], [d["text"] for d in documents], sampled + hard
+        documents = list(synthetic_documents(int(name.split(":", 1)[1]), seed=0))
+        return [d["_id"] for d in documents], [d["text"] for d in documents], sampled_queries(documents, max_queries)
+    if name == "debian":
+        documents = list(_debian_documents())
+        texts = [f"{d['title']} {d['text']}" if d["title"] else d["text"] for d in documents]
+        return [d["_id"] for d in documents], texts, sampled_queries(documents, max_queries)
     folder = DATA / name
     if not folder.is_dir():
-        raise BenchmarkError(f"unknown corpus {name!r}: no {folder}; use a shared collection or synthetic:N")
+        raise BenchmarkError(f"unknown corpus {name!r}: no {folder}; use a shared collection, debian or synthetic:N")
     ids, texts = [], []
     with gzip.open(folder / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
         for line in f:
@@ -55,6 +56,32 @@ def load_corpus(name: str, max_queries: int) -> tuple[list[str], list[str], list
             texts.append(f"{record['title']} {record['text']}" if record.get("title") else record["text"])
     split = "test" if (folder / "queries.test.tsv").exists() else "train"
     return ids, texts, read_queries(folder / f"queries.{split}.tsv")[:max_queries]
+
+
+def sampled_queries(documents: list[dict], count: int, hard: int = 200) -> list[tuple[str, str]]:
+    """Seeded queries of words sampled from passages, plus a "hard" set: each also holds two of the corpus's 50
+    most frequent terms, whose long posting lists are what dynamic pruning must cope with."""
+    queries = synthetic_queries(documents, count, seed=0)
+    analyzer = Analyzer()
+    frequency: Counter = Counter()
+    for document in documents[:: max(1, len(documents) // 20_000)]:
+        frequency.update(set(analyzer.analyze(document["text"])))
+    frequent = [term for term, _ in frequency.most_common(50)]
+    rng = np.random.default_rng(7)
+    extra = [(f"hard{i}", f"{' '.join(rng.choice(frequent, 2))} {text}") for i, (_, text) in enumerate(queries[:hard])]
+    return queries + extra
+
+
+def _debian_documents() -> Iterator[dict]:
+    """The Debian corpus, installing its packages with apt-get when they are absent (as root)."""
+    try:
+        yield from debian_documents()
+        return
+    except MissingPackages as missing:
+        command = f"apt-get update -qq && apt-get install -y -qq {PACKAGES}"
+        if subprocess.run(command, shell=True, capture_output=True).returncode != 0:
+            raise BenchmarkError(f"{missing}; the automatic install ({command}) failed") from None
+    yield from debian_documents()
 
 
 def surrogate_tokens(texts: list[str], queries: list[str]) -> tuple[list[list[str]], list[list[str]]]:

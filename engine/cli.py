@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Index one corpus with every engine from the same pre-tokenized terms, then time top-k "
         "retrieval on one thread and on all threads. Results go to bench/results/.",
     )
-    first_stage.add_argument("--corpus", default="scifact", help="a shared collection name, or synthetic:N")
+    first_stage.add_argument(
+        "--corpus", default="scifact", help="a shared collection name, debian (Debian packages), or synthetic:N"
+    )
     first_stage.add_argument(
         "--peers", default="sift,pisa-bmw,pisa-bmm,pyserini,bm25s,tantivy", help="comma-separated engines"
     )
