@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numba
 import numpy as np
 import zstandard
 
@@ -126,20 +127,57 @@ class StringTable(Sequence[str]):
         blob = self._blob
         return [blob[a:b].decode("utf-8") for a, b in zip(starts, ends)]
 
+    @cached_property
+    def _bytes(self) -> np.ndarray:
+        return np.frombuffer(self._blob, dtype=np.uint8)
+
+    def find_many(self, keys: Sequence[str]) -> np.ndarray:
+        """Indexes of keys in a sorted table (-1 where absent): one compiled binary search for all of them."""
+        encoded = [k.encode("utf-8") for k in keys]
+        bounds = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=bounds[1:])
+        joined = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        return _find_sorted(self._bytes, self._offsets, joined, bounds)
+
     def find(self, key: str) -> int:
         """Index of key in a sorted table (sorted by UTF-8 bytes), or -1."""
-        target = key.encode("utf-8")
-        lo, hi = 0, len(self)
-        offsets, blob = self._offsets, self._blob
+        return int(self.find_many([key])[0])
+
+
+@numba.njit(nogil=True, cache=True)
+def _bytes_less(blob, start, end, keys, key_start, key_end):
+    """blob[start:end] < keys[key_start:key_end], comparing unsigned bytes as Python compares bytes."""
+    i, j = start, key_start
+    while i < end and j < key_end:
+        if blob[i] != keys[j]:
+            return blob[i] < keys[j]
+        i += 1
+        j += 1
+    return (end - start) < (key_end - key_start)
+
+
+@numba.njit(nogil=True, cache=True)
+def _find_sorted(blob, offsets, keys, key_bounds):
+    n = len(offsets) - 1
+    found = np.full(len(key_bounds) - 1, -1, dtype=np.int64)
+    for j in range(len(key_bounds) - 1):
+        ks, ke = key_bounds[j], key_bounds[j + 1]
+        lo, hi = 0, n
         while lo < hi:
             mid = (lo + hi) // 2
-            if blob[offsets[mid] : offsets[mid + 1]] < target:
+            if _bytes_less(blob, offsets[mid], offsets[mid + 1], keys, ks, ke):
                 lo = mid + 1
             else:
                 hi = mid
-        if lo < len(self) and blob[offsets[lo] : offsets[lo + 1]] == target:
-            return lo
-        return -1
+        if lo < n and offsets[lo + 1] - offsets[lo] == ke - ks:
+            same = True
+            for i in range(ke - ks):
+                if blob[offsets[lo] + i] != keys[ks + i]:
+                    same = False
+                    break
+            if same:
+                found[j] = lo
+    return found
 
 
 def sort_terms(terms: Iterable[str]) -> list[str]:
@@ -320,16 +358,6 @@ class Segment:
     @cached_property
     def total_tokens(self) -> int:
         return int(self.meta["tokens"])
-
-    def term_id(self, term: str) -> int:
-        return self.terms.find(term)
-
-    def df(self, term_id: int) -> int:
-        return int(self.offsets[term_id + 1] - self.offsets[term_id])
-
-    def postings(self, term_id: int) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = self.offsets[term_id], self.offsets[term_id + 1]
-        return self.docs[lo:hi], self.tfs[lo:hi]
 
 
 def merge_segments(segments: Sequence[Segment], directory: Path) -> dict:

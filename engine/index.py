@@ -137,19 +137,22 @@ class Index:
         terms = self.analyzer.analyze(query) if isinstance(query, str) else list(query)
         boosts = Counter(terms)  # a repeated query term counts once per occurrence, as in Anserini
         unique = list(boosts)
-        ids = [[s.term_id(t) for t in unique] for s in self.segments]
-        df = np.array([sum(s.df(i[j]) for s, i in zip(self.segments, ids) if i[j] >= 0) for j in range(len(unique))])
-        weights = idf(df, self.scored_passages) * np.array([boosts[t] for t in unique], dtype=np.float32)
+        ids = [segment.terms.find_many(unique) for segment in self.segments]
+        df = np.zeros(len(unique), dtype=np.int64)
+        for segment, term_ids in zip(self.segments, ids):
+            found = term_ids >= 0
+            df[found] += segment.offsets[term_ids[found] + 1] - segment.offsets[term_ids[found]]
+        weights = idf(df, self.scored_passages) * np.array(list(boosts.values()), dtype=np.float32)
         per_segment = []
         for segment, term_ids in zip(self.segments, ids):
-            found = [j for j, t in enumerate(term_ids) if t >= 0]
-            tids = np.array([term_ids[j] for j in found], dtype=np.int64)
+            found = term_ids >= 0
+            present = term_ids[found]
             per_segment.append(
                 (
-                    np.asarray(segment.offsets[tids], dtype=np.int64),
-                    np.asarray(segment.offsets[tids + 1], dtype=np.int64),
-                    weights[found].astype(np.float32),
-                    np.asarray(segment.blocks.offsets[tids], dtype=np.int64),
+                    segment.offsets[present],
+                    segment.offsets[present + 1],
+                    weights[found],
+                    segment.blocks.offsets[present],
                 )
             )
         return QueryPlan(tuple(per_segment))

@@ -33,6 +33,9 @@ def test_string_table_finds_every_term_and_only_those(tmp_path_factory, terms, p
         assert table.find(term) == i
     for probe in probes:
         assert table.find(probe) == (ordered.index(probe) if probe in terms else -1)
+    assert table.find_many([*probes, *ordered]).tolist() == [
+        ordered.index(p) if p in terms else -1 for p in [*probes, *ordered]
+    ]
 
 
 @settings(max_examples=30, deadline=None)
