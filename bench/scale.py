@@ -1,0 +1,105 @@
+"""Scale: index N synthetic passages, then serve them memory-mapped from a fresh process and measure its memory.
+
+python -m bench.scale --passages 10000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+from bench.foundation import RESULTS, WORK, directory_bytes, machine, software
+
+_SERVE = """
+import json, sys, time, numpy as np
+from engine.index import open_index
+from tools.synthetic import synthetic_documents, synthetic_queries
+
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+path, count = sys.argv[1], int(sys.argv[2])
+sample = [d for _, d in zip(range(20000), synthetic_documents(count, seed=0))]
+queries = [q for _, q in synthetic_queries(sample, 1000, seed=0)]
+before = rss_mib()
+index = open_index(path)
+opened = rss_mib()
+report = {"rss_before_open_mib": round(before, 1), "rss_after_open_mib": round(opened, 1)}
+for k in (10, 1000):
+    index.batch_search(queries[:50], k, threads=1)
+    started = time.perf_counter()
+    index.batch_search(queries, k, threads=1)
+    report[f"qps_k{k}"] = round(len(queries) / (time.perf_counter() - started), 1)
+report["rss_after_queries_mib"] = round(rss_mib(), 1)
+print(json.dumps(report))
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--passages", type=int, default=10_000_000)
+    parser.add_argument("--memory-mb", type=int, default=1024, help="the builder's flush budget")
+    args = parser.parse_args(argv)
+    corpus = WORK / f"scale-{args.passages}.jsonl"
+    index = WORK / f"scale-{args.passages}"
+    WORK.mkdir(parents=True, exist_ok=True)
+    if not corpus.exists():
+        from tools.synthetic import write_synthetic_corpus
+
+        write_synthetic_corpus(corpus, args.passages)
+    shutil.rmtree(index, ignore_errors=True)
+    started = time.perf_counter()
+    build = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "index", str(corpus), str(index), "--quiet", "--json",
+         "--memory-mb", str(args.memory_mb)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    if build.returncode != 0:
+        raise SystemExit(f"indexing failed: {build.stderr.strip()}")
+    build_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    serve = subprocess.run(
+        [sys.executable, "-c", _SERVE, str(index), str(args.passages)], capture_output=True, text=True
+    )
+    if serve.returncode != 0:
+        raise SystemExit(f"serving failed: {serve.stderr.strip()}")
+    report = {
+        "passages": args.passages,
+        "build_seconds": round(seconds, 1),
+        "build_docs_per_s": round(args.passages / seconds, 1),
+        "build_peak_rss_mib": round(build_peak, 1),
+        "index_bytes": directory_bytes(index),
+        "corpus_bytes": corpus.stat().st_size,
+        **json.loads(serve.stdout.strip().splitlines()[-1]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "software": software(),
+    }
+    lines = [
+        f"# Scale: {args.passages:,} synthetic passages",
+        "",
+        f"Date: {report['date']}; {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+        f"{report['machine']['memory_gib']} GiB",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        *[f"| {k} | {v:,} |" for k, v in report.items() if isinstance(v, int | float)],
+    ]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"scale-{args.passages}.md").write_text(table, encoding="utf-8")
+    (RESULTS / f"scale-{args.passages}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
