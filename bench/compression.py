@@ -19,9 +19,9 @@ import numpy as np
 
 from bench.first_stage import load_corpus
 from bench.foundation import RESULTS, WORK, machine, software
-from engine.codec import bm25_exhaustive_packed, encode
+from engine.codec import encode, packed_postings
 from engine.index import open_index
-from engine.sparse import bm25_exhaustive
+from engine.sparse import bm25_exhaustive, bm25_exhaustive_packed
 from indexers.corpus import Document
 from indexers.inverted import build_index
 
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     words, block_word, doc_width, tf_width = encode(segment.docs, segment.tfs, segment.offsets)
     encode_seconds = time.perf_counter() - started
+    compressed = packed_postings(words, block_word, doc_width, tf_width)
     raw_bytes = segment.docs.nbytes + segment.tfs.nbytes
     packed_bytes = words.nbytes + block_word.nbytes + doc_width.nbytes + tf_width.nbytes
     norms = index.norms(index.default_params)
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     def packed(plan, k):
         starts, ends, weights, block_first = plan.per_segment[0]
         return bm25_exhaustive_packed(
-            words, block_word, doc_width, tf_width, segment.blocks.last_doc, starts, ends, block_first, weights,
-            norms.per_segment[0], norms.inverse, k, accumulator, touched,
+            compressed, starts, ends, block_first, segment.blocks.last_doc, weights, norms.per_segment[0],
+            norms.inverse, k, accumulator, touched,
         )  # fmt: skip
 
     rows = []

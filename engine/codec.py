@@ -9,9 +9,25 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from engine.sparse import top_k
-
 BLOCK = 128
+
+
+def raw_postings(docs: np.ndarray, tfs: np.ndarray) -> tuple:
+    """The kernels' postings argument for plain arrays: (packed, docs, tfs, words, block_word, widths...)."""
+    return (
+        False,
+        docs,
+        tfs,
+        np.zeros(0, np.uint32),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.uint8),
+        np.zeros(0, np.uint8),
+    )
+
+
+def packed_postings(words: np.ndarray, block_word: np.ndarray, doc_width: np.ndarray, tf_width: np.ndarray) -> tuple:
+    """The kernels' postings argument for bit-packed blocks (encode's output)."""
+    return (True, np.zeros(0, np.uint32), np.zeros(0, np.uint32), words, block_word, doc_width, tf_width)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -117,35 +133,3 @@ def decode_block(words, block_word, doc_width, tf_width, block, n, previous_doc,
     unpack(words, tf_start, n, tf_width[block], tfs_out)
     for i in range(n):
         tfs_out[i] += 1
-
-
-@numba.njit(nogil=True, cache=True)
-def bm25_exhaustive_packed(
-    words, block_word, doc_width, tf_width, block_last_doc, starts, ends, block_first, weights, norm_index,
-    norm_inverse, k, accumulator, touched,
-):  # fmt: skip
-    """bm25_exhaustive over compressed postings: the same scores, decoded block by block."""
-    docs = np.empty(BLOCK, dtype=np.int64)
-    tfs = np.empty(BLOCK, dtype=np.int64)
-    n_touched = 0
-    for q in range(len(starts)):
-        w = weights[q]
-        if w <= 0:
-            continue
-        previous = np.int64(-1)
-        block = block_first[q]
-        for start in range(starts[q], ends[q], BLOCK):
-            n = min(BLOCK, ends[q] - start)
-            decode_block(words, block_word, doc_width, tf_width, block, n, previous, docs, tfs)
-            for i in range(n):
-                d = docs[i]
-                if accumulator[d] == 0:
-                    touched[n_touched] = d
-                    n_touched += 1
-                accumulator[d] += w - w / (np.float32(1) + np.float32(tfs[i]) * norm_inverse[norm_index[d]])
-            previous = np.int64(block_last_doc[block])
-            block += 1
-    best_docs, best_scores = top_k(touched[:n_touched], accumulator, k)
-    for j in range(n_touched):
-        accumulator[touched[j]] = 0
-    return best_docs, best_scores

@@ -24,6 +24,7 @@ import numba
 import numpy as np
 import zstandard
 
+from engine.codec import raw_postings
 from engine.errors import SiftError
 
 FORMAT_NAME = "sift-index"
@@ -354,6 +355,11 @@ class Segment:
     @property
     def passages(self) -> int:
         return len(self.lengths)
+
+    @cached_property
+    def postings(self) -> tuple:
+        """The kernels' view of the postings (engine.codec.raw_postings)."""
+        return raw_postings(self.docs, self.tfs)
 
     @cached_property
     def total_tokens(self) -> int:

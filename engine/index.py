@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.analysis import Analyzer, AnalyzerConfig
-from engine.format import BLOCK_SIZE, Segment, read_manifest
+from engine.format import Segment, read_manifest
 from engine.sparse import (
     LUCENE_LENGTH_TABLE,
     BM25Params,
@@ -201,8 +201,8 @@ class Index:
             if _choose(algorithm, starts, ends, k) == "maxscore":
                 blocks = segment.blocks
                 docs, scores = bm25_maxscore(
-                    segment.docs, segment.tfs, starts, ends, weights, norms.per_segment[i], norms.inverse,
-                    norms.lengths, block_first, blocks.max_tf, blocks.min_length, blocks.last_doc, BLOCK_SIZE, k,
+                    segment.postings, starts, ends, weights, norms.per_segment[i], norms.inverse, norms.lengths,
+                    block_first, blocks.max_tf, blocks.min_length, blocks.last_doc, k,
                 )  # fmt: skip
             else:
                 accumulator, touched = self._scratch(i)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from engine.codec import BLOCK, decode_block
+
 DEFAULT_K1 = 0.9
 DEFAULT_B = 0.4
 LENGTH_NORMS = ("lucene", "exact")
@@ -201,9 +203,56 @@ def _block_bounds(weights, block_first, block_count, block_max_tf, block_min_len
 
 
 @numba.njit(nogil=True, cache=True)
+def _load_block(postings, block_last_doc, first_block, block, start, n, out_docs, out_tfs, copy=False):
+    """Fills out_docs/out_tfs[:n] with one block of postings: decodes packed ones; copies raw ones only if asked
+    (MaxScore reads raw postings in place)."""
+    packed, docs, tfs, words, block_word, doc_width, tf_width = postings
+    if packed:
+        previous = np.int64(block_last_doc[block - 1]) if block > first_block else np.int64(-1)
+        decode_block(words, block_word, doc_width, tf_width, block, n, previous, out_docs, out_tfs)
+    elif copy:
+        for i in range(n):
+            out_docs[i] = docs[start + i]
+            out_tfs[i] = tfs[start + i]
+
+
+@numba.njit(nogil=True, cache=True)
+def bm25_exhaustive_packed(postings, starts, ends, block_first, block_last_doc, weights, norm_index, norm_inverse,
+                           k, accumulator, touched):  # fmt: skip
+    """bm25_exhaustive over postings read block by block (bit-packed ones are decoded): the same results."""
+    docs = np.empty(BLOCK, dtype=np.int64)
+    tfs = np.empty(BLOCK, dtype=np.int64)
+    n_touched = 0
+    for q in range(len(starts)):
+        w = weights[q]
+        if w <= 0:
+            continue
+        block = block_first[q]
+        for start in range(starts[q], ends[q], BLOCK):
+            n = min(BLOCK, ends[q] - start)
+            _load_block(postings, block_last_doc, block_first[q], block, start, n, docs, tfs, True)
+            for i in range(n):
+                d = docs[i]
+                if accumulator[d] == 0:
+                    touched[n_touched] = d
+                    n_touched += 1
+                accumulator[d] += w - w / (np.float32(1) + np.float32(tfs[i]) * norm_inverse[norm_index[d]])
+            block += 1
+    best_docs, best_scores = top_k(touched[:n_touched], accumulator, k)
+    for j in range(n_touched):
+        accumulator[touched[j]] = 0
+    return best_docs, best_scores
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _posting(packed, raw, buffer, q, block_start, offset):
+    """A posting's value under a cursor: from the decoded buffer, or straight from the raw array (no copy)."""
+    return buffer[q, offset] if packed else np.int64(raw[block_start + offset])
+
+
+@numba.njit(nogil=True, cache=True)
 def bm25_maxscore(
-    docs,
-    tfs,
+    postings,
     starts,
     ends,
     weights,
@@ -214,21 +263,21 @@ def bm25_maxscore(
     block_max_tf,
     block_min_length,
     block_last_doc,
-    block_size,
     k,
 ):
     """Block-max MaxScore, document at a time: exactly bm25_exhaustive's top k, usually scoring far fewer postings.
 
     Terms are ordered by their score bound; the lowest ones whose bounds together cannot lift a document above the
     current k-th score are "non-essential" and only probed for documents the others produce, and a probe stops as
-    soon as the block maxima say the document cannot make it. A document's score is summed in query-term order, as
-    the exhaustive kernel sums it, so both return the same floats. Bounds are compared with a margin that covers
-    float32 rounding of the sums.
+    soon as the block maxima say the document cannot make it (skipped blocks are never decoded). A document's
+    score is summed in query-term order, as the exhaustive kernel sums it, so both return the same floats. Bounds
+    are compared with a margin that covers float32 rounding of the sums.
     """
+    packed, docs, tfs = postings[0], postings[1], postings[2]
     m = len(starts)
     block_count = np.empty(m, dtype=np.int64)
     for q in range(m):
-        block_count[q] = (ends[q] - starts[q] + block_size - 1) // block_size
+        block_count[q] = (ends[q] - starts[q] + BLOCK - 1) // BLOCK
     bound_offsets, bounds, term_bound = _block_bounds(
         weights, block_first, block_count, block_max_tf, block_min_length, norm_lengths, norm_inverse
     )
@@ -250,8 +299,12 @@ def bm25_maxscore(
     margin = 1.0 + (m + 2) * 2.5e-7
     n_docs = len(norm_index)
 
-    position = starts.copy()
+    # per term: the block under the cursor (relative), the block held decoded in its buffer, the position in it
     block = np.zeros(m, dtype=np.int64)
+    loaded = np.full(m, -1, dtype=np.int64)
+    offset = np.zeros(m, dtype=np.int64)
+    buffer_docs = np.empty((m, BLOCK), dtype=np.int64)
+    buffer_tfs = np.empty((m, BLOCK), dtype=np.int64)
     contribution = np.zeros(m, dtype=np.float32)
     heap_scores = np.empty(k, dtype=np.float32)
     heap_docs = np.empty(k, dtype=np.int64)
@@ -262,23 +315,40 @@ def bm25_maxscore(
     current = n_docs
     for i in range(live):
         q = order[i]
-        if docs[position[q]] < current:
-            current = docs[position[q]]
+        _load_block(postings, block_last_doc, block_first[q], block_first[q], starts[q],
+                    min(BLOCK, ends[q] - starts[q]), buffer_docs[q], buffer_tfs[q])  # fmt: skip
+        loaded[q] = 0
+        first_doc = _posting(packed, docs, buffer_docs, q, starts[q], 0)
+        if first_doc < current:
+            current = first_doc
     while current < n_docs and first_essential < live:
         partial = 0.0
         following = n_docs
         for i in range(first_essential, live):
             q = order[i]
-            p = position[q]
-            if p < ends[q] and docs[p] == current:
+            if block[q] == block_count[q]:
+                continue
+            start = starts[q] + block[q] * BLOCK
+            if _posting(packed, docs, buffer_docs, q, start, offset[q]) == current:
                 w = weights[q]
-                c = w - w / (np.float32(1) + np.float32(tfs[p]) * norm_inverse[norm_index[current]])
+                tf = _posting(packed, tfs, buffer_tfs, q, start, offset[q])
+                c = w - w / (np.float32(1) + np.float32(tf) * norm_inverse[norm_index[current]])
                 contribution[q] = c
                 partial += c
-                p += 1
-                position[q] = p
-            if p < ends[q] and docs[p] < following:
-                following = docs[p]
+                offset[q] += 1
+                if offset[q] == min(BLOCK, ends[q] - start):
+                    block[q] += 1
+                    offset[q] = 0
+                    if block[q] == block_count[q]:
+                        continue
+                    _load_block(postings, block_last_doc, block_first[q], block_first[q] + block[q],
+                                start + BLOCK, min(BLOCK, ends[q] - start - BLOCK), buffer_docs[q],
+                                buffer_tfs[q])  # fmt: skip
+                    loaded[q] = block[q]
+                    start += BLOCK
+            doc = _posting(packed, docs, buffer_docs, q, start, offset[q])
+            if doc < following:
+                following = doc
         candidate = True
         for i in range(first_essential - 1, -1, -1):
             if (partial + prefix[i]) * margin <= threshold:
@@ -288,19 +358,24 @@ def bm25_maxscore(
             first = block_first[q]
             while block[q] < block_count[q] and block_last_doc[first + block[q]] < current:
                 block[q] += 1
+                offset[q] = 0
             if block[q] == block_count[q]:
                 continue
             rest = prefix[i - 1] if i > 0 else 0.0
             if (partial + bounds[bound_offsets[q] + block[q]] + rest) * margin <= threshold:
                 candidate = False
                 break
-            p = max(position[q], starts[q] + block[q] * block_size)
-            while p < ends[q] and docs[p] < current:
-                p += 1
-            position[q] = p
-            if p < ends[q] and docs[p] == current:
+            start = starts[q] + block[q] * BLOCK
+            if loaded[q] != block[q]:
+                _load_block(postings, block_last_doc, first, first + block[q], start, min(BLOCK, ends[q] - start),
+                            buffer_docs[q], buffer_tfs[q])  # fmt: skip
+                loaded[q] = block[q]
+            while _posting(packed, docs, buffer_docs, q, start, offset[q]) < current:
+                offset[q] += 1
+            if _posting(packed, docs, buffer_docs, q, start, offset[q]) == current:
                 w = weights[q]
-                c = w - w / (np.float32(1) + np.float32(tfs[p]) * norm_inverse[norm_index[current]])
+                tf = _posting(packed, tfs, buffer_tfs, q, start, offset[q])
+                c = w - w / (np.float32(1) + np.float32(tf) * norm_inverse[norm_index[current]])
                 contribution[q] = c
                 partial += c
         if candidate:

@@ -4,9 +4,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.codec import BLOCK, bm25_exhaustive_packed, decode_block, encode
+from engine.codec import BLOCK, decode_block, encode, packed_postings, raw_postings
 from engine.format import compute_blocks
-from engine.sparse import BM25Params, bm25_exhaustive, lucene_norm_bytes, norm_inverse_table
+from engine.sparse import BM25Params, bm25_exhaustive, bm25_exhaustive_packed, lucene_norm_bytes, norm_inverse_table
 
 
 @st.composite
@@ -61,8 +61,9 @@ def test_compressed_scores_equal_raw():
         accumulator, touched = np.zeros(n_docs, dtype=np.float32), np.empty(n_docs, dtype=np.int64)
         raw = bm25_exhaustive(docs, tfs, offsets[query], offsets[query + 1], weights, norm_index, table, k,
                               accumulator, touched)  # fmt: skip
-        packed = bm25_exhaustive_packed(
-            words, block_word, doc_width, tf_width, blocks.last_doc, offsets[query], offsets[query + 1],
-            blocks.offsets[query], weights, norm_index, table, k, accumulator, touched,
-        )  # fmt: skip
-        assert raw[0].tolist() == packed[0].tolist() and raw[1].tolist() == packed[1].tolist()
+        for postings in (packed_postings(words, block_word, doc_width, tf_width), raw_postings(docs, tfs)):
+            found = bm25_exhaustive_packed(
+                postings, offsets[query], offsets[query + 1], blocks.offsets[query], blocks.last_doc, weights,
+                norm_index, table, k, accumulator, touched,
+            )  # fmt: skip
+            assert raw[0].tolist() == found[0].tolist() and raw[1].tolist() == found[1].tolist()
