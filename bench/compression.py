@@ -1,7 +1,7 @@
 """Postings compression study: raw uint32 arrays against the block codec (engine/codec.py), for size and speed.
 
-Builds a Sift index of the corpus, encodes its postings, checks that decoding is lossless and that BM25 over the
-compressed postings returns the same top k, then times exhaustive top-k over both on one thread.
+Builds the corpus twice (--postings raw and packed), checks both return identical results, then times one-thread
+top-k with each query algorithm over both.
 
     python -m bench.compression --corpus synthetic:1000000
 """
@@ -18,96 +18,94 @@ import time
 import numpy as np
 
 from bench.first_stage import load_corpus
-from bench.foundation import RESULTS, WORK, machine, software
-from engine.codec import encode, packed_postings
+from bench.foundation import RESULTS, WORK, directory_bytes, machine, software
 from engine.index import open_index
-from engine.sparse import bm25_exhaustive, bm25_exhaustive_packed
 from indexers.corpus import Document
-from indexers.inverted import build_index
+from indexers.inverted import BuildOptions, build_index
+
+FORMATS = ("raw", "packed")
+
+
+def postings_bytes(index) -> int:
+    names = ("postings.docs.npy", "postings.tfs.npy", "postings.words.npy", "blocks.word.npy")
+    names += ("blocks.doc_width.npy", "blocks.tf_width.npy")
+    return sum((s.directory / n).stat().st_size for s in index.segments for n in names if (s.directory / n).exists())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default="synthetic:1000000", help="a shared collection name, or synthetic:N")
+    parser.add_argument(
+        "--corpus", default="synthetic:1000000", help="a shared collection name, debian, or synthetic:N"
+    )
     parser.add_argument("--queries", type=int, default=1000)
     args = parser.parse_args(argv)
 
     ids, texts, queries = load_corpus(args.corpus, args.queries)
-    path = WORK / f"compression-{args.corpus.replace(':', '-')}"
-    shutil.rmtree(path, ignore_errors=True)
-    build_index((Document(i, t) for i, t in zip(ids, texts)), path)
+    indexes, sizes, build_seconds = {}, {}, {}
+    for postings in FORMATS:
+        path = WORK / f"compression-{args.corpus.replace(':', '-')}-{postings}"
+        shutil.rmtree(path, ignore_errors=True)
+        started = time.perf_counter()
+        build_index((Document(i, t) for i, t in zip(ids, texts)), path, BuildOptions(postings=postings))
+        build_seconds[postings] = round(time.perf_counter() - started, 2)
+        indexes[postings] = open_index(path)
+        sizes[postings] = {"index_bytes": directory_bytes(path), "postings_bytes": postings_bytes(indexes[postings])}
     del texts
-    index = open_index(path)
-    (segment,) = index.segments
-    started = time.perf_counter()
-    words, block_word, doc_width, tf_width = encode(segment.docs, segment.tfs, segment.offsets)
-    encode_seconds = time.perf_counter() - started
-    compressed = packed_postings(words, block_word, doc_width, tf_width)
-    raw_bytes = segment.docs.nbytes + segment.tfs.nbytes
-    packed_bytes = words.nbytes + block_word.nbytes + doc_width.nbytes + tf_width.nbytes
-    norms = index.norms(index.default_params)
-    plans = [index.plan(text) for _, text in queries]
-    plans = [p for p in plans if len(p.per_segment[0][0])]
-    accumulator = np.zeros(segment.passages, dtype=np.float32)
-    touched = np.empty(segment.passages, dtype=np.int64)
-
-    def raw(plan, k):
-        starts, ends, weights, _ = plan.per_segment[0]
-        return bm25_exhaustive(segment.docs, segment.tfs, starts, ends, weights, norms.per_segment[0],
-                               norms.inverse, k, accumulator, touched)  # fmt: skip
-
-    def packed(plan, k):
-        starts, ends, weights, block_first = plan.per_segment[0]
-        return bm25_exhaustive_packed(
-            compressed, starts, ends, block_first, segment.blocks.last_doc, weights, norms.per_segment[0],
-            norms.inverse, k, accumulator, touched,
-        )  # fmt: skip
-
+    plans = [indexes["raw"].plan(text) for _, text in queries]
+    terms = [text for (_, text), plan in zip(queries, plans) if len(plan.per_segment[0][0])]
     rows = []
     for k in (10, 1000):
-        for plan in plans:
-            a, b = raw(plan, k), packed(plan, k)
-            if not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])):
-                raise SystemExit("compressed postings changed a result: the codec is broken")
-        timings = {}
-        for name, run in (("raw", raw), ("packed", packed), ("raw ", raw), ("packed ", packed)):
-            started = time.perf_counter()
-            for plan in plans:
-                run(plan, k)
-            timings[name.strip()] = len(plans) / (time.perf_counter() - started)  # the second pass counts
-        rows.append({"k": k, "raw_qps": round(timings["raw"], 1), "packed_qps": round(timings["packed"], 1)})
-    postings = len(segment.docs)
+        for algorithm in ("exhaustive", "maxscore", "auto"):
+            row = {"k": k, "algorithm": algorithm}
+            answers = {}
+            for postings in FORMATS:
+                index = indexes[postings]
+                answers[postings] = [index.search_passages(q, k, algorithm=algorithm) for q in terms]  # warm-up
+                started = time.perf_counter()
+                for q in terms:
+                    index.search_passages(q, k, algorithm=algorithm)
+                row[f"{postings}_qps"] = round(len(terms) / (time.perf_counter() - started), 1)
+            for a, b in zip(answers["raw"], answers["packed"]):
+                if not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])):
+                    raise SystemExit("packed postings changed a result: the codec is broken")
+            rows.append(row)
+    postings_count = int(sum(len(s.offsets) and s.offsets[-1] for s in indexes["raw"].segments))
     report = {
         "corpus": args.corpus,
-        "postings": postings,
-        "raw_bytes": int(raw_bytes),
-        "packed_bytes": int(packed_bytes),
-        "raw_bits_per_posting": round(raw_bytes * 8 / postings, 2),
-        "packed_bits_per_posting": round(packed_bytes * 8 / postings, 2),
-        "encode_seconds": round(encode_seconds, 2),
+        "postings": postings_count,
+        "sizes": sizes,
+        "build_seconds": build_seconds,
         "speed": rows,
-        "queries": len(plans),
+        "queries": len(terms),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "software": software(),
     }
+    raw, packed = sizes["raw"], sizes["packed"]
     lines = [
-        f"# Postings compression: {args.corpus} ({postings:,} postings, {len(plans):,} queries)",
+        f"# Postings compression: {args.corpus} ({postings_count:,} postings, {len(terms):,} queries)",
         "",
         f"Date: {report['date']}; {report['machine']['cpu']}, {report['machine']['cores']} cores",
         "",
-        "| postings | bytes | bits/posting | ratio |",
-        "|---|---|---|---|",
-        f"| raw uint32 (docs + tfs) | {raw_bytes:,} | {report['raw_bits_per_posting']} | 1.00 |",
-        f"| block codec (delta + bit-packing, 128) | {packed_bytes:,} | {report['packed_bits_per_posting']} | "
-        f"{packed_bytes / raw_bytes:.2f} |",
-        "",
-        "Exhaustive BM25 top-k on one thread, same plans, results verified identical:",
-        "",
-        "| k | raw QPS | packed QPS | packed/raw |",
-        "|---|---|---|---|",
+        "| postings | postings bytes | bits/posting | whole index bytes | build s |",
+        "|---|---|---|---|---|",
         *[
-            f"| {r['k']} | {r['raw_qps']:,} | {r['packed_qps']:,} | {r['packed_qps'] / r['raw_qps']:.2f} |"
+            f"| {name} | {sizes[name]['postings_bytes']:,} | "
+            f"{sizes[name]['postings_bytes'] * 8 / max(postings_count, 1):.2f} | {sizes[name]['index_bytes']:,} | "
+            f"{build_seconds[name]} |"
+            for name in FORMATS
+        ],
+        "",
+        f"Packed postings are {packed['postings_bytes'] / raw['postings_bytes']:.2f} of raw; the whole index "
+        f"{packed['index_bytes'] / raw['index_bytes']:.2f}.",
+        "",
+        "One-thread top-k through Index.search_passages (results verified identical):",
+        "",
+        "| k | algorithm | raw QPS | packed QPS | packed/raw |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {r['k']} | {r['algorithm']} | {r['raw_qps']:,} | {r['packed_qps']:,} | "
+            f"{r['packed_qps'] / r['raw_qps']:.2f} |"
             for r in rows
         ],
     ]

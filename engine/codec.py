@@ -133,3 +133,28 @@ def decode_block(words, block_word, doc_width, tf_width, block, n, previous_doc,
     unpack(words, tf_start, n, tf_width[block], tfs_out)
     for i in range(n):
         tfs_out[i] += 1
+
+
+def decode_all(postings: tuple, offsets: np.ndarray, block_last_doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every posting of a packed segment as plain (docs, tfs) arrays."""
+    _, _, _, words, block_word, doc_width, tf_width = postings
+    return _decode_all(words, block_word, doc_width, tf_width, offsets, block_last_doc)
+
+
+@numba.njit(nogil=True, cache=True)
+def _decode_all(words, block_word, doc_width, tf_width, offsets, block_last_doc):
+    docs = np.empty(offsets[-1], dtype=np.uint32)
+    tfs = np.empty(offsets[-1], dtype=np.uint32)
+    block_docs = np.empty(BLOCK, dtype=np.int64)
+    block_tfs = np.empty(BLOCK, dtype=np.int64)
+    block = 0
+    for t in range(len(offsets) - 1):
+        previous = np.int64(-1)
+        for start in range(offsets[t], offsets[t + 1], BLOCK):
+            n = min(BLOCK, offsets[t + 1] - start)
+            decode_block(words, block_word, doc_width, tf_width, block, n, previous, block_docs, block_tfs)
+            docs[start : start + n] = block_docs[:n]
+            tfs[start : start + n] = block_tfs[:n]
+            previous = np.int64(block_last_doc[block])
+            block += 1
+    return docs, tfs

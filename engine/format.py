@@ -24,7 +24,7 @@ import numba
 import numpy as np
 import zstandard
 
-from engine.codec import raw_postings
+from engine.codec import decode_all, encode, packed_postings, raw_postings
 from engine.errors import SiftError
 
 FORMAT_NAME = "sift-index"
@@ -317,6 +317,24 @@ def write_postings(
     write_array(directory / "blocks.last_doc.npy", blocks.last_doc)
 
 
+PACKED_FILES = ("postings.words", "blocks.word", "blocks.doc_width", "blocks.tf_width")
+POSTINGS_FORMATS = ("raw", "packed")
+
+
+def pack_segment(directory: Path) -> None:
+    """Rewrites a finished, not yet committed segment's postings with the block codec (engine/codec.py)."""
+    segment = Segment(directory)
+    if segment.packed:
+        return
+    for name, array in zip(PACKED_FILES, encode(segment.docs, segment.tfs, segment.offsets)):
+        write_array(directory / f"{name}.npy", array)
+    meta = {**segment.meta, "postings": "packed"}
+    del segment
+    (directory / "postings.docs.npy").unlink()
+    (directory / "postings.tfs.npy").unlink()
+    finish_segment(directory, meta)
+
+
 def finish_segment(directory: Path, meta: dict) -> None:
     """segment.json is written last: a segment folder without it was never finished."""
     for path in directory.iterdir():
@@ -338,8 +356,7 @@ class Segment:
             raise IndexFormatError(f"{meta_path}: missing; the index is damaged") from None
         self.terms = StringTable(directory, "terms")
         self.offsets = open_array(directory / "postings.offsets.npy")
-        self.docs = open_array(directory / "postings.docs.npy")
-        self.tfs = open_array(directory / "postings.tfs.npy")
+        self.packed = self.meta.get("postings") == "packed"
         self.blocks = PostingBlocks(
             open_array(directory / "blocks.offsets.npy"),
             open_array(directory / "blocks.max_tf.npy"),
@@ -358,8 +375,23 @@ class Segment:
 
     @cached_property
     def postings(self) -> tuple:
-        """The kernels' view of the postings (engine.codec.raw_postings)."""
+        """The kernels' view of the postings (engine.codec.raw_postings or packed_postings)."""
+        if self.packed:
+            return packed_postings(*(open_array(self.directory / f"{name}.npy") for name in PACKED_FILES))
         return raw_postings(self.docs, self.tfs)
+
+    @cached_property
+    def docs(self) -> np.ndarray:
+        """Passage ids of all postings; decoded in full for a packed segment (merges only)."""
+        if self.packed:
+            return decode_all(self.postings, self.offsets, self.blocks.last_doc)[0]
+        return open_array(self.directory / "postings.docs.npy")
+
+    @cached_property
+    def tfs(self) -> np.ndarray:
+        if self.packed:
+            return decode_all(self.postings, self.offsets, self.blocks.last_doc)[1]
+        return open_array(self.directory / "postings.tfs.npy")
 
     @cached_property
     def total_tokens(self) -> int:

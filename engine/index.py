@@ -20,6 +20,7 @@ from engine.sparse import (
     LUCENE_LENGTH_TABLE,
     BM25Params,
     bm25_exhaustive,
+    bm25_exhaustive_packed,
     bm25_maxscore,
     idf,
     lucene_norm_bytes,
@@ -203,6 +204,12 @@ class Index:
                 docs, scores = bm25_maxscore(
                     segment.postings, starts, ends, weights, norms.per_segment[i], norms.inverse, norms.lengths,
                     block_first, blocks.max_tf, blocks.min_length, blocks.last_doc, k,
+                )  # fmt: skip
+            elif segment.packed:
+                accumulator, touched = self._scratch(i)
+                docs, scores = bm25_exhaustive_packed(
+                    segment.postings, starts, ends, block_first, segment.blocks.last_doc, weights,
+                    norms.per_segment[i], norms.inverse, k, accumulator, touched,
                 )  # fmt: skip
             else:
                 accumulator, touched = self._scratch(i)

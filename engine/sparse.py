@@ -163,12 +163,13 @@ def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, 
 def bm25_reference(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k):
     """Same contract as bm25_exhaustive, in plain numpy: the definition the kernel is tested against."""
     scores = np.zeros(len(norm_index), dtype=np.float32)
-    for start, end, w in zip(starts, ends, weights):
+    for start, end, w in zip(starts, ends, weights, strict=True):
         d = np.asarray(docs[start:end], dtype=np.int64)
         tf = np.asarray(tfs[start:end], dtype=np.float32)
         w = np.float32(w)
         if w > 0:
-            scores[d] += w - w / (np.float32(1) + tf * norm_inverse[np.asarray(norm_index)[d]])
+            with np.errstate(over="ignore"):  # tf * an infinite inverse norm (k1 -> 0): the score tends to w
+                scores[d] += w - w / (np.float32(1) + tf * norm_inverse[np.asarray(norm_index)[d]])
     candidates = np.flatnonzero(scores > 0)
     order = np.lexsort((candidates, -scores[candidates]))[:k]
     return candidates[order], scores[candidates[order]]

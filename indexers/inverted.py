@@ -18,6 +18,7 @@ from engine.analysis import Analyzer, AnalyzerConfig
 from engine.errors import SiftError
 from engine.format import (
     MANIFEST,
+    POSTINGS_FORMATS,
     SEGMENT_PREFIX,
     STAGING_PREFIX,
     DocStoreWriter,
@@ -28,6 +29,7 @@ from engine.format import (
     failpoint,
     finish_segment,
     merge_segments,
+    pack_segment,
     read_manifest,
     write_array,
     write_postings,
@@ -52,6 +54,7 @@ class BuildOptions:
     passage_stride: int = 0  # tokens between passage starts; 0 means window (no overlap)
     memory_mb: int = 512  # pending postings and vocabulary before a segment is flushed
     merge: bool = True  # merge flushed segments into one; False commits them as they are
+    postings: str = "raw"  # "raw" uint32 arrays, or "packed" with the block codec (bench/results/compression*.md)
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -61,6 +64,8 @@ class BuildOptions:
             raise ValueError("passage stride must not exceed the window (passages would skip text)")
         if self.memory_mb < 1:
             raise ValueError("the memory budget must be at least 1 MB")
+        if self.postings not in POSTINGS_FORMATS:
+            raise ValueError(f"postings must be one of {', '.join(POSTINGS_FORMATS)}, got {self.postings!r}")
 
 
 class _PendingSegment:
@@ -233,6 +238,8 @@ def build_index(
                 flushed = [merged]
             live = []
             for number, folder in enumerate(flushed):
+                if options.postings == "packed":
+                    pack_segment(folder)
                 name = f"{SEGMENT_PREFIX}{generation:06d}_{number:04d}"
                 meta = Segment(folder).meta
                 os.replace(folder, index_dir / name)

@@ -94,3 +94,15 @@ def test_merged_segment_equals_a_single_flush(tmp_path):
     many = build_index(CorpusReader(open_source(corpus)), tmp_path / "many", BuildOptions(memory_mb=1))
     assert one.segments_flushed == 1 and many.segments_flushed > 1
     assert segment_arrays(tmp_path / "one") == segment_arrays(tmp_path / "many")
+
+
+def test_packed_segment_decodes_to_the_raw_postings(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", random_documents(3000, seed=4, max_words=60))
+    build_index(CorpusReader(open_source(corpus)), tmp_path / "raw", BuildOptions())
+    build_index(CorpusReader(open_source(corpus)), tmp_path / "packed", BuildOptions(postings="packed"))
+    raw, packed = segment_arrays(tmp_path / "raw"), segment_arrays(tmp_path / "packed")
+    assert packed.pop("meta").pop("postings") == "packed"
+    raw.pop("meta")
+    assert raw == packed
+    (folder,) = [p for p in (tmp_path / "packed").iterdir() if p.name.startswith("seg_")]
+    assert not (folder / "postings.docs.npy").exists()

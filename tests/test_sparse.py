@@ -127,14 +127,14 @@ def brute_force_bm25(documents: list[dict], query: str, k1=0.9, b=0.4, k=10):
 QUERIES = ["search engine", "quick brown fox fox", "the dog", "money bank river", "runs running ran", "zebra"]
 
 
+@pytest.mark.parametrize("postings", ["raw", "packed"])
 @pytest.mark.parametrize("memory_mb", [512, 1])
 @pytest.mark.parametrize("merge", [True, False])
-def test_index_scores_equal_brute_force(tmp_path, memory_mb, merge):
+def test_index_scores_equal_brute_force(tmp_path, memory_mb, merge, postings):
     documents = random_documents(6000 if memory_mb == 1 else 400, seed=memory_mb, max_words=60)
     corpus = write_jsonl(tmp_path / "c.jsonl", documents)
-    report = build_index(
-        CorpusReader(open_source(corpus)), tmp_path / "idx", BuildOptions(memory_mb=memory_mb, merge=merge)
-    )
+    options = BuildOptions(memory_mb=memory_mb, merge=merge, postings=postings)
+    report = build_index(CorpusReader(open_source(corpus)), tmp_path / "idx", options)
     index = open_index(tmp_path / "idx")
     if memory_mb == 1:
         assert report.segments_flushed > 1
@@ -158,10 +158,13 @@ def test_query_time_parameters_change_scores_as_formula_says(tmp_path):
         np.testing.assert_allclose([h.score for h in hits], want_scores, atol=1e-5)
 
 
-def test_every_algorithm_returns_the_same_hits(tmp_path):
+@pytest.mark.parametrize("postings", ["raw", "packed"])
+def test_every_algorithm_returns_the_same_hits(tmp_path, postings):
     documents = random_documents(30000, seed=6, max_words=80)
-    build_index(CorpusReader(open_source(write_jsonl(tmp_path / "c.jsonl", documents))), tmp_path / "idx")
+    corpus = write_jsonl(tmp_path / "c.jsonl", documents)
+    build_index(CorpusReader(open_source(corpus)), tmp_path / "idx", BuildOptions(postings=postings))
     index = open_index(tmp_path / "idx")
+    assert index.segments[0].packed == (postings == "packed")
     queries = [*QUERIES, "search index query passage document ranking", "cat dog fox quality prune"]
     for k in (1, 10, 1000):
         for query in queries:
