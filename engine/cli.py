@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--passage-stride", type=int, default=0, metavar="TOKENS", help="default: the window")
     index.add_argument("--memory-mb", type=_positive_int, default=512, help="flush a segment beyond this (512)")
     index.add_argument(
-        "--postings", choices=("raw", "packed"), default="raw", help="packed: bit-packed blocks, about 4x smaller"
+        "--postings",
+        choices=("packed", "raw"),
+        default="packed",
+        help="packed (default): bit-packed blocks, 4-6x smaller postings; raw: plain arrays, about 10%% faster",
     )
     index.add_argument(
         "--tokenizer", choices=("standard", "whitespace"), default="standard", help="standard: Unicode word breaks"
