@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shutil
 import sys
 import time
@@ -18,7 +17,7 @@ import time
 import numpy as np
 
 from bench.first_stage import load_corpus
-from bench.foundation import RESULTS, WORK, directory_bytes, machine, software
+from bench.harness import WORK, directory_bytes, machine, software, write_results
 from engine.index import open_index
 from indexers.corpus import Document
 from indexers.inverted import BuildOptions, build_index
@@ -111,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table = "\n".join(lines) + "\n"
     print(table)
-    stem = f"compression-{args.corpus.replace(':', '-')}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.md").write_text(table, encoding="utf-8")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_results(f"compression-{args.corpus.replace(':', '-')}", table, report)
     return 0
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.foundation import DATA, RESULTS, WORK, machine, software
+from bench.harness import DATA, RESULTS, WORK, machine, software, write_results
 from bench.peers import PEERS, PeerUnavailable, SiftEngine, make
 from engine.analysis import Analyzer
 from engine.errors import SiftError
@@ -268,10 +268,8 @@ def main(corpus: str, peers: list[str], ks: list[int], threads: int | None, max_
         date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), machine=machine(), software=software()
     )
     stem = f"first-stage-{corpus.replace(':', '-')}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
     table = render(report)
-    (RESULTS / f"{stem}.md").write_text(table, encoding="utf-8")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_results(stem, table, report)
     plotted = plot(report, RESULTS / f"{stem}.png")
     if as_json:
         print(json.dumps(report))

@@ -12,51 +12,18 @@ import argparse
 import datetime
 import gzip
 import json
-import os
-import platform
 import shutil
 import sys
 import time
-from importlib import metadata
-from pathlib import Path
 
 import numpy as np
 
+from bench.harness import DATA, WORK, directory_bytes, machine, software, write_results
 from engine.evaluation import evaluate
 from engine.index import open_index
 from indexers.corpus import CorpusReader, open_source, read_qrels, read_queries
 from indexers.inverted import BuildOptions, build_index
 from tools.synthetic import synthetic_documents, synthetic_queries
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-# SIFT_BENCH_DIR moves results and scratch elsewhere (the tests use it to keep bench/results untouched).
-RESULTS = (
-    Path(os.environ["SIFT_BENCH_DIR"]) / "results" if "SIFT_BENCH_DIR" in os.environ else ROOT / "bench" / "results"
-)
-WORK = Path(os.environ["SIFT_BENCH_DIR"]) / "work" if "SIFT_BENCH_DIR" in os.environ else ROOT / "bench" / "work"
-
-
-def machine() -> dict:
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), platform.processor())
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory, 1), "os": platform.platform()}
-
-
-def software() -> dict:
-    names = ["sift-engine", "numpy", "numba", "PyStemmer", "pyjnius", "pyserini", "pyterrier-pisa", "bm25s", "tantivy"]
-    found = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def directory_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def latencies(search, queries: list[str], k: int) -> dict:
@@ -250,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     table = render(rows, info)
     print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "foundation.md").write_text(table, encoding="utf-8")
-    (RESULTS / "foundation.json").write_text(json.dumps({**info, "rows": rows}, indent=1), encoding="utf-8")
+    write_results("foundation", table, {**info, "rows": rows})
     return 0
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from bench.foundation import RESULTS, WORK, directory_bytes, machine, software
+from bench.harness import WORK, directory_bytes, machine, software, write_results
 
 _SERVE = """
 import json, sys, time, numpy as np
@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table = "\n".join(lines) + "\n"
     print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"scale-{args.passages}.md").write_text(table, encoding="utf-8")
-    (RESULTS / f"scale-{args.passages}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_results(f"scale-{args.passages}", table, report)
     return 0
 
 

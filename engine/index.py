@@ -271,11 +271,16 @@ class Index:
         return [self._hits(docs, scores, as_documents=False) for docs, scores in found]
 
     def _map(self, threads: int, function, items: Sequence) -> list:
+        """function over items on a persistent pool, one contiguous chunk per thread (a future per item costs
+        more than a small query)."""
         if threads == 1 or len(items) < 2:
             return [function(item) for item in items]
         if self._pool is None or self._pool._max_workers != threads:
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="sift-search")
-        return list(self._pool.map(function, items))
+        size = -(-len(items) // threads)
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        done = self._pool.map(lambda chunk: [function(item) for item in chunk], chunks)
+        return [result for chunk in done for result in chunk]
 
     # -- fetching
 

@@ -80,7 +80,14 @@ def idf(df: np.ndarray, n: int) -> np.ndarray:
     return np.log(1 + (n - df + 0.5) / (df + 0.5)).astype(np.float32)
 
 
-# --- the numba kernel ----------------------------------------------------------------------------------------------
+# --- the numba kernels ---------------------------------------------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _bm25(weight, tf, norm_inverse):
+    """Lucene's per-term score: weight - weight / (1 + tf * norm_inverse), all in float32 (monotone in tf and norm
+    after rounding, which is what makes block bounds safe)."""
+    return weight - weight / (np.float32(1) + np.float32(tf) * norm_inverse)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -150,7 +157,7 @@ def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, 
             if accumulator[d] == 0:
                 touched[n_touched] = d
                 n_touched += 1
-            accumulator[d] += w - w / (np.float32(1) + np.float32(tfs[p]) * norm_inverse[norm_index[d]])
+            accumulator[d] += _bm25(w, tfs[p], norm_inverse[norm_index[d]])
     best_docs, best_scores = top_k(touched[:n_touched], accumulator, k)
     for j in range(n_touched):
         accumulator[touched[j]] = 0
@@ -196,7 +203,7 @@ def _block_bounds(weights, block_first, block_count, block_max_tf, block_min_len
         for j in range(block_count[q]):
             b = block_first[q] + j
             norm = np.searchsorted(norm_lengths, block_min_length[b], side="right") - 1
-            s = w - w / (np.float32(1) + np.float32(block_max_tf[b]) * norm_inverse[norm])
+            s = _bm25(w, block_max_tf[b], norm_inverse[norm])
             bounds[offsets[q] + j] = s
             if s > term_bound[q]:
                 term_bound[q] = s
@@ -237,7 +244,7 @@ def bm25_exhaustive_packed(postings, starts, ends, block_first, block_last_doc, 
                 if accumulator[d] == 0:
                     touched[n_touched] = d
                     n_touched += 1
-                accumulator[d] += w - w / (np.float32(1) + np.float32(tfs[i]) * norm_inverse[norm_index[d]])
+                accumulator[d] += _bm25(w, tfs[i], norm_inverse[norm_index[d]])
             block += 1
     best_docs, best_scores = top_k(touched[:n_touched], accumulator, k)
     for j in range(n_touched):
@@ -331,11 +338,9 @@ def bm25_maxscore(
                 continue
             start = starts[q] + block[q] * BLOCK
             if _posting(packed, docs, buffer_docs, q, start, offset[q]) == current:
-                w = weights[q]
                 tf = _posting(packed, tfs, buffer_tfs, q, start, offset[q])
-                c = w - w / (np.float32(1) + np.float32(tf) * norm_inverse[norm_index[current]])
-                contribution[q] = c
-                partial += c
+                contribution[q] = _bm25(weights[q], tf, norm_inverse[norm_index[current]])
+                partial += contribution[q]
                 offset[q] += 1
                 if offset[q] == min(BLOCK, ends[q] - start):
                     block[q] += 1
@@ -374,11 +379,9 @@ def bm25_maxscore(
             while _posting(packed, docs, buffer_docs, q, start, offset[q]) < current:
                 offset[q] += 1
             if _posting(packed, docs, buffer_docs, q, start, offset[q]) == current:
-                w = weights[q]
                 tf = _posting(packed, tfs, buffer_tfs, q, start, offset[q])
-                c = w - w / (np.float32(1) + np.float32(tf) * norm_inverse[norm_index[current]])
-                contribution[q] = c
-                partial += c
+                contribution[q] = _bm25(weights[q], tf, norm_inverse[norm_index[current]])
+                partial += contribution[q]
         if candidate:
             score = np.float32(0)
             for q in range(m):

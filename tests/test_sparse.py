@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from conftest import random_documents, write_jsonl
 from engine.analysis import Analyzer
-from engine.codec import encode, packed_postings
+from engine.codec import encode, packed_postings, raw_postings
 from engine.format import compute_blocks
 from engine.index import open_index
 from engine.sparse import (
@@ -203,17 +203,8 @@ def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params):
         norm_lengths = np.arange(longest + 1, dtype=np.int64)
     blocks = compute_blocks(docs, tfs, offsets, lengths.astype(np.uint32))
     starts, ends = offsets[query], offsets[query + 1]
-    raw = (
-        False,
-        docs,
-        tfs,
-        np.zeros(0, np.uint32),
-        np.zeros(0, np.int64),
-        np.zeros(0, np.uint8),
-        np.zeros(0, np.uint8),
-    )
     pruned = bm25_maxscore(
-        raw, starts, ends, weights, norm_index, table, norm_lengths, blocks.offsets[query],
+        raw_postings(docs, tfs), starts, ends, weights, norm_index, table, norm_lengths, blocks.offsets[query],
         blocks.max_tf, blocks.min_length, blocks.last_doc, k,
     )  # fmt: skip
     packed = bm25_maxscore(

@@ -1,0 +1,47 @@
+"""What every benchmark shares: where data and results live, the machine and software they ran on, writing
+results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+# SIFT_BENCH_DIR moves results and scratch elsewhere (the tests use it to keep bench/results untouched).
+_OUTPUT = Path(os.environ.get("SIFT_BENCH_DIR", ROOT / "bench"))
+RESULTS = _OUTPUT / "results"
+WORK = _OUTPUT / "work"
+
+
+def machine() -> dict:
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), platform.processor())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory, 1), "os": platform.platform()}
+
+
+def software() -> dict:
+    names = ["sift-engine", "numpy", "numba", "PyStemmer", "pyjnius", "pyserini", "pyterrier-pisa", "bm25s", "tantivy"]
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def write_results(stem: str, table: str, report: dict) -> Path:
+    """bench/results/<stem>.md (the table) and .json (everything); returns the folder."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.md").write_text(table, encoding="utf-8")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    return RESULTS
