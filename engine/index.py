@@ -304,17 +304,23 @@ class Index:
     def ids(self, passages: np.ndarray) -> tuple[list[str], list[str]]:
         """External (passage ids, document ids) of global passage numbers."""
         segments, local = self._locate(passages)
-        passage_ids: list[str] = [""] * len(passages)
         doc_ids: list[str] = [""] * len(passages)
+        parts: list[int] = [0] * len(passages)
         for i in np.unique(segments):
-            where = np.flatnonzero(segments == i)
             segment = self.segments[i]
-            docs = segment.doc_ids.take(segment.passage_doc[local[where]])
-            parts = segment.passage_part[local[where]].tolist()
-            for j, doc, part in zip(where.tolist(), docs, parts):
-                doc_ids[j] = doc
-                passage_ids[j] = f"{doc}#{part}" if self.split_passages else doc
-        return passage_ids, doc_ids
+            if len(self.segments) == 1:  # the common case: no gathering by segment
+                doc_ids = segment.doc_ids.take(segment.passage_doc[local])
+                parts = segment.passage_part[local].tolist()
+                break
+            where = np.flatnonzero(segments == i)
+            chosen = local[where]
+            for j, doc, part in zip(
+                where.tolist(), segment.doc_ids.take(segment.passage_doc[chosen]), segment.passage_part[chosen].tolist()
+            ):
+                doc_ids[j], parts[j] = doc, part
+        if not self.split_passages:
+            return doc_ids, doc_ids
+        return [f"{doc}#{part}" for doc, part in zip(doc_ids, parts)], doc_ids
 
     def fetch(self, passage: int) -> dict:
         """The stored record of a passage (id, part, title, text), O(1) from the compressed store."""
@@ -324,12 +330,8 @@ class Index:
     def _hits(self, passages: np.ndarray, scores: np.ndarray, as_documents: bool) -> list[Hit]:
         passage_ids, doc_ids = self.ids(passages)
         shown = doc_ids if as_documents else passage_ids
-        return [
-            Hit(name, doc, score, rank, passage)
-            for rank, (name, doc, score, passage) in enumerate(
-                zip(shown, doc_ids, scores.tolist(), passages.tolist()), 1
-            )
-        ]
+        ranks = range(1, len(passages) + 1)
+        return list(map(Hit, shown, doc_ids, scores.tolist(), ranks, passages.tolist()))
 
 
 def open_index(path: str | os.PathLike) -> Index:
