@@ -18,12 +18,12 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from bench.harness import DATA, RESULTS, WORK, machine, software, write_results
+from bench.harness import DATA, RESULTS, WORK, latencies, machine, software, write_results
 from bench.peers import PEERS, PeerUnavailable, SiftEngine, make
 from engine.analysis import Analyzer
 from engine.errors import SiftError
@@ -99,24 +99,6 @@ def surrogate_tokens(texts: list[str], queries: list[str]) -> tuple[list[list[st
     # a query term absent from the corpus matches nothing anywhere; it is dropped for every engine alike
     query_tokens = [[vocabulary[t] for t in analyzer.analyze(q) if t in vocabulary] for q in queries]
     return docs, query_tokens
-
-
-def latencies(search: Callable, queries: list[list[str]], k: int) -> dict:
-    for query in queries:
-        search(query, k)
-    timings = np.empty(len(queries))
-    for i, query in enumerate(queries):
-        started = time.perf_counter()
-        search(query, k)
-        timings[i] = time.perf_counter() - started
-    ms = timings * 1000
-    return {
-        "qps": round(len(queries) / timings.sum(), 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 4),
-        "p95_ms": round(float(np.percentile(ms, 95)), 4),
-        "p99_ms": round(float(np.percentile(ms, 99)), 4),
-        "mean_ms": round(float(ms.mean()), 4),
-    }
 
 
 def agreement(mine: list[list[tuple[str, float]]], theirs: list[list[tuple[str, float]]]) -> tuple[float, float]:

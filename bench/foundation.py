@@ -18,31 +18,12 @@ import time
 
 import numpy as np
 
-from bench.harness import DATA, WORK, directory_bytes, machine, software, write_results
+from bench.harness import DATA, WORK, directory_bytes, latencies, machine, software, write_results
 from engine.evaluation import evaluate
 from engine.index import open_index
 from indexers.corpus import CorpusReader, open_source, read_qrels, read_queries
 from indexers.inverted import BuildOptions, build_index
 from tools.synthetic import synthetic_documents, synthetic_queries
-
-
-def latencies(search, queries: list[str], k: int) -> dict:
-    for _ in range(2):  # warm-up: numba and the JVM's JIT, page cache
-        for query in queries:
-            search(query, k)
-    timings = []
-    for query in queries:
-        started = time.perf_counter()
-        search(query, k)
-        timings.append(time.perf_counter() - started)
-    ms = np.array(timings) * 1000
-    return {
-        "qps": round(len(queries) / ms.sum() * 1000, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 3),
-        "p95_ms": round(float(np.percentile(ms, 95)), 3),
-        "p99_ms": round(float(np.percentile(ms, 99)), 3),
-        "mean_ms": round(float(ms.mean()), 3),
-    }
 
 
 def agreement(sift_search, lucene_search, queries: list[str], k: int = 10) -> dict:

@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -45,3 +49,24 @@ def write_results(stem: str, table: str, report: dict) -> Path:
     (RESULTS / f"{stem}.md").write_text(table, encoding="utf-8")
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     return RESULTS
+
+
+def latencies(search: Callable, queries: list, k: int, warmups: int = 2) -> dict:
+    """Per-query latency of search(query, k) on this thread, after warm-up passes (numba, the JVM's JIT, page
+    cache): QPS and p50/p95/p99/mean in milliseconds."""
+    for _ in range(warmups):
+        for query in queries:
+            search(query, k)
+    timings = np.empty(len(queries))
+    for i, query in enumerate(queries):
+        started = time.perf_counter()
+        search(query, k)
+        timings[i] = time.perf_counter() - started
+    ms = timings * 1000
+    return {
+        "qps": round(len(queries) / timings.sum(), 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p95_ms": round(float(np.percentile(ms, 95)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+        "mean_ms": round(float(ms.mean()), 4),
+    }
