@@ -59,7 +59,9 @@ class SiftEngine(Engine):
     def build(self, ids, docs, work):
         self.path = work / "sift"
         shutil.rmtree(self.path, ignore_errors=True)
-        options = BuildOptions(analyzer=AnalyzerConfig(tokenizer="whitespace", stopwords=(), stemmer=None))
+        # what Lucene's WhitespaceAnalyzer does with the same tokens: split on whitespace, nothing else
+        plain = AnalyzerConfig(tokenizer="whitespace", lowercase=False, possessives=False, stopwords=(), stemmer=None)
+        options = BuildOptions(analyzer=plain)
         started = time.perf_counter()
         build_index((Document(i, " ".join(d)) for i, d in zip(ids, docs)), self.path, options)
         seconds = time.perf_counter() - started

@@ -189,20 +189,25 @@ def sort_terms(terms: Iterable[str]) -> list[str]:
 # --- document store ------------------------------------------------------------------------------------------------
 
 
+STORE_FIELDS = ("id", "part", "title", "text")
+
+
 class DocStoreWriter:
-    """Appends passage records (JSON objects) in zstandard-compressed blocks with an offset table."""
+    """Appends passage records (rows of STORE_FIELDS) in zstandard-compressed blocks, each a JSON array of rows
+    (one encoder call per block, not per passage), with an offset table."""
 
     def __init__(self, directory: Path) -> None:
         self._directory = directory
         self._file = open(directory / "store.zst", "wb")
         self._compressor = zstandard.ZstdCompressor(level=3)
-        self._pending: list[bytes] = []
+        self._pending: list[list] = []
         self._offsets = [0]
 
-    def add(self, record: dict) -> None:
-        self._pending.append(json.dumps(record, ensure_ascii=False).encode("utf-8"))
-        if len(self._pending) == STORE_BLOCK:
-            self._write_block()
+    def add_many(self, rows: list[list]) -> None:
+        self._pending.extend(rows)
+        while len(self._pending) >= STORE_BLOCK:
+            self._write_block(self._pending[:STORE_BLOCK])
+            del self._pending[:STORE_BLOCK]
 
     @property
     def aligned(self) -> bool:
@@ -217,15 +222,15 @@ class DocStoreWriter:
         base = self._offsets[-1]
         self._offsets.extend(int(base + o) for o in offsets[1:])
 
-    def _write_block(self) -> None:
-        block = self._compressor.compress(b"\n".join(self._pending))
+    def _write_block(self, rows: list[list]) -> None:
+        block = self._compressor.compress(json.dumps(rows, ensure_ascii=False).encode("utf-8"))
         self._file.write(block)
         self._offsets.append(self._offsets[-1] + len(block))
-        self._pending = []
 
     def close(self) -> None:
         if self._pending:
-            self._write_block()
+            self._write_block(self._pending)
+            self._pending = []
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -238,16 +243,19 @@ class DocStore:
     def __init__(self, directory: Path) -> None:
         self.offsets = open_array(directory / "store.offsets.npy")
         self.blob = _map_bytes(directory / "store.zst")
-        self._cached_block: tuple[int, list[bytes]] = (-1, [])
+        self._cached_block: tuple[int, list[list]] = (-1, [])
 
-    def __getitem__(self, passage: int) -> dict:
+    def row(self, passage: int) -> list:
         block, within = divmod(passage, STORE_BLOCK)
-        cached_id, lines = self._cached_block
+        cached_id, rows = self._cached_block
         if cached_id != block:
             raw = self.blob[self.offsets[block] : self.offsets[block + 1]]
-            lines = zstandard.ZstdDecompressor().decompress(raw).split(b"\n")
-            self._cached_block = (block, lines)
-        return json.loads(lines[within])
+            rows = json.loads(zstandard.ZstdDecompressor().decompress(raw))
+            self._cached_block = (block, rows)
+        return rows[within]
+
+    def __getitem__(self, passage: int) -> dict:
+        return dict(zip(STORE_FIELDS, self.row(passage)))
 
 
 # --- segments ------------------------------------------------------------------------------------------------------
@@ -438,7 +446,7 @@ def merge_segments(segments: Sequence[Segment], directory: Path) -> dict:
             store.add_raw_blocks(s.directory / "store.zst", s.store.offsets)
         else:
             for i in range(s.passages):
-                store.add(s.store[i])
+                store.add_many([s.store.row(i)])
     store.close()
     failpoint("merge")
     write_postings(directory, vocabulary, offsets, docs, tfs, lengths)

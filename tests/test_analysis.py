@@ -97,3 +97,24 @@ def test_bad_configuration_is_a_clear_error():
 @given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80))
 def test_ascii_fast_path_tokenizes_as_the_unicode_grammar(text):
     assert _ASCII_TOKEN.findall(text) == _STANDARD_TOKEN.findall(text)
+
+
+_BATCH_TEXT = st.lists(st.sampled_from([*"abcXYZ'’ \t\n\x1c\x0béß.,-", "ab" * 130]), max_size=40).map("".join)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        AnalyzerConfig(tokenizer="whitespace", possessives=False, stopwords=(), stemmer=None),
+        AnalyzerConfig(tokenizer="whitespace", lowercase=False, possessives=False, stopwords=(), stemmer=None),
+        AnalyzerConfig(tokenizer="whitespace", stopwords=(), stemmer=None),
+        AnalyzerConfig(),
+    ],
+)
+@given(texts=st.lists(_BATCH_TEXT, max_size=8))
+def test_batch_analysis_gives_the_terms_of_analyze(config, texts):
+    analyzer = Analyzer(config)
+    batch = analyzer.analyze_batch(texts)
+    expected = [analyzer.analyze(text) for text in texts]
+    assert batch.counts.tolist() == [len(terms) for terms in expected]
+    assert batch.terms() == [term for terms in expected for term in terms]

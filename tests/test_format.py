@@ -44,11 +44,11 @@ def test_document_store_round_trip(tmp_path_factory, texts):
     directory = tmp_path_factory.mktemp("store")
     writer = DocStoreWriter(directory)
     for i, text in enumerate(texts):
-        writer.add({"id": str(i), "text": text})
+        writer.add_many([[str(i), i % 3, "", text]])
     writer.close()
     store = DocStore(directory)
     for i in reversed(range(len(texts))):  # any order: each read is one block
-        assert store[i] == {"id": str(i), "text": texts[i]}
+        assert store[i] == {"id": str(i), "part": i % 3, "title": "", "text": texts[i]}
 
 
 @settings(max_examples=100, deadline=None)
