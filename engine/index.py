@@ -150,10 +150,10 @@ class Index:
             present = term_ids[found]
             per_segment.append(
                 (
-                    segment.offsets[present],
-                    segment.offsets[present + 1],
+                    segment.offsets[present].astype(np.int64),  # stored narrow; one type for the kernels
+                    segment.offsets[present + 1].astype(np.int64),
                     weights[found],
-                    segment.blocks.offsets[present],
+                    segment.blocks.offsets[present].astype(np.int64),
                 )
             )
         return QueryPlan(tuple(per_segment))
