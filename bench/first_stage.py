@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.harness import DATA, RESULTS, WORK, latencies, machine, software, write_results
-from bench.peers import PEERS, PeerUnavailable, SiftEngine, make
+from bench.peers import PEERS, Corpus, PeerUnavailable, SiftEngine, make
 from engine.analysis import Analyzer
 from engine.errors import SiftError
 from indexers.corpus import read_queries
@@ -36,36 +36,56 @@ class BenchmarkError(SiftError):
     pass
 
 
-def load_corpus(name: str, max_queries: int) -> tuple[list[str], list[str], list[tuple[str, str]]]:
-    """(ids, texts, queries) for a shared collection name, "debian", or "synthetic:N"."""
+def load_corpus(name: str, max_queries: int, log=print) -> tuple[Corpus, list[list[str]]]:
+    """The corpus as surrogate tokens and its queries as token lists, for a shared collection, "debian" or
+    "synthetic:N". Synthetic words are plain lower-case tokens already: they are their own surrogates, and the
+    corpus is written to a file once and streamed (10M passages would not fit in memory as Python lists)."""
     if name.startswith("synthetic:"):
-        documents = list(synthetic_documents(int(name.split(":", 1)[1]), seed=0))
-        return [d["_id"] for d in documents], [d["text"] for d in documents], sampled_queries(documents, max_queries)
+        count = int(name.split(":", 1)[1])
+        path = WORK / f"synthetic-{count}.tsv"
+        WORK.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            log(f"writing {count:,} synthetic passages to {path}")
+            Corpus.write(((d["_id"], d["text"]) for d in synthetic_documents(count, seed=0)), path)
+        sample = [d for _, d in zip(range(_QUERY_SAMPLE), synthetic_documents(count, seed=0))]
+        queries = [text.split() for _, text in sampled_queries(sample, max_queries, str.split)]
+        return Corpus(path=path, size=count), queries
     if name == "debian":
         documents = list(_debian_documents())
         texts = [f"{d['title']} {d['text']}" if d["title"] else d["text"] for d in documents]
-        return [d["_id"] for d in documents], texts, sampled_queries(documents, max_queries)
-    folder = DATA / name
-    if not folder.is_dir():
-        raise BenchmarkError(f"unknown corpus {name!r}: no {folder}; use a shared collection, debian or synthetic:N")
-    ids, texts = [], []
-    with gzip.open(folder / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            ids.append(record["_id"])
-            texts.append(f"{record['title']} {record['text']}" if record.get("title") else record["text"])
-    split = "test" if (folder / "queries.test.tsv").exists() else "train"
-    return ids, texts, read_queries(folder / f"queries.{split}.tsv")[:max_queries]
+        ids = [d["_id"] for d in documents]
+        queries = [q for _, q in sampled_queries(documents, max_queries, Analyzer().analyze)]
+    else:
+        folder = DATA / name
+        if not folder.is_dir():
+            raise BenchmarkError(
+                f"unknown corpus {name!r}: no {folder}; use a shared collection, debian or synthetic:N"
+            )
+        ids, texts = [], []
+        with gzip.open(folder / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                ids.append(record["_id"])
+                texts.append(f"{record['title']} {record['text']}" if record.get("title") else record["text"])
+        split = "test" if (folder / "queries.test.tsv").exists() else "train"
+        queries = [q for _, q in read_queries(folder / f"queries.{split}.tsv")[:max_queries]]
+    log(f"{name}: {len(ids):,} passages, {len(queries):,} queries; analyzing once for every engine")
+    docs, query_tokens = surrogate_tokens(texts, queries)
+    return Corpus(passages=[(i, " ".join(d)) for i, d in zip(ids, docs)]), query_tokens
 
 
-def sampled_queries(documents: list[dict], count: int, hard: int = 200) -> list[tuple[str, str]]:
-    """Seeded queries of words sampled from passages, plus a "hard" set: each also holds two of the corpus's 50
-    most frequent terms, whose long posting lists are what dynamic pruning must cope with."""
+_QUERY_SAMPLE = 100_000  # synthetic queries are drawn from the first passages
+
+
+def sampled_queries(documents: list[dict], count: int, analyze) -> list[tuple[str, str]]:
+    """Seeded queries of words sampled from passages, plus a "hard" set of a fifth as many (at most 200): each also
+    holds two of the corpus's 50 most frequent terms (by analyze), whose long posting lists are what dynamic pruning
+    must cope with."""
     queries = synthetic_queries(documents, count, seed=0)
-    analyzer = Analyzer()
+    hard = min(200, count // 5)
     frequency: Counter = Counter()
     for document in documents[:: max(1, len(documents) // 20_000)]:
-        frequency.update(set(analyzer.analyze(document["text"])))
+        frequency.update(set(analyze(document["text"])))
     frequent = [term for term, _ in frequency.most_common(50)]
     rng = np.random.default_rng(7)
     extra = [(f"hard{i}", f"{' '.join(rng.choice(frequent, 2))} {text}") for i, (_, text) in enumerate(queries[:hard])]
@@ -127,10 +147,7 @@ def verify_pruning(engine: SiftEngine, queries: list[list[str]], k: int) -> int:
 
 
 def run(corpus: str, peers: list[str], ks: list[int], threads: int, max_queries: int, log=print) -> dict:
-    ids, texts, queries = load_corpus(corpus, max_queries)
-    log(f"{corpus}: {len(ids):,} passages, {len(queries):,} queries; analyzing once for every engine")
-    docs, query_tokens = surrogate_tokens(texts, [q for _, q in queries])
-    del texts
+    passages, query_tokens = load_corpus(corpus, max_queries, log)
     query_tokens = [q for q in query_tokens if q]
     work = WORK / corpus.replace(":", "-")
     shutil.rmtree(work, ignore_errors=True)
@@ -139,14 +156,14 @@ def run(corpus: str, peers: list[str], ks: list[int], threads: int, max_queries:
     for name in peers:
         engine = make(name)
         try:
-            seconds = engine.build(ids, docs, work)
+            seconds = engine.build(passages, work)
         except PeerUnavailable as e:
             skipped[name] = str(e)
             log(f"  {name}: skipped ({e})")
             continue
         engines.append(engine)
         builds.append({"system": name, "seconds": None if seconds is None else round(seconds, 2),
-                       "docs_per_s": None if not seconds else round(len(ids) / seconds, 1),
+                       "docs_per_s": None if not seconds else round(len(passages) / seconds, 1),
                        "bytes": engine.index_bytes()})  # fmt: skip
         log(f"  {name}: built in {seconds if seconds is None else round(seconds, 1)} s")
     sift = next((e for e in engines if isinstance(e, SiftEngine)), None)
@@ -172,7 +189,7 @@ def run(corpus: str, peers: list[str], ks: list[int], threads: int, max_queries:
             log(f"  k={k} {engine.name}: {single['qps']:,.0f} QPS on 1 thread, {many:,.0f} on {threads}")
     return {
         "corpus": corpus,
-        "passages": len(ids),
+        "passages": len(passages),
         "queries": len(query_tokens),
         "results": results,
         "builds": builds,

@@ -2,7 +2,8 @@
 
 Every engine receives the same terms: Sift's analyzer runs once, and each distinct term becomes a surrogate token
 ("t" + number) that every tokenizer keeps as it is (no stemming, no stop words, nothing to split or lower-case), so
-only the engines differ. Documents are lists of surrogate tokens; queries too.
+only the engines differ. A corpus yields (id, tokens joined by spaces) and may stream from disk (10M passages do not
+fit in memory as Python lists); queries are lists of tokens.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,13 +30,46 @@ class PeerUnavailable(RuntimeError):
     pass
 
 
+class Corpus:
+    """Passages as (id, surrogate tokens joined by spaces): held in memory, or read from a TSV file on each pass."""
+
+    def __init__(self, passages: list[tuple[str, str]] | None = None, path: Path | None = None, size: int = 0):
+        self._passages, self._path = passages, path
+        self._size = len(passages) if passages is not None else size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        if self._passages is not None:
+            yield from self._passages
+            return
+        with open(self._path, encoding="utf-8") as f:
+            for line in f:
+                passage_id, _, text = line.rstrip("\n").partition("\t")
+                yield passage_id, text
+
+    def ids(self) -> list[str]:
+        return [passage_id for passage_id, _ in self]
+
+    @staticmethod
+    def write(passages: Iterable[tuple[str, str]], path: Path) -> int:
+        count = 0
+        with open(path.with_suffix(".tmp"), "w", encoding="utf-8") as f:
+            for passage_id, text in passages:
+                f.write(f"{passage_id}\t{text}\n")
+                count += 1
+        path.with_suffix(".tmp").replace(path)
+        return count
+
+
 class Engine:
     """One engine over one corpus: build once, then search single queries or batches."""
 
     name: str
     same_bm25 = True  # computes Lucene's BM25 with k1=0.9, b=0.4, so per-rank scores can be compared
 
-    def build(self, ids: list[str], docs: list[list[str]], work: Path) -> float | None:
+    def build(self, corpus: Corpus, work: Path) -> float | None:
         """Builds the index under work; returns the seconds it took (None: reused another engine's)."""
         raise NotImplementedError
 
@@ -56,14 +90,14 @@ class SiftEngine(Engine):
     def __init__(self, algorithm: str = "auto") -> None:
         self.algorithm = algorithm
 
-    def build(self, ids, docs, work):
+    def build(self, corpus, work):
         self.path = work / "sift"
         shutil.rmtree(self.path, ignore_errors=True)
         # what Lucene's WhitespaceAnalyzer does with the same tokens: split on whitespace, nothing else
         plain = AnalyzerConfig(tokenizer="whitespace", lowercase=False, possessives=False, stopwords=(), stemmer=None)
         options = BuildOptions(analyzer=plain)
         started = time.perf_counter()
-        build_index((Document(i, " ".join(d)) for i, d in zip(ids, docs)), self.path, options)
+        build_index((Document(i, text) for i, text in corpus), self.path, options)
         seconds = time.perf_counter() - started
         self.index = open_index(self.path)
         return seconds
@@ -85,7 +119,7 @@ class PisaEngine(Engine):
         self.algorithm = algorithm
         self.name = {"block_max_wand": "pisa-bmw", "block_max_maxscore": "pisa-bmm"}[algorithm]
 
-    def build(self, ids, docs, work):
+    def build(self, corpus, work):
         try:
             import pyterrier_pisa
         except ImportError as e:
@@ -95,7 +129,7 @@ class PisaEngine(Engine):
         if not (self.path / "pt_meta.json").exists():
             started = time.perf_counter()
             index = pyterrier_pisa.PisaIndex(str(self.path), text_field="text", stemmer="none", stops="none", threads=1)
-            index.index({"docno": i, "text": " ".join(d)} for i, d in zip(ids, docs))
+            index.index({"docno": i, "text": text} for i, text in corpus)
             seconds = time.perf_counter() - started
         index = pyterrier_pisa.PisaIndex(str(self.path), stemmer="none", stops="none", threads=1)
         self._retriever = index.bm25(k1=0.9, b=0.4, query_algorithm=self.algorithm, threads=1)
@@ -126,7 +160,7 @@ class LuceneEngine(Engine):
 
     name = "pyserini"
 
-    def build(self, ids, docs, work):
+    def build(self, corpus, work):
         from bench import lucene
 
         try:
@@ -138,8 +172,8 @@ class LuceneEngine(Engine):
         shutil.rmtree(self.path, ignore_errors=True)
         collection.mkdir(parents=True, exist_ok=True)
         with open(collection / "docs.jsonl", "w", encoding="utf-8") as f:
-            for i, d in zip(ids, docs):
-                f.write(json.dumps({"id": i, "contents": " ".join(d)}) + "\n")
+            for i, text in corpus:
+                f.write(json.dumps({"id": i, "contents": text}) + "\n")
         seconds = lucene.build(collection, self.path, threads=1, pretokenized=True)
         self._searcher = lucene.Searcher(self.path)
         self._searcher.use_analyzer(jnius.autoclass("org.apache.lucene.analysis.core.WhitespaceAnalyzer")())
@@ -152,16 +186,24 @@ class LuceneEngine(Engine):
         return self._searcher.search(" ".join(query), k)
 
 
+_BM25S_MOST_PASSAGES = 2_000_000
+
+
 class Bm25sEngine(Engine):
     name = "bm25s"
 
-    def build(self, ids, docs, work):
+    def build(self, corpus, work):
         try:
             import bm25s
         except ImportError as e:
             raise PeerUnavailable(f"bm25s is not installed ({e})") from None
+        if len(corpus) > _BM25S_MOST_PASSAGES:
+            raise PeerUnavailable(
+                f"bm25s takes the corpus as Python lists of tokens: {len(corpus):,} passages would not fit in memory"
+            )
         self.path = work / "bm25s"
-        self._ids = ids
+        self._ids = corpus.ids()
+        docs = [text.split() for _, text in corpus]  # bm25s's input, made before its clock starts
         started = time.perf_counter()
         self._retriever = bm25s.BM25(k1=0.9, b=0.4, method="lucene", backend="numba")
         self._retriever.index(docs, show_progress=False)
@@ -188,7 +230,7 @@ class TantivyEngine(Engine):
     name = "tantivy"
     same_bm25 = False  # tantivy's BM25 is fixed at k1=1.2, b=0.75
 
-    def build(self, ids, docs, work):
+    def build(self, corpus, work):
         try:
             import tantivy
         except ImportError as e:
@@ -202,8 +244,8 @@ class TantivyEngine(Engine):
         started = time.perf_counter()
         self._index = tantivy.Index(builder.build(), path=str(self.path))
         writer = self._index.writer(heap_size=512 * 2**20, num_threads=1)
-        for i, d in zip(ids, docs):
-            writer.add_document(tantivy.Document(docno=i, body=" ".join(d)))
+        for i, text in corpus:
+            writer.add_document(tantivy.Document(docno=i, body=text))
         writer.commit()
         writer.wait_merging_threads()
         seconds = time.perf_counter() - started
