@@ -59,7 +59,7 @@ def run_corpus(name: str, documents: list[dict], queries: list[tuple[str, str]],
     lucene_searcher = lucene.Searcher(work / "lucene")
 
     def sift_search(query: str, k: int):
-        return [(h.id, h.score) for h in sift_index.search(query, k)]
+        return sift_index.search(query, k).pairs()
 
     texts = [text for _, text in queries]
     row = {

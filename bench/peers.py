@@ -103,7 +103,7 @@ class SiftEngine(Engine):
         return seconds
 
     def search(self, query, k):
-        return [(h.id, h.score) for h in self.index.search(query, k, algorithm=self.algorithm)]
+        return self.index.search(query, k, algorithm=self.algorithm).pairs()
 
     def search_internal(self, query, k, algorithm):
         return self.index.search_passages(query, k, BM25Params(), algorithm)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -61,6 +62,43 @@ class Hit(NamedTuple):
 
     def to_dict(self) -> dict:
         return {"id": self.id, "doc_id": self.doc_id, "score": self.score, "rank": self.rank}
+
+
+class Results(Sequence[Hit]):
+    """One query's hits, held as columns (ids, doc_ids, scores, passages); a Hit is made only when one is asked for.
+    Compares equal to another Results or a list holding the same hits."""
+
+    __slots__ = ("doc_ids", "ids", "passages", "scores")
+
+    def __init__(self, ids: list[str], doc_ids: list[str], scores: np.ndarray, passages: np.ndarray) -> None:
+        self.ids, self.doc_ids, self.scores, self.passages = ids, doc_ids, scores, passages
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return self.hits()[i]
+        i = range(len(self))[i]
+        return Hit(self.ids[i], self.doc_ids[i], float(self.scores[i]), i + 1, int(self.passages[i]))
+
+    def __iter__(self):
+        return iter(self.hits())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Results | list) and self.hits() == list(other)
+
+    def __repr__(self) -> str:
+        return f"Results({self.hits()!r})"
+
+    def pairs(self) -> list[tuple[str, float]]:
+        """(id, score) per hit: what most callers want, without making Hits."""
+        return list(zip(self.ids, self.scores.tolist()))
+
+    def hits(self) -> list[Hit]:
+        # tuple.__new__ builds the named tuples in C; Hit(...) would run a Python-level __new__ per hit (4x slower)
+        fields = zip(self.ids, self.doc_ids, self.scores.tolist(), range(1, len(self) + 1), self.passages.tolist())
+        return list(map(tuple.__new__, repeat(Hit, len(self)), fields))
 
 
 @dataclass(frozen=True)
@@ -234,7 +272,7 @@ class Index:
         params: BM25Params | None = None,
         documents: bool = False,
         algorithm: str = "auto",
-    ) -> list[Hit]:
+    ) -> Results:
         """BM25 top-k. documents=True ranks documents by their best passage (the default for split indexes)."""
         if not documents or not self.split_passages:
             docs, scores = self.search_passages(query, k, params, algorithm)
@@ -258,7 +296,7 @@ class Index:
         documents: bool = False,
         threads: int | None = None,
         algorithm: str = "auto",
-    ) -> list[list[Hit]]:
+    ) -> list[Results]:
         """Many queries at once, in order. Queries are planned on the calling thread and scored on a pool of
         threads: the kernels release the GIL, so scoring uses every core. Results equal single searches."""
         _check(k, algorithm)
@@ -327,11 +365,9 @@ class Index:
         segments, local = self._locate(np.array([passage]))
         return self.segments[int(segments[0])].store[int(local[0])]
 
-    def _hits(self, passages: np.ndarray, scores: np.ndarray, as_documents: bool) -> list[Hit]:
+    def _hits(self, passages: np.ndarray, scores: np.ndarray, as_documents: bool) -> Results:
         passage_ids, doc_ids = self.ids(passages)
-        shown = doc_ids if as_documents else passage_ids
-        ranks = range(1, len(passages) + 1)
-        return list(map(Hit, shown, doc_ids, scores.tolist(), ranks, passages.tolist()))
+        return Results(doc_ids if as_documents else passage_ids, doc_ids, scores, passages)
 
 
 def open_index(path: str | os.PathLike) -> Index:

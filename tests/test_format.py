@@ -38,6 +38,16 @@ def test_string_table_finds_every_term_and_only_those(tmp_path_factory, terms, p
     ]
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(alphabet="ab\0é\n", max_size=6), max_size=30), st.data())
+def test_string_table_takes_any_strings_in_any_order(tmp_path_factory, strings, data):
+    directory = tmp_path_factory.mktemp("take")
+    write_strings(directory, "ids", strings)
+    table = StringTable(directory, "ids")
+    picks = data.draw(st.lists(st.integers(0, len(strings) - 1), max_size=20)) if strings else []
+    assert table.take(picks) == [strings[i] for i in picks]  # NUL inside a string takes the slow path
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.text(max_size=30), max_size=100))
 def test_document_store_round_trip(tmp_path_factory, texts):

@@ -156,3 +156,16 @@ def test_sigkill_while_overwriting_keeps_the_previous_generation(tmp_path):
         if found == new_results:
             build(old, tmp_path / "idx", overwrite=True)
     assert False in seen  # at least one kill landed before the commit
+
+
+def test_results_are_a_sequence_of_hits(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", random_documents(200, seed=3))
+    index = open_index(build(corpus, tmp_path / "idx").index_dir)
+    results = index.search("search engine river", 7)
+    hits = list(results)
+    assert len(results) == len(hits) == 7 and results == hits and results[:3] == hits[:3]
+    assert results[-1] == hits[-1] and [h.rank for h in hits] == list(range(1, 8))
+    assert results.pairs() == [(h.id, h.score) for h in hits]
+    assert all(isinstance(h.score, float) and isinstance(h.passage, int) for h in hits)
+    with pytest.raises(IndexError):
+        results[7]
