@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from numba import njit
 
 from engine.analysis import Analyzer, AnalyzerConfig
 from engine.format import Segment, read_manifest
@@ -32,8 +33,34 @@ ALGORITHMS = ("auto", "maxscore", "exhaustive")  # safe: all return exactly the 
 # "auto" prunes when a query's postings are many for its k. Measured (one thread, 2026-11-26): on SciFact's short
 # lists the exhaustive kernel is 1.2-1.5x faster than MaxScore at k = 10, 100, 1000; on 200k synthetic passages
 # MaxScore is 2.7x faster at k=10, 1.3x at k=100 and 0.8x at k=1000; "auto" matches the faster one within 5%.
-_PRUNE_MIN_POSTINGS = 20_000
+# By query size (k=10): on the Debian glosses the exhaustive kernel wins below 100k postings (queries of several
+# mid-frequency terms of similar weight leave MaxScore few lists to skip), on 200k synthetic passages MaxScore wins
+# from 20k (1.3x at 20-100k, 3.2x above); 100k costs synthetic queries 2% and saves Debian ones 13%.
+_PRUNE_MIN_POSTINGS = 100_000
 _PRUNE_POSTINGS_PER_RESULT = 1000
+
+
+@njit(nogil=True, cache=True)
+def _term_ranges(term_ids, offsets, block_offsets):
+    """Per query term found in a segment: its posting range and first block (as int64, whatever the stored type),
+    which terms were found, and every term's document frequency there (0 if absent). One call per segment: a
+    handful of small numpy operations here cost more than scoring a rare term."""
+    found = term_ids >= 0
+    present = term_ids[found]
+    starts = np.empty(len(present), dtype=np.int64)
+    ends = np.empty(len(present), dtype=np.int64)
+    blocks = np.empty(len(present), dtype=np.int64)
+    for i, term in enumerate(present):
+        starts[i] = offsets[term]
+        ends[i] = offsets[term + 1]
+        blocks[i] = block_offsets[term]
+    df = np.zeros(len(term_ids), dtype=np.int64)
+    j = 0
+    for i in range(len(term_ids)):
+        if found[i]:
+            df[i] = ends[j] - starts[j]
+            j += 1
+    return starts, ends, blocks, found, df
 
 
 def _check(k: int, algorithm: str) -> None:
@@ -176,24 +203,11 @@ class Index:
         terms = self.analyzer.analyze(query) if isinstance(query, str) else list(query)
         boosts = Counter(terms)  # a repeated query term counts once per occurrence, as in Anserini
         unique = list(boosts)
-        ids = [segment.terms.find_many(unique) for segment in self.segments]
-        df = np.zeros(len(unique), dtype=np.int64)
-        for segment, term_ids in zip(self.segments, ids):
-            found = term_ids >= 0
-            df[found] += segment.offsets[term_ids[found] + 1] - segment.offsets[term_ids[found]]
+        ranges = [_term_ranges(segment.terms.find_many(unique), segment.offsets, segment.blocks.offsets)
+                  for segment in self.segments]  # fmt: skip
+        df = ranges[0][4] if len(ranges) == 1 else np.sum([r[4] for r in ranges], axis=0)
         weights = idf(df, self.scored_passages) * np.array(list(boosts.values()), dtype=np.float32)
-        per_segment = []
-        for segment, term_ids in zip(self.segments, ids):
-            found = term_ids >= 0
-            present = term_ids[found]
-            per_segment.append(
-                (
-                    segment.offsets[present].astype(np.int64),  # stored narrow; one type for the kernels
-                    segment.offsets[present + 1].astype(np.int64),
-                    weights[found],
-                    segment.blocks.offsets[present].astype(np.int64),
-                )
-            )
+        per_segment = [(starts, ends, weights[found], blocks) for starts, ends, blocks, found, _ in ranges]
         return QueryPlan(tuple(per_segment))
 
     def norms(self, params: BM25Params) -> Norms:
@@ -342,20 +356,27 @@ class Index:
     def ids(self, passages: np.ndarray) -> tuple[list[str], list[str]]:
         """External (passage ids, document ids) of global passage numbers."""
         segments, local = self._locate(passages)
-        doc_ids: list[str] = [""] * len(passages)
-        parts: list[int] = [0] * len(passages)
-        for i in np.unique(segments):
-            segment = self.segments[i]
-            if len(self.segments) == 1:  # the common case: no gathering by segment
-                doc_ids = segment.doc_ids.take(segment.passage_doc[local])
-                parts = segment.passage_part[local].tolist()
-                break
-            where = np.flatnonzero(segments == i)
-            chosen = local[where]
-            for j, doc, part in zip(
-                where.tolist(), segment.doc_ids.take(segment.passage_doc[chosen]), segment.passage_part[chosen].tolist()
-            ):
-                doc_ids[j], parts[j] = doc, part
+        return self._ids(segments, local)
+
+    def _ids(self, segments: np.ndarray | None, local: np.ndarray) -> tuple[list[str], list[str]]:
+        """segments None: one segment, local numbers known to be in range (the kernels' results)."""
+        if segments is None or len(self.segments) == 1:
+            segment = self.segments[0]
+            doc_ids = segment.doc_ids.take(segment.passage_doc[local])
+            parts = segment.passage_part[local].tolist() if self.split_passages else None
+        else:
+            doc_ids = [""] * len(local)
+            parts = [0] * len(local)
+            for i in np.unique(segments):
+                segment = self.segments[i]
+                where = np.flatnonzero(segments == i)
+                chosen = local[where]
+                for j, doc, part in zip(
+                    where.tolist(),
+                    segment.doc_ids.take(segment.passage_doc[chosen]),
+                    segment.passage_part[chosen].tolist(),
+                ):
+                    doc_ids[j], parts[j] = doc, part
         if not self.split_passages:
             return doc_ids, doc_ids
         return [f"{doc}#{part}" for doc, part in zip(doc_ids, parts)], doc_ids
@@ -366,7 +387,10 @@ class Index:
         return self.segments[int(segments[0])].store[int(local[0])]
 
     def _hits(self, passages: np.ndarray, scores: np.ndarray, as_documents: bool) -> Results:
-        passage_ids, doc_ids = self.ids(passages)
+        if len(self.segments) == 1:
+            passage_ids, doc_ids = self._ids(None, passages)
+        else:
+            passage_ids, doc_ids = self.ids(passages)
         return Results(doc_ids if as_documents else passage_ids, doc_ids, scores, passages)
 
 
