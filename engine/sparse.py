@@ -320,39 +320,46 @@ def bm25_maxscore(
     threshold = -1.0
     first_essential = 0
 
-    current = n_docs
+    # an essential term's current passage, n_docs once exhausted: the loop below compares flat values only
+    cur_doc = np.full(m, n_docs, dtype=np.int64)
+    block_len = np.zeros(m, dtype=np.int64)  # postings in the block under an essential term's cursor
     for i in range(live):
         q = order[i]
-        _load_block(postings, block_last_doc, block_first[q], block_first[q], starts[q],
-                    min(BLOCK, ends[q] - starts[q]), buffer_docs[q], buffer_tfs[q])  # fmt: skip
+        block_len[q] = min(BLOCK, ends[q] - starts[q])
+        _load_block(postings, block_last_doc, block_first[q], block_first[q], starts[q], block_len[q],
+                    buffer_docs[q], buffer_tfs[q])  # fmt: skip
         loaded[q] = 0
-        first_doc = _posting(packed, docs, buffer_docs, q, starts[q], 0)
-        if first_doc < current:
-            current = first_doc
+        cur_doc[q] = _posting(packed, docs, buffer_docs, q, starts[q], 0)
+    current = n_docs
+    for q in range(m):
+        current = min(current, cur_doc[q])
     while current < n_docs and first_essential < live:
         partial = 0.0
         following = n_docs
         for i in range(first_essential, live):
             q = order[i]
-            if block[q] == block_count[q]:
-                continue
-            start = starts[q] + block[q] * BLOCK
-            if _posting(packed, docs, buffer_docs, q, start, offset[q]) == current:
+            doc = cur_doc[q]
+            if doc == current:
+                start = starts[q] + block[q] * BLOCK
                 tf = _posting(packed, tfs, buffer_tfs, q, start, offset[q])
                 contribution[q] = _bm25(weights[q], tf, norm_inverse[norm_index[current]])
                 partial += contribution[q]
                 offset[q] += 1
-                if offset[q] == min(BLOCK, ends[q] - start):
+                if offset[q] < block_len[q]:
+                    doc = _posting(packed, docs, buffer_docs, q, start, offset[q])
+                else:
                     block[q] += 1
                     offset[q] = 0
                     if block[q] == block_count[q]:
-                        continue
-                    _load_block(postings, block_last_doc, block_first[q], block_first[q] + block[q],
-                                start + BLOCK, min(BLOCK, ends[q] - start - BLOCK), buffer_docs[q],
-                                buffer_tfs[q])  # fmt: skip
-                    loaded[q] = block[q]
-                    start += BLOCK
-            doc = _posting(packed, docs, buffer_docs, q, start, offset[q])
+                        doc = n_docs
+                    else:
+                        start += BLOCK
+                        block_len[q] = min(BLOCK, ends[q] - start)
+                        _load_block(postings, block_last_doc, block_first[q], block_first[q] + block[q], start,
+                                    block_len[q], buffer_docs[q], buffer_tfs[q])  # fmt: skip
+                        loaded[q] = block[q]
+                        doc = _posting(packed, docs, buffer_docs, q, start, 0)
+                cur_doc[q] = doc
             if doc < following:
                 following = doc
         candidate = True
