@@ -38,6 +38,7 @@ ALGORITHMS = ("auto", "maxscore", "exhaustive")  # safe: all return exactly the 
 # from 20k (1.3x at 20-100k, 3.2x above); 100k costs synthetic queries 2% and saves Debian ones 13%.
 _PRUNE_MIN_POSTINGS = 100_000
 _PRUNE_POSTINGS_PER_RESULT = 1000
+_TERM_CACHE_SIZE = 200_000  # terms whose lookups are kept (about 200 bytes each)
 
 
 @njit(nogil=True, cache=True)
@@ -156,6 +157,7 @@ class Index:
         self.split_passages = bool(self.manifest.get("passages", {}).get("window"))
         self._local = threading.local()
         self._norm_cache: dict[tuple, Norms] = {}
+        self._term_cache: dict[str, tuple] = {}
         self._pool: ThreadPoolExecutor | None = None
 
     # -- statistics, global across segments so scores do not depend on segmentation
@@ -202,13 +204,36 @@ class Index:
         """query: text to analyze, or terms already analyzed."""
         terms = self.analyzer.analyze(query) if isinstance(query, str) else list(query)
         boosts = Counter(terms)  # a repeated query term counts once per occurrence, as in Anserini
-        unique = list(boosts)
-        ranges = [_term_ranges(segment.terms.find_many(unique), segment.offsets, segment.blocks.offsets)
+        cache = self._term_cache
+        missing = [term for term in boosts if term not in cache]
+        if missing:
+            self._look_up(missing)
+        entries = [cache[term] for term in boosts]
+        weights = np.array([e[0] for e in entries], dtype=np.float32) * np.array(
+            list(boosts.values()), dtype=np.float32
+        )
+        per_segment = []
+        for i in range(len(self.segments)):
+            found = [j for j, e in enumerate(entries) if e[1][i] is not None]
+            ranges = np.array([entries[j][1][i] for j in found], dtype=np.int64).reshape(-1, 3)
+            per_segment.append((ranges[:, 0].copy(), ranges[:, 1].copy(), weights[found], ranges[:, 2].copy()))
+        return QueryPlan(tuple(per_segment))
+
+    def _look_up(self, terms: list[str]) -> None:
+        """Caches, per term: its idf (float32, from the global document frequency) and, per segment, its posting
+        range and first block, or None. Query terms repeat: a cached plan costs a third of a fresh one."""
+        if len(self._term_cache) > _TERM_CACHE_SIZE:
+            self._term_cache.clear()
+        ranges = [_term_ranges(segment.terms.find_many(terms), segment.offsets, segment.blocks.offsets)
                   for segment in self.segments]  # fmt: skip
         df = ranges[0][4] if len(ranges) == 1 else np.sum([r[4] for r in ranges], axis=0)
-        weights = idf(df, self.scored_passages) * np.array(list(boosts.values()), dtype=np.float32)
-        per_segment = [(starts, ends, weights[found], blocks) for starts, ends, blocks, found, _ in ranges]
-        return QueryPlan(tuple(per_segment))
+        idfs = idf(df, self.scored_passages).tolist()
+        per_segment = []
+        for starts, ends, blocks, found, _ in ranges:
+            located = iter(zip(starts.tolist(), ends.tolist(), blocks.tolist()))
+            per_segment.append([next(located) if present else None for present in found.tolist()])
+        for j, term in enumerate(terms):
+            self._term_cache[term] = (idfs[j], tuple(segment[j] for segment in per_segment))
 
     def norms(self, params: BM25Params) -> Norms:
         """Cached per parameter set: computing norm indexes touches every passage."""
