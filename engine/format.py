@@ -568,6 +568,11 @@ class WriteLock:
         os.close(self._fd)
 
 
+def live_folders(manifest: dict) -> list[str]:
+    """Every folder a manifest names: its segments and its dense indexes."""
+    return [s["name"] for s in manifest.get("segments", [])] + [d["folder"] for d in manifest.get("dense", {}).values()]
+
+
 def collect_garbage(index_dir: Path, live_segments: Iterable[str]) -> None:
     """Removes folders the manifest does not name: crashed staging areas and older generations' segments."""
     live = set(live_segments)

@@ -327,6 +327,15 @@ class Index:
         best = np.sort(first)[:k]
         return self._hits(docs[best], scores[best], as_documents=True)
 
+    def rank(self, passages: np.ndarray, scores: np.ndarray, k: int, documents: bool = True) -> Results:
+        """Results of any first stage from passages ranked best first; in a split index, documents=True ranks
+        documents by their best passage."""
+        if not documents or not self.split_passages:
+            return self._hits(passages[:k], scores[:k], as_documents=False)
+        _, first = np.unique(self._document_keys(passages), return_index=True)
+        best = np.sort(first)[:k]
+        return self._hits(passages[best], scores[best], as_documents=True)
+
     def batch_search(
         self,
         queries: Sequence[str | Sequence[str]],

@@ -30,6 +30,7 @@ from engine.format import (
     commit_manifest,
     failpoint,
     finish_segment,
+    live_folders,
     merge_segments,
     pack_segment,
     read_manifest,
@@ -378,8 +379,7 @@ def build_index(
     staging = index_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     try:
         with WriteLock(index_dir), _cyclic_gc_paused():
-            old = read_manifest(index_dir)["segments"] if generation else []
-            collect_garbage(index_dir, [s["name"] for s in old])
+            collect_garbage(index_dir, live_folders(read_manifest(index_dir)) if generation else [])
             staging.mkdir()
             flushed: list[Path] = []
             pending = _PendingSegment(staging / "part_0000")

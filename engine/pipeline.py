@@ -1,0 +1,156 @@
+"""Retrieval pipelines as values: first stages, fused, cut off, described by a short expression.
+
+    bm25                     BM25 (the index's inverted postings)
+    dense  | dense(MODEL)    a dense index of the index (its first one, or MODEL's)
+    hybrid | hybrid(A,B)     min-max normalized interpolation of two first stages (alpha=0.5 by default)
+    rrf(A,B)                 reciprocal-rank fusion (k=60)
+
+Fusion reads each input to a depth of max(k, 1000). Stages after `>>` (rerankers) come with the reranking issue.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.errors import SiftError
+from engine.index import Index, Results
+
+BUILT_IN = ("bm25", "dense", "hybrid")
+_FUSION_DEPTH = 1000
+_RRF_K = 60
+
+
+class PipelineError(SiftError, ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # bm25 | dense | hybrid | rrf
+    arguments: tuple = ()
+    options: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        inner = [str(a) for a in self.arguments] + [f"{k}={v}" for k, v in self.options.items()]
+        return f"{self.name}({','.join(inner)})" if inner else self.name
+
+
+def parse(expression: str) -> Stage:
+    """A pipeline expression -> its stage tree; errors name what was wrong."""
+    text = expression.replace(" ", "")
+    if ">>" in text:
+        raise PipelineError(f"pipeline {expression!r}: reranking stages (>>) are not available yet")
+    stage, rest = _parse(text, expression)
+    if rest:
+        raise PipelineError(f"pipeline {expression!r}: unexpected {rest!r}")
+    return stage
+
+
+def _parse(text: str, expression: str) -> tuple[Stage, str]:
+    match = re.match(r"([a-z][a-z0-9_-]*)", text)
+    if not match:
+        raise PipelineError(f"pipeline {expression!r}: expected a stage name at {text!r}")
+    name, rest = match.group(1), text[match.end() :]
+    arguments: list = []
+    options: dict = {}
+    if rest.startswith("("):
+        rest = rest[1:]
+        while not rest.startswith(")"):
+            option = re.match(r"([a-z_]+)=([0-9.]+)", rest)
+            if option:
+                options[option.group(1)] = float(option.group(2))
+                rest = rest[option.end() :]
+            elif name == "dense":
+                model = re.match(r"([A-Za-z0-9_./-]+)", rest)
+                if not model:
+                    raise PipelineError(f"pipeline {expression!r}: expected a model name at {rest!r}")
+                arguments.append(model.group(1))
+                rest = rest[model.end() :]
+            else:
+                inner, rest = _parse(rest, expression)
+                arguments.append(inner)
+            if rest.startswith(","):
+                rest = rest[1:]
+            elif not rest.startswith(")"):
+                raise PipelineError(f"pipeline {expression!r}: expected ',' or ')' at {rest!r}")
+        rest = rest[1:]
+    if name in ("hybrid", "rrf"):
+        if not arguments:
+            arguments = [Stage("bm25"), Stage("dense")]
+        if len(arguments) != 2:
+            raise PipelineError(f"pipeline {expression!r}: {name} fuses two first stages")
+        unknown = set(options) - ({"alpha"} if name == "hybrid" else {"k"})
+        if unknown:
+            raise PipelineError(f"pipeline {expression!r}: {name} has no option {sorted(unknown)[0]!r}")
+    elif name not in ("bm25", "dense"):
+        raise PipelineError(f"pipeline {expression!r}: unknown stage {name!r}; first stages: bm25, dense, "
+                            "hybrid, rrf")  # fmt: skip
+    return Stage(name, tuple(arguments), options), rest
+
+
+class Pipeline:
+    """Runs a stage tree over an index: search(queries, k) -> one Results per query."""
+
+    def __init__(self, index: Index, expression: str | Stage, threads: int | None = None, **bm25) -> None:
+        self.index = index
+        self.stage = parse(expression) if isinstance(expression, str) else expression
+        self.threads = threads
+        self.bm25 = bm25  # params, algorithm for the BM25 stage
+        self._dense: dict = {}
+
+    def __str__(self) -> str:
+        return str(self.stage)
+
+    def search(self, queries: Sequence[str], k: int = 10) -> list[Results]:
+        return self._run(self.stage, list(queries), k)
+
+    def _run(self, stage: Stage, queries: list[str], k: int) -> list[Results]:
+        documents = self.index.split_passages
+        if stage.name == "bm25":
+            return self.index.batch_search(queries, k, documents=documents, threads=self.threads, **self.bm25)
+        if stage.name == "dense":
+            model = stage.arguments[0] if stage.arguments else None
+            if model not in self._dense:
+                from engine.dense import DenseSearcher
+
+                self._dense[model] = DenseSearcher(self.index, model, threads=self.threads)
+            return self._dense[model].search_many(queries, k)
+        depth = max(k, _FUSION_DEPTH)
+        left, right = (self._run(s, queries, depth) for s in stage.arguments)
+        if stage.name == "rrf":
+            return [self._fuse(a, b, k, _rrf(a, stage.options.get("k", _RRF_K)),
+                               _rrf(b, stage.options.get("k", _RRF_K))) for a, b in zip(left, right)]  # fmt: skip
+        alpha = stage.options.get("alpha", 0.5)
+        return [self._fuse(a, b, k, (1 - alpha) * _min_max(a.scores), alpha * _min_max(b.scores))
+                for a, b in zip(left, right)]  # fmt: skip
+
+    def _fuse(self, a: Results, b: Results, k: int, a_scores: np.ndarray, b_scores: np.ndarray) -> Results:
+        """Sums per-id fused scores (an id absent from one list gets 0 from it); ties by id."""
+        total: dict[str, float] = {}
+        passage: dict[str, int] = {}
+        for results, scores in ((a, a_scores), (b, b_scores)):
+            for hit_id, score, number in zip(results.ids, scores.tolist(), results.passages.tolist()):
+                total[hit_id] = total.get(hit_id, 0.0) + score
+                passage.setdefault(hit_id, number)
+        ranked = sorted(total.items(), key=lambda item: (-item[1], item[0]))[:k]
+        numbers = np.array([passage[i] for i, _ in ranked], dtype=np.int64)
+        scores = np.array([s for _, s in ranked], dtype=np.float32)
+        ids = [i for i, _ in ranked]
+        doc_ids = ids if self.index.split_passages else self.index.ids(numbers)[1]
+        return Results(ids, doc_ids, scores, numbers)
+
+
+def _rrf(results: Results, k: float) -> np.ndarray:
+    return 1.0 / (k + np.arange(1, len(results) + 1, dtype=np.float64))
+
+
+def _min_max(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if not len(scores):
+        return scores
+    low, high = scores.min(), scores.max()
+    return (scores - low) / (high - low) if high > low else np.ones_like(scores)

@@ -1,0 +1,183 @@
+"""The neural runtime with a tiny bi-encoder built here (an embedding table, mean pooled): the encoder against numpy,
+dense indexes against brute force, fusion pipelines against their definition, and the registry's errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import random_documents, write_jsonl
+from engine import models
+from engine.dense import DenseSearcher
+from engine.encoders import BiEncoder
+from engine.index import open_index
+from engine.pipeline import Pipeline, PipelineError, parse
+from indexers.corpus import CorpusReader, open_source
+from indexers.dense import build_dense
+from indexers.inverted import BuildOptions, build_index
+
+onnx = pytest.importorskip("onnx")
+WORDS = [f"w{i}" for i in range(60)]
+DIMENSION = 8
+
+
+@pytest.fixture
+def model_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIFT_MODELS", str(tmp_path / "models"))
+    return tmp_path / "models"
+
+
+@pytest.fixture
+def tiny_model(tmp_path, model_home):
+    """A registered bi-encoder: token i -> row i of a random table; the runtime mean-pools and normalizes."""
+    from onnx import TensorProto, helper, numpy_helper
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as token_models
+
+    vocabulary = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
+    table = np.random.default_rng(0).normal(size=(len(vocabulary), DIMENSION)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"])],
+        "tiny",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", DIMENSION])],
+        [numpy_helper.from_array(table, "table")],
+    )  # fmt: skip
+    source = tmp_path / "tiny-source"
+    source.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source / "model.onnx")
+    tokenizer = Tokenizer(token_models.WordLevel(vocabulary, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(source / "tokenizer.json"))
+    models.register(source, "tiny", "bi-encoder", max_length=16)
+    return vocabulary, table
+
+
+def reference_vectors(texts, vocabulary, table, max_length=16):
+    vectors = []
+    for text in texts:
+        ids = [vocabulary.get(t, 0) for t in text.split()][:max_length]
+        v = table[ids].mean(axis=0) if ids else np.zeros(DIMENSION, dtype=np.float32)
+        vectors.append(v / max(np.linalg.norm(v), 1e-12))
+    return np.array(vectors, dtype=np.float32)
+
+
+def test_encoder_mean_pools_and_does_not_depend_on_the_batch(tiny_model):
+    vocabulary, table = tiny_model
+    rng = np.random.default_rng(1)
+    texts = [" ".join(rng.choice([*WORDS, "unknown"], size=rng.integers(1, 30))) for _ in range(40)]
+    encoder = BiEncoder("tiny")
+    expected = reference_vectors(texts, vocabulary, table)
+    for batch_size in (1, 7, 64):
+        np.testing.assert_allclose(encoder.encode(texts, batch_size=batch_size), expected, atol=1e-5)
+
+
+def build_corpus_index(tmp_path, count=300):
+    rng = np.random.default_rng(2)
+    records = [{"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(WORDS, size=rng.integers(3, 20)))}
+               for i in range(count)]  # fmt: skip
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
+    build_index(CorpusReader(open_source(corpus)), tmp_path / "idx", BuildOptions())
+    return records, tmp_path / "idx"
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_dense_search_finds_the_brute_force_top_k(tmp_path, tiny_model, kind):
+    vocabulary, table = tiny_model
+    records, index_dir = build_corpus_index(tmp_path)
+    report = build_dense(index_dir, "tiny", faiss_kind=kind)
+    assert report.passages == len(records) and report.faiss == kind
+    index = open_index(index_dir)
+    assert index.manifest["generation"] == 2 and "tiny" in index.manifest["dense"]
+    passages = reference_vectors([r["text"] for r in records], vocabulary, table)
+    queries = ["w1 w2 w3", "w40", "w7 w7 w59 w13"]
+    found = DenseSearcher(index, "tiny").search_many(queries, k=10)
+    for query, results in zip(queries, found):
+        scores = passages @ reference_vectors([query], vocabulary, table)[0]
+        best = np.sort(scores)[::-1][:10]
+        np.testing.assert_allclose(results.scores, best, atol=1e-5)  # HNSW here is small enough to be exact
+        assert all(abs(scores[int(r.id[1:])] - r.score) < 1e-5 for r in results)
+    assert index.search("w1", 5) == open_index(index_dir).search("w1", 5)  # BM25 untouched
+
+
+def test_dense_index_survives_a_failed_rebuild_and_overwrite_drops_it(tmp_path, tiny_model, monkeypatch):
+    _, index_dir = build_corpus_index(tmp_path)
+    build_dense(index_dir, "tiny")
+    before = json.loads((index_dir / "manifest.json").read_text())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("faiss failed")
+
+    monkeypatch.setattr("indexers.dense.build_faiss", broken)
+    with pytest.raises(RuntimeError):
+        build_dense(index_dir, "tiny")
+    assert json.loads((index_dir / "manifest.json").read_text()) == before
+    assert (index_dir / before["dense"]["tiny"]["folder"] / "faiss.index").exists()
+    assert not [p for p in index_dir.iterdir() if p.name.startswith(".staging-")]
+    corpus = write_jsonl(tmp_path / "other.jsonl", random_documents(20))
+    build_index(CorpusReader(open_source(corpus)), index_dir, BuildOptions(overwrite=True))
+    assert "dense" not in open_index(index_dir).manifest
+    assert not (index_dir / before["dense"]["tiny"]["folder"]).exists()
+
+
+def test_fusion_pipelines_follow_their_definitions(tmp_path, tiny_model):
+    _, index_dir = build_corpus_index(tmp_path)
+    build_dense(index_dir, "tiny")
+    index = open_index(index_dir)
+    query = "w3 w17 w44"
+    bm25 = index.search(query, 1000)
+    dense = DenseSearcher(index, "tiny").search(query, 1000)
+
+    def min_max(s):
+        s = np.asarray(s, dtype=np.float64)
+        return (s - s.min()) / (s.max() - s.min())
+
+    expected: dict[str, float] = {}
+    for results, scores in ((bm25, 0.7 * min_max(bm25.scores)), (dense, 0.3 * min_max(dense.scores))):
+        for hit_id, score in zip(results.ids, scores):
+            expected[hit_id] = expected.get(hit_id, 0.0) + score
+    top = sorted(expected.items(), key=lambda item: (-item[1], item[0]))[:10]
+    fused = Pipeline(index, "hybrid(bm25,dense(tiny),alpha=0.3)").search([query], 10)[0]
+    assert fused.ids == [i for i, _ in top]
+    np.testing.assert_allclose(fused.scores, [s for _, s in top], rtol=1e-6)
+    rrf = Pipeline(index, "rrf(bm25,dense)").search([query], 5)[0]
+    ranks = {}
+    for results in (bm25, dense):
+        for rank, hit_id in enumerate(results.ids, 1):
+            ranks[hit_id] = ranks.get(hit_id, 0.0) + 1 / (60 + rank)
+    assert rrf.ids == [i for i, _ in sorted(ranks.items(), key=lambda item: (-item[1], item[0]))[:5]]
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("bm26", "unknown stage 'bm26'"),
+        ("hybrid(bm25)", "hybrid fuses two first stages"),
+        ("hybrid(bm25,dense,beta=2)", "hybrid has no option 'beta'"),
+        ("bm25 >> rerank:x@100", "reranking stages (>>) are not available yet"),
+        ("rrf(bm25,dense", "expected ',' or ')'"),
+    ],
+)
+def test_pipeline_expressions_are_checked(expression, message):
+    with pytest.raises(PipelineError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse(expression)
+
+
+def test_pipelines_print_as_they_parse():
+    assert str(parse("hybrid")) == "hybrid(bm25,dense)"
+    assert str(parse("rrf(bm25, dense(all-minilm-l6-v2))")) == "rrf(bm25,dense(all-minilm-l6-v2))"
+
+
+def test_registry_errors_are_actionable(tmp_path, model_home):
+    with pytest.raises(models.ModelError, match="unknown model 'nope'"):
+        models.resolve("nope")
+    with pytest.raises(models.ModelError, match=r"missing model\.onnx"):
+        models.register(tmp_path, "x", "bi-encoder")
+    with pytest.raises(models.ModelError, match="unknown kind"):
+        models.ModelConfig(name="x", kind="decoder")
+    _, index_dir = build_corpus_index(tmp_path)
+    from engine.dense import DenseSearchError
+
+    with pytest.raises(DenseSearchError, match="no dense index"):
+        DenseSearcher(open_index(index_dir))

@@ -1,0 +1,50 @@
+"""The exporter: every kind of checkpoint, from tiny random configs, agrees with PyTorch through ONNX Runtime.
+Needs the export extra (torch, transformers); skipped without it."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("onnx")
+
+from tools.export import export_onnx  # noqa: E402
+
+BERT = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 64}  # fmt: skip
+
+
+def _tiny(kind: str):
+    torch.manual_seed(0)
+    if kind == "seq2seq":
+        config = transformers.T5Config(vocab_size=120, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                                       decoder_start_token_id=0, pad_token_id=0)  # fmt: skip
+        return transformers.T5ForConditionalGeneration(config)
+    config = transformers.BertConfig(**BERT, num_labels=1)
+    return {
+        "bi-encoder": transformers.BertModel,
+        "cross-encoder": transformers.BertForSequenceClassification,
+        "splade": transformers.BertForMaskedLM,
+    }[kind](config)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["bi-encoder", "cross-encoder", "seq2seq", "splade"])
+def test_export_matches_pytorch(tmp_path, kind):
+    _tiny(kind).save_pretrained(tmp_path / "checkpoint")
+    difference = export_onnx(tmp_path / "checkpoint", kind, tmp_path / "onnx")
+    assert (tmp_path / "onnx" / "model.onnx").exists()
+    assert difference < 1e-4
+
+
+@pytest.mark.slow
+def test_int8_export_stays_close(tmp_path):
+    _tiny("cross-encoder").save_pretrained(tmp_path / "checkpoint")
+    difference = export_onnx(tmp_path / "checkpoint", "cross-encoder", tmp_path / "onnx", quantize=True)
+    assert difference < 0.1  # int8 weights: close, not exact
+
+
+@pytest.mark.slow
+def test_optimized_export_matches_pytorch(tmp_path):
+    _tiny("bi-encoder").save_pretrained(tmp_path / "checkpoint")
+    assert export_onnx(tmp_path / "checkpoint", "bi-encoder", tmp_path / "onnx", optimize=True) < 1e-4
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["model.onnx"]
