@@ -29,7 +29,8 @@ def machine() -> dict:
 
 
 def software() -> dict:
-    names = ["sift-engine", "numpy", "numba", "PyStemmer", "pyjnius", "pyserini", "pyterrier-pisa", "bm25s", "tantivy"]
+    names = ["sift-engine", "numpy", "numba", "PyStemmer", "pyjnius", "pyserini", "pyterrier-pisa", "bm25s", "tantivy",
+             "onnxruntime", "faiss-cpu", "torch", "sentence-transformers"]
     found = {"python": platform.python_version()}
     for name in names:
         try:

@@ -138,6 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bm25_options(evaluate)
     evaluate.add_argument("--json", action="store_true", help="last line: one JSON object of the measures")
 
+    tune = commands.add_parser(
+        "tune",
+        help="tune a hybrid pipeline's weight on judged training queries",
+        description="Run the hybrid stage's inputs once on the training queries, choose the interpolation weight "
+        "that maximizes nDCG@10 over a grid, and write a pipeline file that `--pipeline FILE` reads. Tune on a "
+        "train split only: never on the queries you report.",
+    )
+    tune.add_argument("index_dir", metavar="INDEX_DIR")
+    tune.add_argument("--queries", required=True, help="training queries: qid<TAB>text per line")
+    tune.add_argument("--qrels", required=True, help="their TREC qrels")
+    tune.add_argument("--pipeline", default="hybrid", help="a hybrid expression (hybrid)")
+    tune.add_argument("--out", required=True, metavar="FILE.json", help="where the tuned pipeline goes")
+    tune.add_argument("--json", action="store_true", help="print the pipeline file's contents as one JSON line")
+
     comparison = commands.add_parser(
         "compare", help="paired t-test between two runs", description="Compare two TREC runs on the same qrels."
     )
@@ -390,6 +404,30 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_tune(args) -> int:
+    from engine.index import open_index
+    from engine.pipeline import parse, tune_alpha
+    from indexers.corpus import read_qrels, read_queries
+
+    if not args.out.endswith(".json"):
+        raise ValueError(f"--out {args.out}: a pipeline file must end in .json")
+    index = open_index(args.index_dir)
+    queries = read_queries(args.queries)
+    stage, grid = tune_alpha(index, parse(args.pipeline), queries, read_qrels(args.qrels))
+    best = max(value for _, value in grid)
+    content = {
+        "pipeline": str(stage),
+        "tuned": {"measure": "nDCG@10", "value": best, "queries": str(args.queries), "qrels": str(args.qrels),
+                  "grid": [[alpha, value] for alpha, value in grid]},
+    }  # fmt: skip
+    Path(args.out).write_text(json.dumps(content, indent=1), encoding="utf-8")
+    if args.json:
+        print(json.dumps(content))
+    else:
+        print(f"{stage}: nDCG@10 {best} on {len(queries)} training queries; written to {args.out}")
+    return 0
+
+
 def _cmd_compare(args) -> int:
     from engine.evaluation import MEASURES, compare, evaluate, read_run
     from indexers.corpus import read_qrels
@@ -505,6 +543,7 @@ COMMANDS = {
     "search": _cmd_search,
     "eval": _cmd_eval,
     "compare": _cmd_compare,
+    "tune": _cmd_tune,
     "info": _cmd_info,
     "demo": _cmd_demo,
     "models": _cmd_models,

@@ -6,13 +6,16 @@
     rrf(A,B)                 reciprocal-rank fusion (k=60)
 
 Fusion reads each input to a depth of max(k, 1000). Stages after `>>` (rerankers) come with the reranking issue.
+A pipeline file is JSON, {"pipeline": EXPRESSION, ...}: what `sift tune` writes, with how its weight was chosen.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -40,7 +43,15 @@ class Stage:
 
 
 def parse(expression: str) -> Stage:
-    """A pipeline expression -> its stage tree; errors name what was wrong."""
+    """A pipeline expression, or the path of a pipeline file -> its stage tree; errors name what was wrong."""
+    if expression.endswith(".json"):
+        path = Path(expression)
+        try:
+            expression = json.loads(path.read_text(encoding="utf-8"))["pipeline"]
+        except FileNotFoundError:
+            raise PipelineError(f"{path}: no such pipeline file") from None
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise PipelineError(f'{path}: not a pipeline file (expected {{"pipeline": "EXPRESSION", ...}})') from None
     text = expression.replace(" ", "")
     if ">>" in text:
         raise PipelineError(f"pipeline {expression!r}: reranking stages (>>) are not available yet")
@@ -121,6 +132,10 @@ class Pipeline:
             return self._dense[model].search_many(queries, k)
         depth = max(k, _FUSION_DEPTH)
         left, right = (self._run(s, queries, depth) for s in stage.arguments)
+        return self.fuse(stage, left, right, k)
+
+    def fuse(self, stage: Stage, left: list[Results], right: list[Results], k: int) -> list[Results]:
+        """A fusion stage over its inputs' results (so that tuning runs the inputs once)."""
         if stage.name == "rrf":
             return [self._fuse(a, b, k, _rrf(a, stage.options.get("k", _RRF_K)),
                                _rrf(b, stage.options.get("k", _RRF_K))) for a, b in zip(left, right)]  # fmt: skip
@@ -154,3 +169,31 @@ def _min_max(scores: np.ndarray) -> np.ndarray:
         return scores
     low, high = scores.min(), scores.max()
     return (scores - low) / (high - low) if high > low else np.ones_like(scores)
+
+
+def tune_alpha(
+    index: Index,
+    stage: Stage,
+    queries: list[tuple[str, str]],
+    qrels: dict,
+    grid: Sequence[float] = tuple(i / 20 for i in range(21)),
+    measure: str = "nDCG@10",
+    threads: int | None = None,
+) -> tuple[Stage, list[tuple[float, float]]]:
+    """The interpolation weight of a hybrid stage that maximizes `measure` on judged (training) queries; returns
+    the tuned stage and (alpha, value) for the whole grid."""
+    from engine.evaluation import evaluate
+
+    if stage.name != "hybrid":
+        raise PipelineError(f"only hybrid stages have a weight to tune, not {stage}")
+    pipeline = Pipeline(index, stage, threads=threads)
+    texts = [text for _, text in queries]
+    left, right = (pipeline._run(s, texts, _FUSION_DEPTH) for s in stage.arguments)
+    scores = []
+    for alpha in grid:
+        candidate = Stage("hybrid", stage.arguments, {"alpha": alpha})
+        fused = pipeline.fuse(candidate, left, right, _FUSION_DEPTH)
+        run = {qid: dict(zip(r.ids, r.scores.tolist())) for (qid, _), r in zip(queries, fused)}
+        scores.append((alpha, evaluate(run, qrels).to_dict()[measure]))
+    best = max(scores, key=lambda item: (item[1], -abs(item[0] - 0.5)))[0]
+    return Stage("hybrid", stage.arguments, {"alpha": best}), scores

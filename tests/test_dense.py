@@ -181,3 +181,28 @@ def test_registry_errors_are_actionable(tmp_path, model_home):
 
     with pytest.raises(DenseSearchError, match="no dense index"):
         DenseSearcher(open_index(index_dir))
+
+
+def test_tuning_picks_the_best_weight_on_training_queries_and_writes_a_pipeline_file(tmp_path, tiny_model):
+    from engine.evaluation import evaluate
+    from engine.pipeline import tune_alpha
+
+    records, index_dir = build_corpus_index(tmp_path)
+    build_dense(index_dir, "tiny")
+    index = open_index(index_dir)
+    rng = np.random.default_rng(5)
+    queries = [(f"q{i}", " ".join(rng.choice(WORDS, size=3))) for i in range(30)]
+    qrels = {qid: {f"d{d}": 1 for d in rng.choice(len(records), size=4, replace=False)} for qid, _ in queries}
+    stage, grid = tune_alpha(index, parse("hybrid(bm25,dense(tiny))"), queries, qrels, grid=(0.0, 0.3, 0.7, 1.0))
+    assert [alpha for alpha, _ in grid] == [0.0, 0.3, 0.7, 1.0]
+    for alpha, value in grid:  # each grid point is what the pipeline itself scores
+        found = Pipeline(index, f"hybrid(bm25,dense(tiny),alpha={alpha})").search([t for _, t in queries], 1000)
+        run = {qid: dict(zip(r.ids, r.scores.tolist())) for (qid, _), r in zip(queries, found)}
+        assert evaluate(run, qrels).to_dict()["nDCG@10"] == value
+    assert stage.options["alpha"] in [a for a, v in grid if v == max(v for _, v in grid)]
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"pipeline": str(stage)}))
+    assert str(parse(str(path))) == str(stage)
+    with pytest.raises(PipelineError, match="not a pipeline file"):
+        (tmp_path / "bad.json").write_text("[]")
+        parse(str(tmp_path / "bad.json"))
