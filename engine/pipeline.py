@@ -4,6 +4,8 @@
     dense  | dense(MODEL)    a dense index of the index (its first one, or MODEL's)
     hybrid | hybrid(A,B)     min-max normalized interpolation of two first stages (alpha=0.5 by default)
     rrf(A,B)                 reciprocal-rank fusion (k=60)
+    cort(A,B)                complementary, in the spirit of CoRT: A's and B's rankings interleaved, A first,
+                             each id at its first appearance (B fills in what A missed, rank by rank)
 
 Fusion reads each input to a depth of max(k, 1000). Stages after `>>` (rerankers) come with the reranking issue.
 A pipeline file is JSON, {"pipeline": EXPRESSION, ...}: what `sift tune` writes, with how its weight was chosen.
@@ -89,17 +91,17 @@ def _parse(text: str, expression: str) -> tuple[Stage, str]:
             elif not rest.startswith(")"):
                 raise PipelineError(f"pipeline {expression!r}: expected ',' or ')' at {rest!r}")
         rest = rest[1:]
-    if name in ("hybrid", "rrf"):
+    if name in ("hybrid", "rrf", "cort"):
         if not arguments:
             arguments = [Stage("bm25"), Stage("dense")]
         if len(arguments) != 2:
             raise PipelineError(f"pipeline {expression!r}: {name} fuses two first stages")
-        unknown = set(options) - ({"alpha"} if name == "hybrid" else {"k"})
+        unknown = set(options) - {"hybrid": {"alpha"}, "rrf": {"k"}, "cort": set()}[name]
         if unknown:
             raise PipelineError(f"pipeline {expression!r}: {name} has no option {sorted(unknown)[0]!r}")
     elif name not in ("bm25", "dense"):
         raise PipelineError(f"pipeline {expression!r}: unknown stage {name!r}; first stages: bm25, dense, "
-                            "hybrid, rrf")  # fmt: skip
+                            "hybrid, rrf, cort")  # fmt: skip
     return Stage(name, tuple(arguments), options), rest
 
 
@@ -136,12 +138,29 @@ class Pipeline:
 
     def fuse(self, stage: Stage, left: list[Results], right: list[Results], k: int) -> list[Results]:
         """A fusion stage over its inputs' results (so that tuning runs the inputs once)."""
+        if stage.name == "cort":
+            return [self._interleave(a, b, k) for a, b in zip(left, right)]
         if stage.name == "rrf":
             return [self._fuse(a, b, k, _rrf(a, stage.options.get("k", _RRF_K)),
                                _rrf(b, stage.options.get("k", _RRF_K))) for a, b in zip(left, right)]  # fmt: skip
         alpha = stage.options.get("alpha", 0.5)
         return [self._fuse(a, b, k, (1 - alpha) * _min_max(a.scores), alpha * _min_max(b.scores))
                 for a, b in zip(left, right)]  # fmt: skip
+
+    def _interleave(self, a: Results, b: Results, k: int) -> Results:
+        """a[0], b[0], a[1], b[1], ... skipping ids already taken; the score is 1 / fused rank."""
+        taken: dict[str, int] = {}
+        for i in range(max(len(a), len(b))):
+            for results in (a, b):
+                if i < len(results) and results.ids[i] not in taken:
+                    taken[results.ids[i]] = int(results.passages[i])
+            if len(taken) >= k:
+                break
+        ids = list(taken)[:k]
+        numbers = np.array([taken[i] for i in ids], dtype=np.int64)
+        scores = (1.0 / np.arange(1, len(ids) + 1)).astype(np.float32)
+        doc_ids = ids if self.index.split_passages else self.index.ids(numbers)[1]
+        return Results(ids, doc_ids, scores, numbers)
 
     def _fuse(self, a: Results, b: Results, k: int, a_scores: np.ndarray, b_scores: np.ndarray) -> Results:
         """Sums per-id fused scores (an id absent from one list gets 0 from it); ties by id."""

@@ -206,3 +206,18 @@ def test_tuning_picks_the_best_weight_on_training_queries_and_writes_a_pipeline_
     with pytest.raises(PipelineError, match="not a pipeline file"):
         (tmp_path / "bad.json").write_text("[]")
         parse(str(tmp_path / "bad.json"))
+
+
+def test_complementary_mode_interleaves_without_duplicates(tmp_path, tiny_model):
+    _, index_dir = build_corpus_index(tmp_path)
+    build_dense(index_dir, "tiny")
+    index = open_index(index_dir)
+    query = "w5 w9"
+    bm25, dense = index.search(query, 1000), DenseSearcher(index, "tiny").search(query, 1000)
+    expected: list[str] = []
+    for pair in zip(bm25.ids, dense.ids):
+        for hit_id in pair:
+            if hit_id not in expected:
+                expected.append(hit_id)
+    found = Pipeline(index, "cort(bm25,dense)").search([query], 12)[0]
+    assert found.ids == expected[:12] and len(set(found.ids)) == 12
