@@ -165,7 +165,7 @@ def run(corpus: str, peers: list[str], ks: list[int], threads: int, max_queries:
         builds.append({"system": name, "seconds": None if seconds is None else round(seconds, 2),
                        "docs_per_s": None if not seconds else round(len(passages) / seconds, 1),
                        "bytes": engine.index_bytes()})  # fmt: skip
-        log(f"  {name}: built in {seconds if seconds is None else round(seconds, 1)} s")
+        log(f"  {name}: " + ("shares the index built above" if seconds is None else f"built in {seconds:.1f} s"))
     sift = next((e for e in engines if isinstance(e, SiftEngine)), None)
     results, verified = [], 0
     for k in ks:
