@@ -7,13 +7,12 @@ stored passage vectors of an index's dense index, with the collection's queries.
 from __future__ import annotations
 
 import argparse
-import datetime
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.harness import RESULTS, machine, software, write_results
+from bench.harness import publish
 from engine.encoders import BiEncoder
 from engine.index import open_index
 from indexers.corpus import read_queries
@@ -72,13 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="results file stem (dense-<index folder name>)")
     args = parser.parse_args(argv)
     report = run(args.index, args.queries)
-    report.update(date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), machine=machine(),
-                  software=software())  # fmt: skip
-    stem = args.name or f"dense-{args.index.name}"
-    table = render(report)
-    write_results(stem, table, report)
-    print(table)
-    print(f"written: {RESULTS / stem}.md, .json")
+    publish(args.name or f"dense-{args.index.name}", report, render)
     return 0
 
 

@@ -7,7 +7,6 @@ the same run, with the vectors' cosine to PyTorch's.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gzip
 import json
 import os
@@ -15,7 +14,7 @@ import time
 
 import numpy as np
 
-from bench.harness import DATA, RESULTS, machine, software, write_results
+from bench.harness import DATA, publish
 from engine.encoders import BiEncoder
 from engine.models import CATALOG, package_path, resolve
 
@@ -92,12 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown model {unknown[0]!r}; catalog: {', '.join(CATALOG)}")
     threads = sorted({int(t) for t in args.threads.split(",")})
     report = run(args.passages, models, threads, args.batch_size)
-    report.update(date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), machine=machine(),
-                  software=software())  # fmt: skip
-    table = render(report)
-    write_results("encoding", table, report)
-    print(table)
-    print(f"written: {RESULTS / 'encoding'}.md, .json")
+    publish("encoding", report, render)
     return 0
 
 

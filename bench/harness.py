@@ -3,6 +3,7 @@ results."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
@@ -50,6 +51,18 @@ def write_results(stem: str, table: str, report: dict) -> Path:
     (RESULTS / f"{stem}.md").write_text(table, encoding="utf-8")
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     return RESULTS
+
+
+def publish(stem: str, report: dict, render) -> None:
+    """Stamps a report with the date, machine and software, writes its table (render(report)) and JSON to
+    bench/results/<stem>, and prints the table."""
+    report.update(
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), machine=machine(), software=software()
+    )
+    table = render(report)
+    write_results(stem, table, report)
+    print(table)
+    print(f"written: {RESULTS / stem}.md, .json")
 
 
 def latencies(search: Callable, queries: list, k: int, warmups: int = 2) -> dict:
