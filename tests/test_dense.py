@@ -221,3 +221,36 @@ def test_complementary_mode_interleaves_without_duplicates(tmp_path, tiny_model)
                 expected.append(hit_id)
     found = Pipeline(index, "cort(bm25,dense)").search([query], 12)[0]
     assert found.ids == expected[:12] and len(set(found.ids)) == 12
+
+
+def test_splade_encoder_max_pools_log_saturated_logits(tmp_path, model_home):
+    from onnx import TensorProto, helper, numpy_helper
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as token_models
+
+    from engine.encoders import SpladeEncoder
+
+    vocabulary = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
+    table = np.random.default_rng(3).normal(size=(len(vocabulary), len(vocabulary))).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["logits"])],
+        "tiny-splade",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", len(vocabulary)])],
+        [numpy_helper.from_array(table, "table")],
+    )  # fmt: skip
+    source = tmp_path / "splade-source"
+    source.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source / "model.onnx")
+    tokenizer = Tokenizer(token_models.WordLevel(vocabulary, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(source / "tokenizer.json"))
+    models.register(source, "tiny-splade", "splade", max_length=16)
+    texts = ["w1 w2 w3", "w5", "w9 w9 w10 w11 w12 w13 w14"]
+    names = {i: t for t, i in vocabulary.items()}
+    for text, weights in zip(texts, SpladeEncoder("tiny-splade").encode(texts, batch_size=2)):
+        ids = [vocabulary[t] for t in text.split()]
+        expected = np.log1p(np.maximum(table[ids], 0)).max(axis=0)
+        assert weights.keys() == {names[t] for t in np.flatnonzero(expected > 0)}
+        assert all(abs(weights[names[t]] - expected[t]) < 1e-5 for t in np.flatnonzero(expected > 0))

