@@ -254,3 +254,34 @@ def test_splade_encoder_max_pools_log_saturated_logits(tmp_path, model_home):
         expected = np.log1p(np.maximum(table[ids], 0)).max(axis=0)
         assert weights.keys() == {names[t] for t in np.flatnonzero(expected > 0)}
         assert all(abs(weights[names[t]] - expected[t]) < 1e-5 for t in np.flatnonzero(expected > 0))
+
+
+def test_cli_contract_for_models_dense_indexing_and_pipelines(tmp_path, tiny_model, model_home):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "SIFT_MODELS": str(model_home)}
+
+    def sift(*args):
+        result = subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    listed = sift("models", "list", "--json")
+    assert listed["installed"]["tiny"]["kind"] == "bi-encoder" and "all-minilm-l6-v2" in listed["catalog"]
+    rng = np.random.default_rng(4)
+    records = [{"_id": f"d{i}", "text": " ".join(rng.choice(WORDS, size=8))} for i in range(50)]
+    corpus = write_jsonl(tmp_path / "c.jsonl", records)
+    report = sift("index", str(corpus), str(tmp_path / "idx"), "--dense", "tiny", "--quiet", "--json")
+    assert report["dense"]["model"] == "tiny" and report["dense"]["passages"] == 50
+    (tmp_path / "q.tsv").write_text("q1\tw1 w2\nq2\tw3\n")
+    (tmp_path / "qrels.txt").write_text("q1 0 d1 1\nq2 0 d2 1\n")
+    for pipeline in ("dense", "hybrid", "rrf(bm25,dense(tiny))", "cort(bm25,dense)"):
+        measured = sift("eval", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.tsv"), "--qrels",
+                        str(tmp_path / "qrels.txt"), "--pipeline", pipeline, "--json")  # fmt: skip
+        assert measured["queries"] == 2 and 0 <= measured["nDCG@10"] <= 1
+    found = sift("search", str(tmp_path / "idx"), "w1 w2", "--pipeline", "dense", "-k", "3", "--json")
+    assert len(found["results"]) == 3
