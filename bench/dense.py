@@ -16,7 +16,7 @@ from bench.harness import publish
 from engine.encoders import BiEncoder
 from engine.index import open_index
 from indexers.corpus import read_queries
-from indexers.dense import build_faiss
+from indexers.neural import build_faiss
 
 
 def run(index_dir: Path, queries_path: Path, ks: tuple[int, ...] = (10, 100)) -> dict:

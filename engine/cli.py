@@ -14,6 +14,7 @@ from engine.errors import SiftError
 EXIT_ERROR = 1
 
 DEFAULT_DENSE_MODEL = "all-minilm-l6-v2"
+DEFAULT_SPLADE_MODEL = "splade-tiny"
 
 
 def _positive_int(text: str) -> int:
@@ -102,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="dense index type (auto: exact up to 200k passages, HNSW to 5M, IVF-PQ beyond)",
     )
+    index.add_argument(
+        "--splade",
+        nargs="?",
+        const=DEFAULT_SPLADE_MODEL,
+        metavar="MODEL",
+        help="also encode every passage with a SPLADE model into an impact index, searched by the BM25 kernels "
+        f"(default: {DEFAULT_SPLADE_MODEL}; installed on first use)",
+    )
     index.add_argument("--json", action="store_true", help="print the build report as one JSON line")
     index.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -111,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("index_dir", metavar="INDEX_DIR")
     search.add_argument("query", metavar="QUERY")
     search.add_argument(
-        "--pipeline", default="bm25", help="bm25 (default), dense, hybrid, rrf(bm25,dense), dense(MODEL), ..."
+        "--pipeline", default="bm25", help="bm25 (default), dense, splade, hybrid, rrf(bm25,dense), dense(MODEL), ..."
     )
     search.add_argument("-k", type=_positive_int, default=10, help="results to return (10)")
     search.add_argument("--documents", action="store_true", help="rank documents by their best passage")
@@ -129,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--queries", required=True, help="qid<TAB>text per line")
     evaluate.add_argument("--qrels", required=True, help="TREC qrels: qid 0 docid grade")
     evaluate.add_argument(
-        "--pipeline", default="bm25", help="bm25 (default), dense, hybrid, hybrid(bm25,dense,alpha=0.5), rrf(A,B)"
+        "--pipeline",
+        default="bm25",
+        help="bm25 (default), dense, splade, hybrid, hybrid(bm25,dense,alpha=0.5), rrf(A,B), or a pipeline file",
     )
     evaluate.add_argument("--run", metavar="OUT.trec", help="write the TREC run file here")
     evaluate.add_argument("--baseline", metavar="RUN.trec", help="paired t-test against this run")
@@ -267,12 +278,21 @@ def _cmd_index(args) -> int:
     if args.dense:
         from tqdm import tqdm
 
-        from indexers.dense import build_dense
+        from indexers.neural import build_dense
 
         with tqdm(total=report.passages, unit="passages", desc="encoding", file=sys.stderr,
                   disable=True if args.quiet else None) as bar:  # fmt: skip
             dense = build_dense(args.index_dir, args.dense, args.faiss, on_progress=bar.update)
         summary["dense"] = dense.to_dict()
+    if args.splade:
+        from tqdm import tqdm
+
+        from indexers.neural import build_impact
+
+        with tqdm(total=report.passages, unit="passages", desc="encoding (SPLADE)", file=sys.stderr,
+                  disable=True if args.quiet else None) as bar:  # fmt: skip
+            impact = build_impact(args.index_dir, args.splade, on_progress=bar.update)
+        summary["splade"] = impact.to_dict()
     if args.json:
         print(json.dumps(summary))
     else:
@@ -288,6 +308,10 @@ def _cmd_index(args) -> int:
             d = summary["dense"]
             print(f"dense: {d['passages']:,} passages encoded with {d['model']} ({d['passages_per_second']:,} "
                   f"passages/s), faiss {d['faiss']}")  # fmt: skip
+        if args.splade:
+            d = summary["splade"]
+            print(f"splade: {d['passages']:,} passages encoded with {d['model']} ({d['passages_per_second']:,} "
+                  f"passages/s), {d['postings']:,} impacts over {d['terms']:,} terms")  # fmt: skip
     return 0
 
 

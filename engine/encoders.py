@@ -112,12 +112,25 @@ class SpladeEncoder:
         self.tokenizer = _tokenizer(self.directory / "tokenizer.json", self.config.max_length)
         self._inputs = {i.name for i in self.session.get_inputs()}
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, float]]:
+    def encode(self, texts: Sequence[str], batch_size: int = 8) -> list[dict[str, float]]:
         """One {token: weight} per text, tokens as the tokenizer's vocabulary spells them."""
+        return [
+            {self.tokenizer.id_to_token(int(t)): float(w) for t, w in zip(ids, weights)}
+            for ids, weights in self.encode_ids(texts, batch_size)
+        ]
+
+    def encode_ids(
+        self, texts: Sequence[str], batch_size: int = 8, on_progress: Callable[[int], None] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text: its vocabulary ids with a positive weight (ascending, int32) and those weights (float32).
+
+        log(1 + relu(x)) is increasing, so the maximum over tokens is taken on the logits first and the logarithm
+        on one row per text: the logits of a batch (tokens x vocabulary) are the bulk of the work otherwise."""
         encodings = self.tokenizer.encode_batch(list(texts))
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
-        found: list[dict[str, float]] = [{} for _ in texts]
+        empty = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
+        found: list[tuple[np.ndarray, np.ndarray]] = [empty] * len(texts)
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
             width = max(int(lengths[chosen].max()), 1)
@@ -128,8 +141,11 @@ class SpladeEncoder:
                 mask[row, : lengths[i]] = 1
             feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
             logits = self.session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
-            weights = (np.log1p(np.maximum(logits, 0)) * mask[:, :, None]).max(axis=1)
+            logits[mask == 0] = -np.inf
+            weights = np.log1p(np.maximum(logits.max(axis=1), 0)).astype(np.float32)
             for row, i in enumerate(chosen.tolist()):
-                terms = np.flatnonzero(weights[row] > 0)
-                found[i] = {self.tokenizer.id_to_token(int(t)): float(weights[row, t]) for t in terms}
+                terms = np.flatnonzero(weights[row] > 0).astype(np.int32)
+                found[i] = (terms, weights[row, terms])
+            if on_progress:
+                on_progress(len(chosen))
         return found

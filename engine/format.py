@@ -380,7 +380,7 @@ POSTINGS_FORMATS = ("raw", "packed")
 
 def pack_segment(directory: Path) -> None:
     """Rewrites a finished, not yet committed segment's postings with the block codec (engine/codec.py)."""
-    segment = Segment(directory)
+    segment = PostingLists(directory)
     if segment.packed:
         return
     for name, array in zip(PACKED_FILES, encode(segment.docs, segment.tfs, segment.offsets)):
@@ -401,8 +401,9 @@ def finish_segment(directory: Path, meta: dict) -> None:
     fsync_path(directory)
 
 
-class Segment:
-    """A read-only, memory-mapped segment."""
+class PostingLists:
+    """Terms and their postings with block maxima, memory-mapped: what the kernels read. A segment adds passages to
+    them; an impact index (learned sparse weights over the index's passages) is nothing more."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -420,15 +421,6 @@ class Segment:
             open_array(directory / "blocks.min_length.npy"),
             open_array(directory / "blocks.last_doc.npy"),
         )
-        self.lengths = open_array(directory / "lengths.npy")
-        self.passage_doc = open_array(directory / "passages.doc.npy")
-        self.passage_part = open_array(directory / "passages.part.npy")
-        self.doc_ids = StringTable(directory, "docids")
-        self.store = DocStore(directory)
-
-    @property
-    def passages(self) -> int:
-        return len(self.lengths)
 
     @cached_property
     def postings(self) -> tuple:
@@ -449,6 +441,22 @@ class Segment:
         if self.packed:
             return decode_all(self.postings, self.offsets, self.blocks.last_doc)[1]
         return open_array(self.directory / "postings.tfs.npy")
+
+
+class Segment(PostingLists):
+    """A read-only, memory-mapped segment: postings, passage lengths, ids and the document store."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.lengths = open_array(directory / "lengths.npy")
+        self.passage_doc = open_array(directory / "passages.doc.npy")
+        self.passage_part = open_array(directory / "passages.part.npy")
+        self.doc_ids = StringTable(directory, "docids")
+        self.store = DocStore(directory)
+
+    @property
+    def passages(self) -> int:
+        return len(self.lengths)
 
     @cached_property
     def total_tokens(self) -> int:
@@ -568,9 +576,13 @@ class WriteLock:
         os.close(self._fd)
 
 
+NEURAL_KINDS = ("dense", "impact")  # manifest sections naming one folder per model
+
+
 def live_folders(manifest: dict) -> list[str]:
-    """Every folder a manifest names: its segments and its dense indexes."""
-    return [s["name"] for s in manifest.get("segments", [])] + [d["folder"] for d in manifest.get("dense", {}).values()]
+    """Every folder a manifest names: its segments, its dense indexes and its impact indexes."""
+    neural = [entry["folder"] for kind in NEURAL_KINDS for entry in manifest.get(kind, {}).values()]
+    return [s["name"] for s in manifest.get("segments", [])] + neural
 
 
 def collect_garbage(index_dir: Path, live_segments: Iterable[str]) -> None:

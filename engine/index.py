@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit
 
 from engine.analysis import Analyzer, AnalyzerConfig
-from engine.format import Segment, read_manifest
+from engine.format import PostingLists, Segment, read_manifest
 from engine.sparse import (
     LUCENE_LENGTH_TABLE,
     BM25Params,
@@ -42,7 +42,7 @@ _TERM_CACHE_SIZE = 200_000  # terms whose lookups are kept (about 200 bytes each
 
 
 @njit(nogil=True, cache=True)
-def _term_ranges(term_ids, offsets, block_offsets):
+def term_ranges(term_ids, offsets, block_offsets):
     """Per query term found in a segment: its posting range and first block (as int64, whatever the stored type),
     which terms were found, and every term's document frequency there (0 if absent). One call per segment: a
     handful of small numpy operations here cost more than scoring a rare term."""
@@ -127,6 +127,39 @@ class Results(Sequence[Hit]):
         # tuple.__new__ builds the named tuples in C; Hit(...) would run a Python-level __new__ per hit (4x slower)
         fields = zip(self.ids, self.doc_ids, self.scores.tolist(), range(1, len(self) + 1), self.passages.tolist())
         return list(map(tuple.__new__, repeat(Hit, len(self)), fields))
+
+
+def top_postings(
+    lists: PostingLists,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    weights: np.ndarray,
+    block_first: np.ndarray,
+    norm_index: np.ndarray,
+    norm_inverse: np.ndarray,
+    norm_lengths: np.ndarray,
+    k: int,
+    algorithm: str,
+    scratch,
+    linear: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of one set of posting lists for the query terms' ranges, by the kernel the algorithm picks; every
+    kernel returns the same. scratch() gives the exhaustive kernels their (accumulator, touched) buffers."""
+    if _choose(algorithm, starts, ends, k) == "maxscore":
+        blocks = lists.blocks
+        return bm25_maxscore(
+            lists.postings, starts, ends, weights, norm_index, norm_inverse, norm_lengths, block_first,
+            blocks.max_tf, blocks.min_length, blocks.last_doc, k, linear,
+        )  # fmt: skip
+    accumulator, touched = scratch()
+    if lists.packed:
+        return bm25_exhaustive_packed(
+            lists.postings, starts, ends, block_first, lists.blocks.last_doc, weights, norm_index, norm_inverse, k,
+            accumulator, touched, linear,
+        )  # fmt: skip
+    return bm25_exhaustive(
+        lists.docs, lists.tfs, starts, ends, weights, norm_index, norm_inverse, k, accumulator, touched, linear
+    )
 
 
 @dataclass(frozen=True)
@@ -224,7 +257,7 @@ class Index:
         range and first block, or None. Query terms repeat: a cached plan costs a third of a fresh one."""
         if len(self._term_cache) > _TERM_CACHE_SIZE:
             self._term_cache.clear()
-        ranges = [_term_ranges(segment.terms.find_many(terms), segment.offsets, segment.blocks.offsets)
+        ranges = [term_ranges(segment.terms.find_many(terms), segment.offsets, segment.blocks.offsets)
                   for segment in self.segments]  # fmt: skip
         df = ranges[0][4] if len(ranges) == 1 else np.sum([r[4] for r in ranges], axis=0)
         idfs = idf(df, self.scored_passages).tolist()
@@ -276,24 +309,10 @@ class Index:
         for i, (segment, (starts, ends, weights, block_first)) in enumerate(zip(self.segments, plan.per_segment)):
             if not len(starts):
                 continue
-            if _choose(algorithm, starts, ends, k) == "maxscore":
-                blocks = segment.blocks
-                docs, scores = bm25_maxscore(
-                    segment.postings, starts, ends, weights, norms.per_segment[i], norms.inverse, norms.lengths,
-                    block_first, blocks.max_tf, blocks.min_length, blocks.last_doc, k,
-                )  # fmt: skip
-            elif segment.packed:
-                accumulator, touched = self._scratch(i)
-                docs, scores = bm25_exhaustive_packed(
-                    segment.postings, starts, ends, block_first, segment.blocks.last_doc, weights,
-                    norms.per_segment[i], norms.inverse, k, accumulator, touched,
-                )  # fmt: skip
-            else:
-                accumulator, touched = self._scratch(i)
-                docs, scores = bm25_exhaustive(
-                    segment.docs, segment.tfs, starts, ends, weights, norms.per_segment[i], norms.inverse, k,
-                    accumulator, touched,
-                )  # fmt: skip
+            docs, scores = top_postings(
+                segment, starts, ends, weights, block_first, norms.per_segment[i], norms.inverse, norms.lengths, k,
+                algorithm, partial(self._scratch, i),
+            )  # fmt: skip
             found_docs.append(docs + self.bases[i])
             found_scores.append(scores)
         if not found_docs:

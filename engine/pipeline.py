@@ -2,6 +2,7 @@
 
     bm25                     BM25 (the index's inverted postings)
     dense  | dense(MODEL)    a dense index of the index (its first one, or MODEL's)
+    splade | splade(MODEL)   an impact index of the index (learned sparse weights, its first one or MODEL's)
     hybrid | hybrid(A,B)     min-max normalized interpolation of two first stages (alpha=0.5 by default)
     rrf(A,B)                 reciprocal-rank fusion (k=60)
     cort(A,B)                complementary, in the spirit of CoRT: A's and B's rankings interleaved, A first,
@@ -24,7 +25,8 @@ import numpy as np
 from engine.errors import SiftError
 from engine.index import Index, Results
 
-BUILT_IN = ("bm25", "dense", "hybrid")
+BUILT_IN = ("bm25", "dense", "splade", "hybrid")
+_NEURAL = ("dense", "splade")
 _FUSION_DEPTH = 1000
 _RRF_K = 60
 
@@ -77,7 +79,7 @@ def _parse(text: str, expression: str) -> tuple[Stage, str]:
             if option:
                 options[option.group(1)] = float(option.group(2))
                 rest = rest[option.end() :]
-            elif name == "dense":
+            elif name in _NEURAL:
                 model = re.match(r"([A-Za-z0-9_./-]+)", rest)
                 if not model:
                     raise PipelineError(f"pipeline {expression!r}: expected a model name at {rest!r}")
@@ -99,9 +101,9 @@ def _parse(text: str, expression: str) -> tuple[Stage, str]:
         unknown = set(options) - {"hybrid": {"alpha"}, "rrf": {"k"}, "cort": set()}[name]
         if unknown:
             raise PipelineError(f"pipeline {expression!r}: {name} has no option {sorted(unknown)[0]!r}")
-    elif name not in ("bm25", "dense"):
+    elif name not in ("bm25", *_NEURAL):
         raise PipelineError(f"pipeline {expression!r}: unknown stage {name!r}; first stages: bm25, dense, "
-                            "hybrid, rrf, cort")  # fmt: skip
+                            "splade, hybrid, rrf, cort")  # fmt: skip
     return Stage(name, tuple(arguments), options), rest
 
 
@@ -113,7 +115,7 @@ class Pipeline:
         self.stage = parse(expression) if isinstance(expression, str) else expression
         self.threads = threads
         self.bm25 = bm25  # params, algorithm for the BM25 stage
-        self._dense: dict = {}
+        self._searchers: dict = {}
 
     def __str__(self) -> str:
         return str(self.stage)
@@ -125,13 +127,15 @@ class Pipeline:
         documents = self.index.split_passages
         if stage.name == "bm25":
             return self.index.batch_search(queries, k, documents=documents, threads=self.threads, **self.bm25)
-        if stage.name == "dense":
+        if stage.name in _NEURAL:
             model = stage.arguments[0] if stage.arguments else None
-            if model not in self._dense:
-                from engine.dense import DenseSearcher
+            key = (stage.name, model)
+            if key not in self._searchers:
+                from engine.neural import DenseSearcher, ImpactSearcher
 
-                self._dense[model] = DenseSearcher(self.index, model, threads=self.threads)
-            return self._dense[model].search_many(queries, k)
+                searcher = DenseSearcher if stage.name == "dense" else ImpactSearcher
+                self._searchers[key] = searcher(self.index, model, threads=self.threads)
+            return self._searchers[key].search_many(queries, k)
         depth = max(k, _FUSION_DEPTH)
         left, right = (self._run(s, queries, depth) for s in stage.arguments)
         return self.fuse(stage, left, right, k)

@@ -1,6 +1,9 @@
-"""BM25 first stage: Lucene's scoring, a numba kernel per segment and the pure-numpy reference it is tested against.
+"""Sparse first stages: a numba kernel per segment and the pure-numpy reference it is tested against.
 
-Scores follow Lucene 9's BM25Similarity to the float: idf = ln(1 + (N - df + 0.5) / (df + 0.5)) in float32,
+The kernels score BM25, or with ``linear=True`` impacts (a learned sparse model's quantized term weights, stored
+as the postings' tf): a posting then adds query weight * impact, and lengths play no part.
+
+BM25 scores follow Lucene 9's BM25Similarity to the float: idf = ln(1 + (N - df + 0.5) / (df + 0.5)) in float32,
 document lengths quantized to one byte (SmallFloat.intToByte4) unless ``length_norm="exact"``, and
 ``weight - weight / (1 + tf * norm_inverse)`` in float32. Top-k ties break by internal passage id, ascending.
 """
@@ -84,9 +87,11 @@ def idf(df: np.ndarray, n: int) -> np.ndarray:
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _bm25(weight, tf, norm_inverse):
+def _bm25(weight, tf, norm_inverse, linear):
     """Lucene's per-term score: weight - weight / (1 + tf * norm_inverse), all in float32 (monotone in tf and norm
-    after rounding, which is what makes block bounds safe)."""
+    after rounding, which is what makes block bounds safe); or, linear, weight * tf (an impact)."""
+    if linear:
+        return weight * np.float32(tf)
     return weight - weight / (np.float32(1) + np.float32(tf) * norm_inverse)
 
 
@@ -140,7 +145,7 @@ def top_k(candidates, scores, k):
 
 
 @numba.njit(nogil=True, cache=True)
-def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k, accumulator, touched):
+def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k, accumulator, touched, linear=False):
     """Scores every posting of the query terms, then keeps the top k.
 
     accumulator (float32, one per passage, all zero) and touched (int64, one per passage) are scratch space owned
@@ -157,7 +162,7 @@ def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, 
             if accumulator[d] == 0:
                 touched[n_touched] = d
                 n_touched += 1
-            accumulator[d] += _bm25(w, tfs[p], norm_inverse[norm_index[d]])
+            accumulator[d] += _bm25(w, tfs[p], norm_inverse[norm_index[d]], linear)
     best_docs, best_scores = top_k(touched[:n_touched], accumulator, k)
     for j in range(n_touched):
         accumulator[touched[j]] = 0
@@ -167,14 +172,16 @@ def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, 
 # --- the pure-numpy reference --------------------------------------------------------------------------------------
 
 
-def bm25_reference(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k):
+def bm25_reference(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k, linear=False):
     """Same contract as bm25_exhaustive, in plain numpy: the definition the kernel is tested against."""
     scores = np.zeros(len(norm_index), dtype=np.float32)
     for start, end, w in zip(starts, ends, weights, strict=True):
         d = np.asarray(docs[start:end], dtype=np.int64)
         tf = np.asarray(tfs[start:end], dtype=np.float32)
         w = np.float32(w)
-        if w > 0:
+        if w > 0 and linear:
+            scores[d] += w * tf
+        elif w > 0:
             with np.errstate(over="ignore"):  # tf * an infinite inverse norm (k1 -> 0): the score tends to w
                 scores[d] += w - w / (np.float32(1) + tf * norm_inverse[np.asarray(norm_index)[d]])
     candidates = np.flatnonzero(scores > 0)
@@ -186,7 +193,8 @@ def bm25_reference(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k
 
 
 @numba.njit(nogil=True, cache=True)
-def _block_bounds(weights, block_first, block_count, block_max_tf, block_min_length, norm_lengths, norm_inverse):
+def _block_bounds(weights, block_first, block_count, block_max_tf, block_min_length, norm_lengths, norm_inverse,
+                  linear):  # fmt: skip
     """Per query term, the score bound of each of its blocks (max tf at min length), and the term's maximum.
 
     Computed with the scoring formula in float32, so a bound is never below a score it bounds: Lucene's formula is
@@ -203,7 +211,7 @@ def _block_bounds(weights, block_first, block_count, block_max_tf, block_min_len
         for j in range(block_count[q]):
             b = block_first[q] + j
             norm = np.searchsorted(norm_lengths, block_min_length[b], side="right") - 1
-            s = _bm25(w, block_max_tf[b], norm_inverse[norm])
+            s = _bm25(w, block_max_tf[b], norm_inverse[norm], linear)
             bounds[offsets[q] + j] = s
             if s > term_bound[q]:
                 term_bound[q] = s
@@ -226,7 +234,7 @@ def _load_block(postings, block_last_doc, first_block, block, start, n, out_docs
 
 @numba.njit(nogil=True, cache=True)
 def bm25_exhaustive_packed(postings, starts, ends, block_first, block_last_doc, weights, norm_index, norm_inverse,
-                           k, accumulator, touched):  # fmt: skip
+                           k, accumulator, touched, linear=False):  # fmt: skip
     """bm25_exhaustive over postings read block by block (bit-packed ones are decoded): the same results."""
     docs = np.empty(BLOCK, dtype=np.int64)
     tfs = np.empty(BLOCK, dtype=np.int64)
@@ -244,7 +252,7 @@ def bm25_exhaustive_packed(postings, starts, ends, block_first, block_last_doc, 
                 if accumulator[d] == 0:
                     touched[n_touched] = d
                     n_touched += 1
-                accumulator[d] += _bm25(w, tfs[i], norm_inverse[norm_index[d]])
+                accumulator[d] += _bm25(w, tfs[i], norm_inverse[norm_index[d]], linear)
             block += 1
     best_docs, best_scores = top_k(touched[:n_touched], accumulator, k)
     for j in range(n_touched):
@@ -272,6 +280,7 @@ def bm25_maxscore(
     block_min_length,
     block_last_doc,
     k,
+    linear=False,
 ):
     """Block-max MaxScore, document at a time: exactly bm25_exhaustive's top k, usually scoring far fewer postings.
 
@@ -287,7 +296,7 @@ def bm25_maxscore(
     for q in range(m):
         block_count[q] = (ends[q] - starts[q] + BLOCK - 1) // BLOCK
     bound_offsets, bounds, term_bound = _block_bounds(
-        weights, block_first, block_count, block_max_tf, block_min_length, norm_lengths, norm_inverse
+        weights, block_first, block_count, block_max_tf, block_min_length, norm_lengths, norm_inverse, linear
     )
     live = 0
     for q in range(m):
@@ -342,7 +351,7 @@ def bm25_maxscore(
             if doc == current:
                 start = starts[q] + block[q] * BLOCK
                 tf = _posting(packed, tfs, buffer_tfs, q, start, offset[q])
-                contribution[q] = _bm25(weights[q], tf, norm_inverse[norm_index[current]])
+                contribution[q] = _bm25(weights[q], tf, norm_inverse[norm_index[current]], linear)
                 partial += contribution[q]
                 offset[q] += 1
                 if offset[q] < block_len[q]:
@@ -387,7 +396,7 @@ def bm25_maxscore(
                 offset[q] += 1
             if _posting(packed, docs, buffer_docs, q, start, offset[q]) == current:
                 tf = _posting(packed, tfs, buffer_tfs, q, start, offset[q])
-                contribution[q] = _bm25(weights[q], tf, norm_inverse[norm_index[current]])
+                contribution[q] = _bm25(weights[q], tf, norm_inverse[norm_index[current]], linear)
                 partial += contribution[q]
         if candidate:
             score = np.float32(0)

@@ -118,7 +118,7 @@ def count_terms_reference(term_ids: np.ndarray, lengths: np.ndarray, first_passa
 
 
 @njit(nogil=True, cache=True)
-def _group_by_term(terms, offsets, passages, tfs):
+def group_by_term(terms, offsets, passages, tfs):
     """Counting sort of postings by term; stable, so each term's passages stay in the order they were added."""
     next_slot = offsets[:-1].copy()
     grouped_passages = np.empty_like(passages)
@@ -285,7 +285,7 @@ class _PendingSegment:
         term_of_posting = rank[term_ids]
         offsets = np.zeros(len(terms) + 1, dtype=np.int64)
         np.cumsum(np.bincount(term_of_posting, minlength=len(terms)), out=offsets[1:])
-        passages, tfs = _group_by_term(term_of_posting, offsets, passages, tfs)
+        passages, tfs = group_by_term(term_of_posting, offsets, passages, tfs)
         lengths = np.frombuffer(self.lengths, dtype=np.uint32)
         write_array(self.directory / "lengths.npy", lengths)
         write_array(self.directory / "passages.doc.npy", np.frombuffer(self.passage_doc, dtype=np.uint32))

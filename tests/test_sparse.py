@@ -70,8 +70,11 @@ def random_postings(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(random_postings(), st.integers(1, 70), st.sampled_from(["lucene", "exact"]), st.floats(0, 3), st.floats(0, 1))
-def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b):
+@given(
+    random_postings(), st.integers(1, 70), st.sampled_from(["lucene", "exact"]), st.floats(0, 3), st.floats(0, 1),
+    st.booleans(),
+)  # fmt: skip
+def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b, linear):
     docs, tfs, offsets, lengths, query, weights = postings
     params = BM25Params(k1=k1, b=b, length_norm=length_norm)
     avgdl = float(max(lengths.mean(), 1))
@@ -82,8 +85,10 @@ def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b):
     starts, ends = offsets[query], offsets[query + 1]
     accumulator = np.zeros(len(lengths), dtype=np.float32)
     touched = np.empty(len(lengths), dtype=np.int64)
-    got_docs, got_scores = bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched)
-    want_docs, want_scores = bm25_reference(docs, tfs, starts, ends, weights, norm_index, table, k)
+    got_docs, got_scores = bm25_exhaustive(
+        docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched, linear
+    )
+    want_docs, want_scores = bm25_reference(docs, tfs, starts, ends, weights, norm_index, table, k, linear)
     np.testing.assert_allclose(got_scores, want_scores, rtol=0, atol=1e-6)
     assert got_docs.tolist() == want_docs.tolist()
     assert not accumulator.any(), "the kernel must leave its scratch space zeroed"
@@ -192,7 +197,7 @@ def test_bad_parameters_are_rejected():
         BM25Params(k1=-1)
 
 
-def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params):
+def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params, linear=False):
     avgdl = float(max(lengths.mean(), 1))
     if params.length_norm == "lucene":
         norm_index, table = lucene_norm_bytes(lengths), norm_inverse_table(params, avgdl, 255)
@@ -205,32 +210,37 @@ def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params):
     starts, ends = offsets[query], offsets[query + 1]
     pruned = bm25_maxscore(
         raw_postings(docs, tfs), starts, ends, weights, norm_index, table, norm_lengths, blocks.offsets[query],
-        blocks.max_tf, blocks.min_length, blocks.last_doc, k,
+        blocks.max_tf, blocks.min_length, blocks.last_doc, k, linear,
     )  # fmt: skip
     packed = bm25_maxscore(
         packed_postings(*encode(docs, tfs, offsets)), starts, ends, weights,
         norm_index, table, norm_lengths, blocks.offsets[query], blocks.max_tf, blocks.min_length, blocks.last_doc, k,
+        linear,
     )  # fmt: skip
     assert packed[0].tolist() == pruned[0].tolist() and packed[1].tolist() == pruned[1].tolist()
     accumulator = np.zeros(len(lengths), dtype=np.float32)
     touched = np.empty(len(lengths), dtype=np.int64)
-    exhaustive = bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched)
+    exhaustive = bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched, linear)
     return pruned, exhaustive
 
 
 @settings(max_examples=400, deadline=None)
-@given(random_postings(), st.integers(1, 70), st.sampled_from(["lucene", "exact"]), st.floats(0.01, 3), st.floats(0, 1))
-def test_maxscore_returns_exactly_the_exhaustive_top_k(postings, k, length_norm, k1, b):
+@given(
+    random_postings(), st.integers(1, 70), st.sampled_from(["lucene", "exact"]), st.floats(0.01, 3), st.floats(0, 1),
+    st.booleans(),
+)  # fmt: skip
+def test_maxscore_returns_exactly_the_exhaustive_top_k(postings, k, length_norm, k1, b, linear):
     docs, tfs, offsets, lengths, query, weights = postings
     (got_docs, got_scores), (want_docs, want_scores) = run_maxscore(
-        docs, tfs, offsets, lengths, query, weights, k, BM25Params(k1=k1, b=b, length_norm=length_norm)
+        docs, tfs, offsets, lengths, query, weights, k, BM25Params(k1=k1, b=b, length_norm=length_norm), linear
     )
     assert got_docs.tolist() == want_docs.tolist()
     assert got_scores.tolist() == want_scores.tolist()  # bit-identical: summed in the same order
 
 
+@pytest.mark.parametrize("linear", [False, True])
 @pytest.mark.parametrize("seed", range(5))
-def test_maxscore_on_long_zipfian_lists(seed):
+def test_maxscore_on_long_zipfian_lists(seed, linear):
     """Many blocks per term, skewed frequencies: where pruning actually skips."""
     rng = np.random.default_rng(seed)
     n_docs, n_terms = 20000, 6
@@ -246,7 +256,7 @@ def test_maxscore_on_long_zipfian_lists(seed):
     tfs_all = np.concatenate(tfs).astype(np.uint32)
     for k in (1, 10, 100, 1000):
         (got_docs, got_scores), (want_docs, want_scores) = run_maxscore(
-            docs_all, tfs_all, np.array(offsets), lengths, np.arange(n_terms), weights, k, BM25Params()
+            docs_all, tfs_all, np.array(offsets), lengths, np.arange(n_terms), weights, k, BM25Params(), linear
         )
         assert got_docs.tolist() == want_docs.tolist()
         assert got_scores.tolist() == want_scores.tolist()

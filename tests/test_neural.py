@@ -8,13 +8,13 @@ import pytest
 
 from conftest import random_documents, write_jsonl
 from engine import models
-from engine.dense import DenseSearcher
 from engine.encoders import BiEncoder
 from engine.index import open_index
+from engine.neural import DenseSearcher
 from engine.pipeline import Pipeline, PipelineError, parse
 from indexers.corpus import CorpusReader, open_source
-from indexers.dense import build_dense
 from indexers.inverted import BuildOptions, build_index
+from indexers.neural import build_dense
 
 onnx = pytest.importorskip("onnx")
 WORDS = [f"w{i}" for i in range(60)]
@@ -109,7 +109,7 @@ def test_dense_index_survives_a_failed_rebuild_and_overwrite_drops_it(tmp_path, 
     def broken(*args, **kwargs):
         raise RuntimeError("faiss failed")
 
-    monkeypatch.setattr("indexers.dense.build_faiss", broken)
+    monkeypatch.setattr("indexers.neural.build_faiss", broken)
     with pytest.raises(RuntimeError):
         build_dense(index_dir, "tiny")
     assert json.loads((index_dir / "manifest.json").read_text()) == before
@@ -177,9 +177,9 @@ def test_registry_errors_are_actionable(tmp_path, model_home):
     with pytest.raises(models.ModelError, match="unknown kind"):
         models.ModelConfig(name="x", kind="decoder")
     _, index_dir = build_corpus_index(tmp_path)
-    from engine.dense import DenseSearchError
+    from engine.neural import NeuralSearchError
 
-    with pytest.raises(DenseSearchError, match="no dense index"):
+    with pytest.raises(NeuralSearchError, match="no dense index"):
         DenseSearcher(open_index(index_dir))
 
 
@@ -223,15 +223,15 @@ def test_complementary_mode_interleaves_without_duplicates(tmp_path, tiny_model)
     assert found.ids == expected[:12] and len(set(found.ids)) == 12
 
 
-def test_splade_encoder_max_pools_log_saturated_logits(tmp_path, model_home):
+@pytest.fixture
+def tiny_splade(tmp_path, model_home):
+    """A registered SPLADE model: token i -> logits row i of a random table (scaled so that weights spread)."""
     from onnx import TensorProto, helper, numpy_helper
     from tokenizers import Tokenizer, pre_tokenizers
     from tokenizers import models as token_models
 
-    from engine.encoders import SpladeEncoder
-
     vocabulary = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
-    table = np.random.default_rng(3).normal(size=(len(vocabulary), len(vocabulary))).astype(np.float32)
+    table = (np.random.default_rng(3).normal(size=(len(vocabulary), len(vocabulary))) - 0.8).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Gather", ["table", "input_ids"], ["logits"])],
         "tiny-splade",
@@ -247,16 +247,90 @@ def test_splade_encoder_max_pools_log_saturated_logits(tmp_path, model_home):
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.save(str(source / "tokenizer.json"))
     models.register(source, "tiny-splade", "splade", max_length=16)
-    texts = ["w1 w2 w3", "w5", "w9 w9 w10 w11 w12 w13 w14"]
+    return vocabulary, table
+
+
+def reference_splade(text, vocabulary, table, max_length=16):
+    ids = [vocabulary.get(t, 0) for t in text.split()][:max_length]
+    return np.log1p(np.maximum(table[ids], 0)).max(axis=0)
+
+
+def test_splade_encoder_max_pools_log_saturated_logits(tiny_splade):
+    from engine.encoders import SpladeEncoder
+
+    vocabulary, table = tiny_splade
+    texts = ["w1 w2 w3", "w5", "w9 w9 w10 w11 w12 w13 w14", "w1 " * 30]
     names = {i: t for t, i in vocabulary.items()}
-    for text, weights in zip(texts, SpladeEncoder("tiny-splade").encode(texts, batch_size=2)):
-        ids = [vocabulary[t] for t in text.split()]
-        expected = np.log1p(np.maximum(table[ids], 0)).max(axis=0)
-        assert weights.keys() == {names[t] for t in np.flatnonzero(expected > 0)}
-        assert all(abs(weights[names[t]] - expected[t]) < 1e-5 for t in np.flatnonzero(expected > 0))
+    for batch_size in (1, 2, 8):
+        for text, weights in zip(texts, SpladeEncoder("tiny-splade").encode(texts, batch_size=batch_size)):
+            expected = reference_splade(text, vocabulary, table)
+            assert weights.keys() == {names[t] for t in np.flatnonzero(expected > 0)}
+            assert all(abs(weights[names[t]] - expected[t]) < 1e-5 for t in np.flatnonzero(expected > 0))
 
 
-def test_cli_contract_for_models_dense_indexing_and_pipelines(tmp_path, tiny_model, model_home):
+def brute_force_impacts(records, query, vocabulary, table, k):
+    """Every passage's quantized weights dotted with the query's, summed in float32 in the query's term order (as
+    the kernels sum): the definition the impact index must reproduce."""
+    from indexers.neural import IMPACT_SCALE, quantize_impacts
+
+    impacts = np.array([quantize_impacts(reference_splade(r["text"], vocabulary, table)) for r in records])
+    weights = reference_splade(query, vocabulary, table)
+    scores = np.zeros(len(records), dtype=np.float32)
+    for term in np.flatnonzero(weights > 0):
+        scores += np.float32(weights[term] / IMPACT_SCALE) * impacts[:, term].astype(np.float32)
+    candidates = np.flatnonzero(scores > 0)
+    order = np.lexsort((candidates, -scores[candidates]))[:k]
+    return [f"d{i}" for i in candidates[order]], scores[candidates[order]]
+
+
+@pytest.mark.parametrize("postings", ["raw", "packed"])
+def test_impact_index_finds_the_brute_force_top_k_with_every_algorithm(tmp_path, tiny_splade, postings):
+    from engine.neural import ImpactSearcher
+    from indexers.neural import build_impact
+
+    vocabulary, table = tiny_splade
+    rng = np.random.default_rng(2)
+    records = [{"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(WORDS, size=rng.integers(3, 20)))}
+               for i in range(600)]  # fmt: skip
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
+    build_index(CorpusReader(open_source(corpus)), tmp_path / "idx", BuildOptions(postings=postings))
+    report = build_impact(tmp_path / "idx", "tiny-splade")
+    from indexers.neural import quantize_impacts
+
+    impacts = np.array([quantize_impacts(reference_splade(r["text"], vocabulary, table)) for r in records])
+    assert report.passages == 600 and report.postings == np.count_nonzero(impacts)
+    assert report.terms == np.count_nonzero(impacts.any(axis=0))
+    index = open_index(tmp_path / "idx")
+    searcher = ImpactSearcher(index)
+    assert searcher.lists.packed == (postings == "packed")
+    for query in ["w1 w2 w3", "w40", "w7 w7 w59 w13 w22 w31", "nothing"]:
+        for k in (1, 10, 1000):
+            want_ids, want_scores = brute_force_impacts(records, query, vocabulary, table, k)
+            weights = searcher.encoder.encode([query])[0]
+            for algorithm in ("exhaustive", "maxscore"):
+                passages, scores = searcher.search_weights(weights, k, algorithm)
+                assert index.ids(passages)[0] == want_ids
+                assert scores.tolist() == want_scores.tolist()
+            assert searcher.search(query, k).ids == want_ids
+
+
+def test_impact_and_dense_indexes_live_side_by_side(tmp_path, tiny_model, tiny_splade):
+    from engine.neural import ImpactSearcher
+    from indexers.neural import build_impact
+
+    _, index_dir = build_corpus_index(tmp_path)
+    build_impact(index_dir, "tiny-splade")
+    build_dense(index_dir, "tiny")
+    index = open_index(index_dir)
+    assert set(index.manifest) >= {"dense", "impact"} and index.manifest["generation"] == 3
+    assert (index_dir / index.manifest["impact"]["tiny-splade"]["folder"]).is_dir()
+    splade = ImpactSearcher(index).search("w3 w17", 10)
+    assert Pipeline(index, "splade").search(["w3 w17"], 10)[0] == splade
+    fused = Pipeline(index, "hybrid(bm25,splade,alpha=1.0)").search(["w3 w17"], 10)[0]
+    assert fused.ids[:3] == splade.ids[:3]  # alpha weighs the second input
+
+
+def test_cli_contract_for_models_dense_indexing_and_pipelines(tmp_path, tiny_model, tiny_splade, model_home):
     import os
     import subprocess
     import sys
@@ -275,11 +349,13 @@ def test_cli_contract_for_models_dense_indexing_and_pipelines(tmp_path, tiny_mod
     rng = np.random.default_rng(4)
     records = [{"_id": f"d{i}", "text": " ".join(rng.choice(WORDS, size=8))} for i in range(50)]
     corpus = write_jsonl(tmp_path / "c.jsonl", records)
-    report = sift("index", str(corpus), str(tmp_path / "idx"), "--dense", "tiny", "--quiet", "--json")
+    report = sift("index", str(corpus), str(tmp_path / "idx"), "--dense", "tiny", "--splade", "tiny-splade", "--quiet",
+                  "--json")  # fmt: skip
     assert report["dense"]["model"] == "tiny" and report["dense"]["passages"] == 50
+    assert report["splade"]["model"] == "tiny-splade" and report["splade"]["passages"] == 50
     (tmp_path / "q.tsv").write_text("q1\tw1 w2\nq2\tw3\n")
     (tmp_path / "qrels.txt").write_text("q1 0 d1 1\nq2 0 d2 1\n")
-    for pipeline in ("dense", "hybrid", "rrf(bm25,dense(tiny))", "cort(bm25,dense)"):
+    for pipeline in ("dense", "splade", "hybrid", "rrf(bm25,dense(tiny))", "cort(bm25,dense)", "hybrid(bm25,splade)"):
         measured = sift("eval", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.tsv"), "--qrels",
                         str(tmp_path / "qrels.txt"), "--pipeline", pipeline, "--json")  # fmt: skip
         assert measured["queries"] == 2 and 0 <= measured["nDCG@10"] <= 1

@@ -1,0 +1,122 @@
+"""Neural first stages: a query's vector against a faiss index of passage vectors (dense), and a query's learned
+sparse weights against an impact index, scored by the BM25 kernels in linear mode (SPLADE)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from engine.encoders import BiEncoder, SpladeEncoder
+from engine.errors import SiftError
+from engine.format import PostingLists
+from engine.index import ALGORITHMS, Index, Results, term_ranges, top_postings
+
+
+class NeuralSearchError(SiftError):
+    pass
+
+
+def _choose_model(index: Index, kind: str, model: str | None, build_flag: str) -> tuple[str, dict]:
+    """The manifest entry of kind's index of model (the first one if model is None), or an error saying what to do."""
+    built = index.manifest.get(kind, {})
+    if not built:
+        raise NeuralSearchError(f"{index.path}: no {kind} index; build one with: sift index ... {build_flag}")
+    if model is None:
+        model = next(iter(built))
+    if model not in built:
+        raise NeuralSearchError(f"{index.path}: no {kind} index for {model!r}; it has: {', '.join(built)}")
+    return model, built[model]
+
+
+class DenseSearcher:
+    """One model's dense index inside a Sift index; scores are inner products (cosine for unit vectors)."""
+
+    def __init__(self, index: Index, model: str | None = None, threads: int | None = None) -> None:
+        import faiss
+
+        model, entry = _choose_model(index, "dense", model, "--dense")
+        self.index = index
+        self.model = model
+        folder = index.path / entry["folder"]
+        flags = faiss.IO_FLAG_MMAP if entry["faiss"] == "flat" else 0
+        self.faiss = faiss.read_index(str(folder / "faiss.index"), flags)
+        self.encoder = BiEncoder(model, threads=threads)
+
+    def search_many(self, queries: Sequence[str], k: int = 10) -> list[Results]:
+        """Top-k passages per query (documents: a split document counts by its best passage)."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        vectors = self.encoder.encode(list(queries), query=True)
+        depth = min(k * (4 if self.index.split_passages else 1), self.faiss.ntotal)
+        scores, passages = self.faiss.search(np.ascontiguousarray(vectors), depth)
+        found = []
+        for row_scores, row_passages in zip(scores, passages):
+            keep = row_passages >= 0
+            found.append(self.index.rank(row_passages[keep].astype(np.int64), row_scores[keep], k))
+        return found
+
+    def search(self, query: str, k: int = 10) -> Results:
+        return self.search_many([query], k)[0]
+
+
+class ImpactSearcher:
+    """One learned sparse model's impact index inside a Sift index. A passage's score is the sum over the query's
+    terms of the query weight times the passage's impact, divided by the quantization scale: the model's dot
+    product, up to the quantization of passage weights. Exact: MaxScore and the exhaustive kernel agree."""
+
+    def __init__(self, index: Index, model: str | None = None, threads: int | None = None) -> None:
+        model, entry = _choose_model(index, "impact", model, "--splade")
+        self.index = index
+        self.model = model
+        self.lists = PostingLists(index.path / entry["folder"])
+        self.scale = float(entry["scale"])
+        self.encoder = SpladeEncoder(model, threads=threads)
+        self._no_norms = np.zeros(index.passages, dtype=np.uint8)
+        self._local = threading.local()
+
+    def plan(self, weights: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A query's {token: weight} -> the posting ranges, weights (float32, divided by the scale) and first
+        blocks of the tokens the index holds."""
+        tokens = list(weights)
+        starts, ends, blocks, found, _ = term_ranges(
+            self.lists.terms.find_many(tokens), self.lists.offsets, self.lists.blocks.offsets
+        )
+        values = np.array([weights[t] for t in tokens], dtype=np.float64)[found] / self.scale
+        return starts, ends, values.astype(np.float32), blocks
+
+    def search_weights(
+        self, weights: dict[str, float], k: int = 10, algorithm: str = "auto"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k passage numbers and float32 scores for a query already encoded."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        starts, ends, values, blocks = self.plan(weights)
+        if not len(starts):
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        return top_postings(
+            self.lists, starts, ends, values, blocks, self._no_norms, np.ones(1, dtype=np.float32),
+            np.zeros(1, dtype=np.int64), k, algorithm, self._scratch, linear=True,
+        )  # fmt: skip
+
+    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            n = self.index.passages
+            buffers = self._local.buffers = (np.zeros(n, dtype=np.float32), np.empty(n, dtype=np.int64))
+        return buffers
+
+    def search_many(self, queries: Sequence[str], k: int = 10, algorithm: str = "auto") -> list[Results]:
+        """Top-k passages per query (documents: a split document counts by its best passage)."""
+        depth = k * (4 if self.index.split_passages else 1)
+        found = []
+        for weights in self.encoder.encode(list(queries)):
+            passages, scores = self.search_weights(weights, depth, algorithm)
+            found.append(self.index.rank(passages, scores, k))
+        return found
+
+    def search(self, query: str, k: int = 10) -> Results:
+        return self.search_many([query], k)[0]

@@ -1,0 +1,258 @@
+"""Neural indexing over a committed index's passages, each committed as one more generation (a failure leaves the
+index as it was):
+
+- dense: encode every passage with a bi-encoder, store the vectors, build a faiss index over them;
+- impact: encode every passage with a SPLADE model and store its term weights, quantized to integers, as the
+  postings' tf of an inverted index in the segment format, searched by the BM25 kernels in linear mode.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.encoders import BiEncoder, SpladeEncoder
+from engine.errors import SiftError
+from engine.format import (
+    SEGMENT_PREFIX,
+    STAGING_PREFIX,
+    WriteLock,
+    collect_garbage,
+    commit_manifest,
+    finish_segment,
+    fsync_path,
+    live_folders,
+    pack_segment,
+    sort_terms,
+    write_json,
+    write_postings,
+)
+from engine.index import Index, open_index
+from indexers.inverted import group_by_term
+
+FAISS_KINDS = ("auto", "flat", "hnsw", "ivfpq")
+_ENCODE_CHUNK = 4096  # passages encoded between progress reports and vector flushes
+IMPACT_SCALE = 100.0  # impact = round(weight * scale): SPLADE weights (0 to about 4) to two decimals
+
+
+class NeuralIndexError(SiftError):
+    pass
+
+
+@dataclass
+class DenseReport:
+    model: str
+    passages: int
+    dimension: int
+    faiss: str
+    seconds: float
+    encode_seconds: float
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "passages": self.passages,
+            "dimension": self.dimension,
+            "faiss": self.faiss,
+            "seconds": round(self.seconds, 3),
+            "passages_per_second": round(self.passages / self.encode_seconds, 1) if self.encode_seconds else None,
+        }
+
+
+def choose_faiss(kind: str, passages: int) -> str:
+    """auto: exact search up to 200k passages, HNSW to 5M, IVF-PQ beyond (memory)."""
+    if kind not in FAISS_KINDS:
+        raise NeuralIndexError(f"unknown faiss index {kind!r}; choose one of {', '.join(FAISS_KINDS)}")
+    if kind != "auto":
+        return kind
+    return "flat" if passages <= 200_000 else "hnsw" if passages <= 5_000_000 else "ivfpq"
+
+
+def build_faiss(vectors: np.ndarray, kind: str):
+    import faiss
+
+    n, dimension = vectors.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dimension)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dimension, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = 128
+    else:
+        lists = max(1, min(int(4 * np.sqrt(n)), n // 39))
+        subquantizers = next(m for m in (48, 32, 24, 16, 12, 8, 4, 2, 1) if dimension % m == 0)
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dimension), dimension, lists, subquantizers, 8,
+                                 faiss.METRIC_INNER_PRODUCT)  # fmt: skip
+        sample = vectors[np.random.default_rng(0).choice(n, size=min(n, 256 * lists), replace=False)]
+        index.train(np.ascontiguousarray(sample))
+        index.nprobe = max(1, lists // 16)
+    index.add(np.ascontiguousarray(vectors))
+    return index
+
+
+def _passage_texts(index) -> Iterator[str]:
+    """Each passage's indexed text (title and text, as BM25 saw it), in internal passage order."""
+    for segment in index.segments:
+        for number in range(segment.passages):
+            row = segment.store.row(number)
+            title, text = row[2], row[3]
+            yield f"{title} {text}" if title else text
+
+
+def build_dense(
+    index_dir: str | os.PathLike,
+    model: str = "all-minilm-l6-v2",
+    faiss_kind: str = "auto",
+    batch_size: int = 32,
+    threads: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> DenseReport:
+    """Adds (or replaces) the dense index of one model; a failure leaves the index as it was."""
+    index_dir = Path(index_dir)
+    started = time.perf_counter()
+    encoder = BiEncoder(model, threads=threads)
+    name = encoder.name
+    staging = index_dir / f"{STAGING_PREFIX}dense-{uuid.uuid4().hex[:12]}"
+    with WriteLock(index_dir):
+        index = open_index(index_dir)
+        manifest = index.manifest
+        n = index.passages
+        kind = choose_faiss(faiss_kind, n)
+        try:
+            staging.mkdir()
+            vectors = None
+            done = 0
+            texts = _passage_texts(index)
+            encode_started = time.perf_counter()
+            while done < n:
+                chunk = [t for _, t in zip(range(_ENCODE_CHUNK), texts)]
+                encoded = encoder.encode(chunk, batch_size=batch_size, on_progress=on_progress)
+                if vectors is None:
+                    vectors = np.lib.format.open_memmap(
+                        staging / "vectors.npy", mode="w+", dtype=np.float32, shape=(n, encoded.shape[1])
+                    )
+                vectors[done : done + len(chunk)] = encoded
+                done += len(chunk)
+            encode_seconds = time.perf_counter() - encode_started
+            if vectors is None:
+                raise NeuralIndexError(f"{index_dir}: the index has no passages to encode")
+            vectors.flush()
+            import faiss
+
+            faiss.write_index(build_faiss(vectors, kind), str(staging / "faiss.index"))
+            dimension = int(vectors.shape[1])
+            del vectors
+            write_json(staging / "dense.json", {"model": name, "passages": n, "dimension": dimension, "faiss": kind})
+            for path in staging.iterdir():
+                fsync_path(path)
+            _commit(index_dir, manifest, staging, "dense", name,
+                    {"dimension": dimension, "faiss": kind, "passages": n})  # fmt: skip
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return DenseReport(name, n, dimension, kind, time.perf_counter() - started, encode_seconds)
+
+
+def _commit(index_dir: Path, manifest: dict, staging: Path, kind: str, name: str, entry: dict) -> None:
+    """Moves a finished staging folder into place and commits a generation naming it as kind's index of name."""
+    generation = int(manifest["generation"]) + 1
+    folder = f"{SEGMENT_PREFIX}{kind}_{generation:06d}_{uuid.uuid4().hex[:6]}"
+    os.replace(staging, index_dir / folder)
+    section = {**manifest.get(kind, {}), name: {"folder": folder, **entry}}
+    updated = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "committed")}
+    commit_manifest(index_dir, {**updated, "generation": generation, kind: section})
+    collect_garbage(index_dir, live_folders({**manifest, kind: section}))
+
+
+@dataclass
+class ImpactReport:
+    model: str
+    passages: int
+    terms: int
+    postings: int
+    seconds: float
+    encode_seconds: float
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "passages": self.passages,
+            "terms": self.terms,
+            "postings": self.postings,
+            "seconds": round(self.seconds, 3),
+            "passages_per_second": round(self.passages / self.encode_seconds, 1) if self.encode_seconds else None,
+        }
+
+
+def quantize_impacts(weights: np.ndarray, scale: float = IMPACT_SCALE) -> np.ndarray:
+    """Term weights -> integer impacts (0 where a weight rounds to nothing)."""
+    return np.floor(np.asarray(weights, dtype=np.float64) * scale + 0.5).astype(np.uint32)
+
+
+def build_impact(
+    index_dir: str | os.PathLike,
+    model: str = "splade-tiny",
+    batch_size: int = 8,
+    threads: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ImpactReport:
+    """Adds (or replaces) the impact index of one learned sparse model; a failure leaves the index as it was."""
+    index_dir = Path(index_dir)
+    started = time.perf_counter()
+    encoder = SpladeEncoder(model, threads=threads)
+    name = encoder.config.name
+    staging = index_dir / f"{STAGING_PREFIX}impact-{uuid.uuid4().hex[:12]}"
+    with WriteLock(index_dir):
+        index = open_index(index_dir)
+        n = index.passages
+        try:
+            staging.mkdir()
+            encode_started = time.perf_counter()
+            term_ids, passages, impacts = _encode_impacts(index, encoder, batch_size, on_progress)
+            encode_seconds = time.perf_counter() - encode_started
+            used = np.unique(term_ids)
+            terms = sort_terms(encoder.tokenizer.id_to_token(int(t)) for t in used)
+            rank = np.zeros(int(used[-1]) + 1 if len(used) else 0, dtype=np.int64)
+            position = {t: i for i, t in enumerate(terms)}
+            rank[used] = [position[encoder.tokenizer.id_to_token(int(t))] for t in used]
+            term_of_posting = rank[term_ids]
+            offsets = np.zeros(len(terms) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(term_of_posting, minlength=len(terms)), out=offsets[1:])
+            docs, tfs = group_by_term(term_of_posting, offsets, passages, impacts)
+            write_postings(staging, terms, offsets, docs, tfs, np.zeros(n, dtype=np.uint32))
+            meta = {"model": name, "passages": n, "terms": len(terms), "postings": len(docs), "scale": IMPACT_SCALE}
+            finish_segment(staging, meta)
+            if index.segments and index.segments[0].packed:
+                pack_segment(staging)
+            _commit(index_dir, index.manifest, staging, "impact", name,
+                    {"passages": n, "scale": IMPACT_SCALE, "postings": len(docs)})  # fmt: skip
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return ImpactReport(name, n, len(terms), len(docs), time.perf_counter() - started, encode_seconds)
+
+
+def _encode_impacts(
+    index: Index, encoder: SpladeEncoder, batch_size: int, on_progress: Callable[[int], None] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every passage's (vocabulary id, passage, impact) postings, passages ascending."""
+    chunks = []
+    done = 0
+    texts = _passage_texts(index)
+    while done < index.passages:
+        chunk = [t for _, t in zip(range(_ENCODE_CHUNK), texts)]
+        for number, (ids, weights) in enumerate(encoder.encode_ids(chunk, batch_size, on_progress), done):
+            impacts = quantize_impacts(weights)
+            kept = impacts > 0
+            chunks.append((ids[kept], np.full(int(kept.sum()), number, dtype=np.uint32), impacts[kept]))
+        done += len(chunk)
+    if not chunks:
+        raise NeuralIndexError(f"{index.path}: the index has no passages to encode")
+    return tuple(np.concatenate(parts) for parts in zip(*chunks))  # type: ignore[return-value]
