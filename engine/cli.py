@@ -206,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     registering.add_argument("--kind", required=True, choices=("bi-encoder", "cross-encoder", "seq2seq", "splade"))
     registering.add_argument("--name", required=True)
     registering.add_argument("--max-length", type=_positive_int, default=512, help="tokens (512)")
+    for sub in (exporting, registering):
+        sub.add_argument("--template", help="seq2seq: input template with {query} and {passage} (default monoT5's: "
+                         "'Query: {query} Document: {passage} Relevant:')")  # fmt: skip
+        sub.add_argument("--true-token", help="seq2seq: the target token meaning relevant (default ▁true, or true)")
+        sub.add_argument("--false-token", help="seq2seq: the target token meaning not relevant (▁false, or false)")
 
     bench = commands.add_parser("bench", help="benchmarks against peer engines (see bench/README.md)")
     benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
@@ -374,7 +379,9 @@ def _cmd_search(args) -> int:
             item["title"], item["text"] = record.get("title", ""), record.get("text", "")
         results.append(item)
     if args.json:
-        print(json.dumps({"query": args.query, "k": args.k, "took_ms": round(elapsed_ms, 3), "results": results}))
+        stages = {stage: round(seconds * 1000, 3) for stage, seconds in getattr(hits, "timings", {}).items()}
+        print(json.dumps({"query": args.query, "k": args.k, "took_ms": round(elapsed_ms, 3), "stages_ms": stages,
+                          "results": results}))  # fmt: skip
         return 0
     if not hits:
         print("no results")
@@ -404,6 +411,10 @@ def _cmd_eval(args) -> int:
     started = time.perf_counter()
     results = pipeline.search([text for _, text in queries], args.depth)
     seconds = time.perf_counter() - started
+    stages: dict[str, float] = {}
+    for found in results:
+        for stage, spent in found.timings.items():
+            stages[stage] = stages.get(stage, 0.0) + spent
     run = {qid: {hit.id: hit.score for hit in hits} for (qid, _), hits in zip(queries, results)}
     if args.run:
         write_run(args.run, run, tag=f"sift-{args.pipeline}")
@@ -414,6 +425,7 @@ def _cmd_eval(args) -> int:
         "k1": params.k1,
         "b": params.b,
         "search_seconds": round(seconds, 3),
+        "stage_ms_per_query": {stage: round(1000 * spent / max(len(results), 1), 3) for stage, spent in stages.items()},
     }
     if args.baseline:
         report["baseline"] = compare(evaluate(read_run(args.baseline), qrels), evaluation).to_dict()
@@ -542,14 +554,22 @@ def _cmd_models(args) -> int:
         with tempfile.TemporaryDirectory() as work:
             difference = export_onnx(args.checkpoint, args.kind, work, quantize=args.quantize, optimize=args.optimize)
             target = models.register(
-                work, args.name, args.kind, max_length=args.max_length, precision="int8" if args.quantize else "fp32"
+                work, args.name, args.kind, max_length=args.max_length, precision="int8" if args.quantize else "fp32",
+                extra=_reranker_settings(args),
             )
         print(f"exported {args.checkpoint} as {args.name} ({args.kind}) to {target}")
         print(f"parity with PyTorch: max abs difference {difference:.3g}")
     else:
-        target = models.register(args.directory, args.name, args.kind, max_length=args.max_length)
+        target = models.register(
+            args.directory, args.name, args.kind, max_length=args.max_length, extra=_reranker_settings(args)
+        )
         print(f"registered {args.directory} as {args.name} ({args.kind}) in {target}")
     return 0
+
+
+def _reranker_settings(args) -> dict:
+    settings = {"template": args.template, "true_token": args.true_token, "false_token": args.false_token}
+    return {key: value for key, value in settings.items() if value}
 
 
 def _cmd_bench(args) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 from engine.models import ModelConfig, ModelError, read_config, resolve
 
 
-def _session(path: Path, threads: int | None):
+def onnx_session(path: Path, threads: int | None):
     try:
         import onnxruntime as ort
     except ImportError:
@@ -41,7 +41,7 @@ class BiEncoder:
         self.config: ModelConfig = read_config(self.directory)
         if self.config.kind != "bi-encoder":
             raise ModelError(f"model {self.config.name!r} is a {self.config.kind}, not a bi-encoder")
-        self.session = _session(self.directory / "model.onnx", threads)
+        self.session = onnx_session(self.directory / "model.onnx", threads)
         self.tokenizer = _tokenizer(self.directory / "tokenizer.json", self.config.max_length)
         self._inputs = {i.name for i in self.session.get_inputs()}
 
@@ -108,7 +108,7 @@ class SpladeEncoder:
         self.config: ModelConfig = read_config(self.directory)
         if self.config.kind != "splade":
             raise ModelError(f"model {self.config.name!r} is a {self.config.kind}, not a SPLADE model")
-        self.session = _session(self.directory / "model.onnx", threads)
+        self.session = onnx_session(self.directory / "model.onnx", threads)
         self.tokenizer = _tokenizer(self.directory / "tokenizer.json", self.config.max_length)
         self._inputs = {i.name for i in self.session.get_inputs()}
 

@@ -96,10 +96,11 @@ class Results(Sequence[Hit]):
     """One query's hits, held as columns (ids, doc_ids, scores, passages); a Hit is made only when one is asked for.
     Compares equal to another Results or a list holding the same hits."""
 
-    __slots__ = ("doc_ids", "ids", "passages", "scores")
+    __slots__ = ("doc_ids", "ids", "passages", "scores", "timings")
 
     def __init__(self, ids: list[str], doc_ids: list[str], scores: np.ndarray, passages: np.ndarray) -> None:
         self.ids, self.doc_ids, self.scores, self.passages = ids, doc_ids, scores, passages
+        self.timings: dict[str, float] = {}  # seconds per pipeline stage, for this query (set by pipelines)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -439,12 +440,23 @@ class Index:
         segments, local = self._locate(np.array([passage]))
         return self.segments[int(segments[0])].store[int(local[0])]
 
+    def texts(self, passages: np.ndarray) -> list[str]:
+        """What the models read of each passage: its title and text, as BM25 indexed them."""
+        segments, local = self._locate(np.asarray(passages, dtype=np.int64))
+        rows = [self.segments[s].store.row(n) for s, n in zip(segments.tolist(), local.tolist())]
+        return [indexed_text(row[2], row[3]) for row in rows]
+
     def _hits(self, passages: np.ndarray, scores: np.ndarray, as_documents: bool) -> Results:
         if len(self.segments) == 1:
             passage_ids, doc_ids = self._ids(None, passages)
         else:
             passage_ids, doc_ids = self.ids(passages)
         return Results(doc_ids if as_documents else passage_ids, doc_ids, scores, passages)
+
+
+def indexed_text(title: str, text: str) -> str:
+    """A passage as models read it: title and text, as BM25 indexed them."""
+    return f"{title} {text}" if title else text
 
 
 def open_index(path: str | os.PathLike) -> Index:

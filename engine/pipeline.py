@@ -8,14 +8,23 @@
     cort(A,B)                complementary, in the spirit of CoRT: A's and B's rankings interleaved, A first,
                              each id at its first appearance (B fills in what A missed, rank by rank)
 
-Fusion reads each input to a depth of max(k, 1000). Stages after `>>` (rerankers) come with the reranking issue.
-A pipeline file is JSON, {"pipeline": EXPRESSION, ...}: what `sift tune` writes, with how its weight was chosen.
+Later stages follow `>>`:
+
+    rerank:MODEL@DEPTH       rerank the top DEPTH with a cross-encoder or seq2seq model (engine/rerank.py); the
+                             rest follow in their order. rerank:MODEL@DEPTH(mix=W) ranks by (1 - W) * reranker +
+                             W * previous stage, both min-max normalized. Two rerank stages make a cascade:
+                             `bm25 >> rerank:small@100 >> rerank:large@20`.
+
+Fusion reads each input to a depth of max(k, 1000). Each query's Results carry the seconds each stage took for it
+(`timings`; a batched first stage's time is shared equally). A pipeline file is JSON, {"pipeline": EXPRESSION,
+...}: what `sift tune` writes, with how its weight was chosen.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +46,23 @@ class PipelineError(SiftError, ValueError):
 
 @dataclass(frozen=True)
 class Stage:
-    name: str  # bm25 | dense | hybrid | rrf
+    name: str  # bm25 | dense | splade | hybrid | rrf | cort | rerank | chain (a first stage, then reranks)
     arguments: tuple = ()
     options: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
+        if self.name == "chain":
+            return " >> ".join(str(a) for a in self.arguments)
+        if self.name == "rerank":
+            mix = self.options.get("mix")
+            return f"rerank:{self.arguments[0]}@{self.options['depth']}" + (f"(mix={mix})" if mix else "")
         inner = [str(a) for a in self.arguments] + [f"{k}={v}" for k, v in self.options.items()]
         return f"{self.name}({','.join(inner)})" if inner else self.name
+
+    @property
+    def first(self) -> Stage:
+        """The first stage (the whole stage unless it is a chain)."""
+        return self.arguments[0] if self.name == "chain" else self
 
 
 def parse(expression: str) -> Stage:
@@ -56,13 +75,30 @@ def parse(expression: str) -> Stage:
             raise PipelineError(f"{path}: no such pipeline file") from None
         except (json.JSONDecodeError, KeyError, TypeError):
             raise PipelineError(f'{path}: not a pipeline file (expected {{"pipeline": "EXPRESSION", ...}})') from None
-    text = expression.replace(" ", "")
-    if ">>" in text:
-        raise PipelineError(f"pipeline {expression!r}: reranking stages (>>) are not available yet")
-    stage, rest = _parse(text, expression)
+    first, *later = expression.replace(" ", "").split(">>")
+    stage, rest = _parse(first, expression)
     if rest:
         raise PipelineError(f"pipeline {expression!r}: unexpected {rest!r}")
-    return stage
+    if not later:
+        return stage
+    return Stage("chain", (stage, *(_parse_rerank(text, expression) for text in later)))
+
+
+def _parse_rerank(text: str, expression: str) -> Stage:
+    match = re.fullmatch(r"rerank:([A-Za-z0-9_./-]+)@([0-9]+)(?:\(mix=([0-9.]+)\))?", text)
+    if not match:
+        raise PipelineError(f"pipeline {expression!r}: expected a later stage like rerank:MODEL@DEPTH or "
+                            f"rerank:MODEL@DEPTH(mix=0.2), got {text!r}")  # fmt: skip
+    depth = int(match.group(2))
+    if depth < 1:
+        raise PipelineError(f"pipeline {expression!r}: a rerank depth must be at least 1")
+    options: dict = {"depth": depth}
+    if match.group(3):
+        mix = float(match.group(3))
+        if not 0 <= mix <= 1:
+            raise PipelineError(f"pipeline {expression!r}: mix must be between 0 and 1")
+        options["mix"] = mix
+    return Stage("rerank", (match.group(1),), options)
 
 
 def _parse(text: str, expression: str) -> tuple[Stage, str]:
@@ -121,7 +157,51 @@ class Pipeline:
         return str(self.stage)
 
     def search(self, queries: Sequence[str], k: int = 10) -> list[Results]:
-        return self._run(self.stage, list(queries), k)
+        queries = list(queries)
+        later = self.stage.arguments[1:] if self.stage.name == "chain" else ()
+        depth = max([k, *(s.options["depth"] for s in later)])
+        started = time.perf_counter()
+        found = self._run(self.stage.first, queries, depth)
+        share = (time.perf_counter() - started) / max(len(queries), 1)
+        for results in found:
+            results.timings[str(self.stage.first)] = share
+        for stage in later:
+            reranker = self._reranker(stage.arguments[0])
+            for i, query in enumerate(queries):
+                started = time.perf_counter()
+                reranked = self.rerank(reranker, query, found[i], stage.options["depth"], stage.options.get("mix"))
+                reranked.timings.update(found[i].timings)
+                reranked.timings[str(stage)] = time.perf_counter() - started
+                found[i] = reranked
+        if depth == k:
+            return found
+        cut = []
+        for results in found:
+            top = Results(results.ids[:k], results.doc_ids[:k], results.scores[:k], results.passages[:k])
+            top.timings = results.timings
+            cut.append(top)
+        return cut
+
+    def _reranker(self, model: str):
+        if ("rerank", model) not in self._searchers:
+            from engine.rerank import Reranker
+
+            self._searchers[("rerank", model)] = Reranker(model, threads=self.threads)
+        return self._searchers[("rerank", model)]
+
+    def rerank(self, reranker, query: str, results: Results, depth: int, mix: float | None = None) -> Results:
+        """results' top depth ordered by the reranker (ties: the earlier first), the rest after them in order."""
+        head = min(depth, len(results))
+        scores = reranker.score(query, self.index.texts(results.passages[:head]), results.passages[:head].tolist())
+        if mix:
+            scores = ((1 - mix) * _min_max(scores) + mix * _min_max(results.scores[:head])).astype(np.float32)
+        order = np.argsort(-scores, kind="stable")
+        tail = len(results) - head
+        floor = float(scores.min()) if head else 0.0
+        final = np.concatenate([scores[order], floor - np.arange(1, tail + 1, dtype=np.float32)]).astype(np.float32)
+        ranked = np.concatenate([order, np.arange(head, len(results))])
+        return Results([results.ids[i] for i in ranked], [results.doc_ids[i] for i in ranked], final,
+                       results.passages[ranked])  # fmt: skip
 
     def _run(self, stage: Stage, queries: list[str], k: int) -> list[Results]:
         documents = self.index.split_passages

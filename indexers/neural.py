@@ -34,7 +34,7 @@ from engine.format import (
     write_json,
     write_postings,
 )
-from engine.index import Index, open_index
+from engine.index import Index, indexed_text, open_index
 from indexers.inverted import group_by_term
 
 FAISS_KINDS = ("auto", "flat", "hnsw", "ivfpq")
@@ -102,8 +102,7 @@ def _passage_texts(index) -> Iterator[str]:
     for segment in index.segments:
         for number in range(segment.passages):
             row = segment.store.row(number)
-            title, text = row[2], row[3]
-            yield f"{title} {text}" if title else text
+            yield indexed_text(row[2], row[3])
 
 
 def build_dense(

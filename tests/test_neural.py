@@ -155,7 +155,6 @@ def test_fusion_pipelines_follow_their_definitions(tmp_path, tiny_model):
         ("bm26", "unknown stage 'bm26'"),
         ("hybrid(bm25)", "hybrid fuses two first stages"),
         ("hybrid(bm25,dense,beta=2)", "hybrid has no option 'beta'"),
-        ("bm25 >> rerank:x@100", "reranking stages (>>) are not available yet"),
         ("rrf(bm25,dense", "expected ',' or ')'"),
     ],
 )

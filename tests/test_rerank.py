@@ -1,0 +1,248 @@
+"""Rerankers: a tiny cross-encoder built here (each token adds its weight) against its definition, truncation that
+keeps the query whole, pipelines with rerank stages and cascades, the score cache; and, with torch, exported
+BertForSequenceClassification and T5ForConditionalGeneration models against PyTorch's own scores."""
+
+import numpy as np
+import pytest
+
+from conftest import write_jsonl
+from engine import models
+from engine.index import open_index
+from engine.pipeline import Pipeline, PipelineError, parse
+from indexers.corpus import CorpusReader, open_source
+from indexers.inverted import BuildOptions, build_index
+
+onnx = pytest.importorskip("onnx")
+WORDS = [f"w{i}" for i in range(40)]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>", "Query:", "Document:", "Relevant:", "▁true", "▁false"]
+VOCABULARY = {token: i for i, token in enumerate(SPECIAL + WORDS)}
+
+
+@pytest.fixture
+def model_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIFT_MODELS", str(tmp_path / "models"))
+    return tmp_path / "models"
+
+
+def save_tokenizer(directory, seq2seq=False):
+    from tokenizers import Tokenizer, pre_tokenizers, processors
+    from tokenizers import models as token_models
+
+    tokenizer = Tokenizer(token_models.WordLevel(VOCABULARY, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if seq2seq:  # T5's convention: the input ends with </s>
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", VOCABULARY["</s>"])]
+        )
+    else:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", VOCABULARY["[CLS]"]), ("[SEP]", VOCABULARY["[SEP]"])],
+        )  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+
+
+def additive_model(tmp_path, name, seed, max_length=32):
+    """A registered cross-encoder whose logit is the sum of its tokens' weights ([PAD] weighs 0)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(seed).normal(size=(len(VOCABULARY), 1)).astype(np.float32)
+    weights[0] = 0
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["weights", "input_ids"], ["per_token"]),
+         helper.make_node("ReduceSum", ["per_token", "axis"], ["logits"], keepdims=0)],
+        name,
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(np.array([1], dtype=np.int64), "axis")],
+    )  # fmt: skip
+    source = tmp_path / f"{name}-source"
+    save_tokenizer(source)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source / "model.onnx")
+    models.register(source, name, "cross-encoder", max_length=max_length)
+    return weights[:, 0]
+
+
+def additive_score(weights, query, passage, max_length=32):
+    query_ids = [VOCABULARY.get(t, 1) for t in query.split()]
+    passage_ids = [VOCABULARY.get(t, 1) for t in passage.split()][: max_length - 3 - len(query_ids)]
+    ids = [VOCABULARY["[CLS]"], *query_ids, VOCABULARY["[SEP]"], *passage_ids, VOCABULARY["[SEP]"]]
+    return float(weights[ids].sum(dtype=np.float32))
+
+
+def test_cross_encoder_scores_follow_the_model_and_truncate_only_the_passage(tmp_path, model_home):
+    from engine.rerank import Reranker
+
+    weights = additive_model(tmp_path, "add", seed=0)
+    rng = np.random.default_rng(1)
+    passages = [" ".join(rng.choice(WORDS, size=rng.integers(1, 60))) for _ in range(50)]
+    query = "w1 w2 w3 w4 w5"
+    expected = [additive_score(weights, query, p) for p in passages]
+    for batch_size, bucketing in ((1, True), (7, False), (64, True)):
+        reranker = Reranker("add", batch_size=batch_size, bucketing=bucketing)
+        np.testing.assert_allclose(reranker.score(query, passages), expected, atol=1e-5)
+    ids, types = reranker.encode_pairs(query, ["w9 " * 100])[0]
+    assert len(ids) == 32 and ids[1:6] == [VOCABULARY[w] for w in query.split()]  # the query kept whole
+    assert types == [0] * 7 + [1] * 25
+
+
+def test_the_score_cache_scores_each_pair_once(tmp_path, model_home, monkeypatch):
+    from engine.rerank import Reranker
+
+    additive_model(tmp_path, "add", seed=0)
+    reranker = Reranker("add")
+    scored = []
+    original = reranker._score_pairs
+    monkeypatch.setattr(reranker, "_score_pairs", lambda q, p: scored.extend(p) or original(q, p))
+    first = reranker.score("w1", ["w2", "w3"], keys=[2, 3])
+    again = reranker.score("w1", ["w3", "w2", "w4"], keys=[3, 2, 4])
+    assert scored == ["w2", "w3", "w4"]
+    assert again[:2].tolist() == first[::-1].tolist()
+
+
+def corpus_index(tmp_path, count=200):
+    rng = np.random.default_rng(2)
+    records = [{"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(WORDS, size=rng.integers(3, 20)))}
+               for i in range(count)]  # fmt: skip
+    build_index(CorpusReader(open_source(write_jsonl(tmp_path / "c.jsonl", records))), tmp_path / "idx",
+                BuildOptions())  # fmt: skip
+    return {r["_id"]: r["text"] for r in records}, open_index(tmp_path / "idx")
+
+
+def expected_rerank(first_stage, texts, weights, query, depth):
+    head = first_stage.ids[:depth]
+    scores = [additive_score(weights, query, texts[i]) for i in head]
+    order = sorted(range(len(head)), key=lambda j: -scores[j])  # stable: ties keep the first stage's order
+    return [head[j] for j in order] + first_stage.ids[depth:]
+
+
+def test_rerank_stages_and_cascades_in_pipelines(tmp_path, model_home):
+    small = additive_model(tmp_path, "small", seed=3)
+    large = additive_model(tmp_path, "large", seed=4)
+    texts, index = corpus_index(tmp_path)
+    query = "w3 w17 w22"
+    bm25 = index.search(query, 50)
+    found = Pipeline(index, "bm25 >> rerank:small@20").search([query], 50)[0]
+    assert found.ids == expected_rerank(bm25, texts, small, query, 20)
+    assert np.all(np.diff(found.scores) <= 0)
+    assert set(found.timings) == {"bm25", "rerank:small@20"}
+    cascade = Pipeline(index, "bm25 >> rerank:small@20 >> rerank:large@5").search([query], 10)[0]
+    after_small = Pipeline(index, "bm25 >> rerank:small@20").search([query], 50)[0]
+    assert cascade.ids == expected_rerank(after_small, texts, large, query, 5)[:10]
+    assert len(cascade.timings) == 3
+    mixed = Pipeline(index, "bm25 >> rerank:small@20(mix=1.0)").search([query], 20)[0]
+    assert mixed.ids == bm25.ids[:20]  # all weight on the first stage: its order back
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("bm25 >> rerank:x", "expected a later stage like rerank:MODEL@DEPTH"),
+        ("bm25 >> rerank:x@0", "depth must be at least 1"),
+        ("bm25 >> rerank:x@10(mix=2)", "mix must be between 0 and 1"),
+        ("bm25 >> dense", "expected a later stage"),
+    ],
+)
+def test_later_stages_are_checked(expression, message):
+    with pytest.raises(PipelineError, match=message):
+        parse(expression)
+
+
+def test_pipelines_with_reranking_print_as_they_parse():
+    assert str(parse("hybrid >> rerank:ce@100")) == "hybrid(bm25,dense) >> rerank:ce@100"
+    assert str(parse("bm25>>rerank:a@100>>rerank:b@10(mix=0.3)")) == "bm25 >> rerank:a@100 >> rerank:b@10(mix=0.3)"
+
+
+def test_only_reranking_models_rerank(tmp_path, model_home):
+    from engine.rerank import Reranker
+
+    source = tmp_path / "bi"
+    save_tokenizer(source)
+    (source / "model.onnx").write_bytes(b"")
+    models.register(source, "bi", "bi-encoder")
+    with pytest.raises(models.ModelError, match="not a reranker"):
+        Reranker("bi")
+
+
+# --- models users bring: exported from PyTorch, scored as PyTorch scores them -------------------------------------
+
+
+def torch_modules():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    return torch, transformers
+
+
+def export_and_register(tmp_path, model, name, kind, seq2seq=False, **settings):
+    from tools.export import export_onnx
+
+    checkpoint = tmp_path / f"{name}-checkpoint"
+    model.save_pretrained(checkpoint)
+    save_tokenizer(checkpoint, seq2seq=seq2seq)
+    assert export_onnx(checkpoint, kind, tmp_path / f"{name}-onnx") < 1e-4
+    models.register(tmp_path / f"{name}-onnx", name, kind, max_length=64, **settings)
+
+
+def sample_pairs():
+    rng = np.random.default_rng(5)
+    query = "w1 w7 w30"
+    return query, [" ".join(rng.choice(WORDS, size=rng.integers(1, 25))) for _ in range(20)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("labels", [1, 2])
+def test_monobert_scores_equal_pytorch(tmp_path, model_home, labels):
+    torch, transformers = torch_modules()
+    from engine.rerank import Reranker
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(VOCABULARY), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                     num_labels=labels)  # fmt: skip
+    model = transformers.BertForSequenceClassification(config).eval()
+    export_and_register(tmp_path, model, "mono-bert", "cross-encoder")
+    query, passages = sample_pairs()
+    got = Reranker("mono-bert", batch_size=8).score(query, passages)
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tmp_path / "mono-bert-checkpoint" / "tokenizer.json"))
+    expected = []
+    with torch.no_grad():
+        for passage in passages:
+            encoding = tokenizer.encode(query, passage)
+            logits = model(input_ids=torch.tensor([encoding.ids]),
+                           token_type_ids=torch.tensor([encoding.type_ids])).logits[0]  # fmt: skip
+            expected.append(float(logits[0] if labels == 1 else torch.log_softmax(logits, -1)[1]))
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_monot5_scores_equal_pytorch(tmp_path, model_home):
+    torch, transformers = torch_modules()
+    from engine.rerank import Reranker
+
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=len(VOCABULARY), d_model=32, d_kv=16, d_ff=64, num_layers=2,
+                                   num_heads=2, decoder_start_token_id=0, pad_token_id=0,
+                                   eos_token_id=VOCABULARY["</s>"])  # fmt: skip
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    export_and_register(tmp_path, model, "mono-t5", "seq2seq", seq2seq=True)
+    query, passages = sample_pairs()
+    got = Reranker("mono-t5", batch_size=8).score(query, passages)
+    true, false = VOCABULARY["▁true"], VOCABULARY["▁false"]
+    expected = []
+    with torch.no_grad():
+        for passage in passages:
+            words = f"Query: {query} Document: {passage} Relevant:".split()
+            ids = torch.tensor([[VOCABULARY[w] for w in words] + [VOCABULARY["</s>"]]])
+            logits = model(input_ids=ids, decoder_input_ids=torch.tensor([[0]])).logits[0, 0]
+            expected.append(float(torch.log_softmax(logits[[true, false]], -1)[0]))
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    reranker = Reranker("mono-t5")
+    reranker.max_length = 12
+    ids, _ = reranker.encode_pairs(query, ["w9 " * 30])[0]
+    assert ids == [VOCABULARY[w] for w in ["Query:", "w1", "w7", "w30", "Document:", "w9", "w9", "w9", "w9", "w9",
+                                           "Relevant:", "</s>"]]  # fmt: skip
