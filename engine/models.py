@@ -183,7 +183,8 @@ def register(directory: str | os.PathLike, name: str, kind: str, **settings) -> 
     for needed in ("model.onnx", "tokenizer.json"):
         if not (source / needed).is_file():
             raise ModelError(f"{source}: missing {needed}")
-    config = ModelConfig(name=name, kind=kind, source=str(source.resolve()), **settings)
+    settings.setdefault("source", str(source.resolve()))
+    config = ModelConfig(name=name, kind=kind, **settings)
     target = model_home() / name
     staging = model_home() / f".staging-{name}-{uuid.uuid4().hex[:8]}"
     shutil.copytree(source, staging)

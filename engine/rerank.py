@@ -124,30 +124,9 @@ class Reranker:
     def encode_pairs(self, query: str, passages: list[str]) -> list[tuple[list[int], list[int]]]:
         """Token ids and type ids per pair, the passage truncated so the pair fits max_length."""
         if self.config.kind == "cross-encoder":
-            try:
-                encodings = self.tokenizer.encode_batch([(query, p) for p in passages])
-            except Exception as e:  # the query alone is longer than max_length
-                raise ModelError(f"query too long for {self.name} (max {self.max_length} tokens): {e}") from None
-            return [(e.ids, e.type_ids) for e in encodings]
-        head, _, _ = self.template.partition("{passage}")
-        texts, spans = [], []
-        for passage in passages:
-            start = len(head.format(query=query))
-            texts.append(self.template.format(query=query, passage=passage))
-            spans.append((start, start + len(passage)))
-        pairs = []
-        for encoding, (start, end) in zip(self.tokenizer.encode_batch(texts), spans):
-            ids = encoding.ids
-            excess = len(ids) - self.max_length
-            if excess > 0:
-                inside = [j for j, (a, b) in enumerate(encoding.offsets)
-                          if start <= a and b <= end and b > a and not encoding.special_tokens_mask[j]]  # fmt: skip
-                if len(inside) < excess:
-                    raise ModelError(f"query too long for {self.name} (max {self.max_length} tokens)")
-                dropped = set(inside[len(inside) - excess :])
-                ids = [t for j, t in enumerate(ids) if j not in dropped]
-            pairs.append((ids, [0] * len(ids)))
-        return pairs
+            return encode_cross(self.tokenizer, query, passages, self.name)
+        return [(ids, [0] * len(ids)) for ids in encode_template(self.tokenizer, self.template, query, passages,
+                                                                  self.max_length, self.name)]  # fmt: skip
 
     def _relevance(self, logits: np.ndarray) -> np.ndarray:
         if self.config.kind == "seq2seq":
@@ -159,3 +138,36 @@ class Reranker:
         top = wide.max(axis=1, keepdims=True)
         log_norm = top[:, 0] + np.log(np.exp(wide - top).sum(axis=1))
         return (wide[:, self.positive_class] - log_norm).astype(np.float32)
+
+
+def encode_cross(tokenizer, query: str, passages: list[str], name: str = "the model") -> list[tuple[list, list]]:
+    """[CLS] query [SEP] passage [SEP] ids and type ids; the tokenizer truncates the passage ("only_second")."""
+    try:
+        encodings = tokenizer.encode_batch([(query, p) for p in passages])
+    except Exception as e:  # the query alone is longer than max_length
+        raise ModelError(f"query too long for {name}: {e}") from None
+    return [(e.ids, e.type_ids) for e in encodings]
+
+
+def encode_template(tokenizer, template: str, query: str, passages: list[str], max_length: int,
+                    name: str = "the model") -> list[list[int]]:  # fmt: skip
+    """The template filled with the query and each passage, tokenized whole (so that short inputs tokenize exactly as
+    the model saw them in training), then cut to max_length by dropping the passage's last tokens, found by their
+    character offsets: the query and the rest of the template are always kept."""
+    head = template.partition("{passage}")[0]
+    start = len(head.format(query=query))
+    texts = [template.format(query=query, passage=p) for p in passages]
+    found = []
+    for encoding, passage in zip(tokenizer.encode_batch(texts), passages):
+        ids = encoding.ids
+        excess = len(ids) - max_length
+        if excess > 0:
+            end = start + len(passage)
+            inside = [j for j, (a, b) in enumerate(encoding.offsets)
+                      if start <= a and b <= end and b > a and not encoding.special_tokens_mask[j]]  # fmt: skip
+            if len(inside) < excess:
+                raise ModelError(f"query too long for {name} (max {max_length} tokens)")
+            dropped = set(inside[len(inside) - excess :])
+            ids = [t for j, t in enumerate(ids) if j not in dropped]
+        found.append(ids)
+    return found

