@@ -64,7 +64,8 @@ def examples(count, seed):
 def test_trained_rerankers_learn_export_and_register(tmp_path, model_home, tiny_base, kind):
     path = tmp_path / "examples.jsonl"
     write_examples(path, examples(60, seed=1))
-    recipe = Recipe(kind, epochs=5, negatives=3, pool=6, max_length=32, learning_rate=2e-3, decoder_layers=1)
+    recipe = Recipe(kind, epochs=5, negatives=3, pool=6, max_length=32, learning_rate=2e-3, decoder_layers=1,
+                    freeze_embeddings=False)  # a random base's embeddings are nothing to keep
     target, report = train_and_register("tiny-ranker", recipe, examples_path=path, quiet=True, base=tiny_base)
     assert report["parity_max_abs_difference"] < 1e-4
     config = json.loads((target / "sift-model.json").read_text())
@@ -94,3 +95,6 @@ def test_training_is_reproducible(tmp_path, tiny_base):
     a = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "a").state_dict()
     b = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "b").state_dict()
     assert all(torch.equal(a[name], b[name]) for name in a)
+    base = transformers.BertModel.from_pretrained(tiny_base).state_dict()
+    for name, frozen in (("word_embeddings", True), ("position_embeddings", False)):
+        assert torch.equal(a[f"bert.embeddings.{name}.weight"], base[f"embeddings.{name}.weight"]) == frozen
