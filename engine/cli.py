@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     for option, default in defaults.items():
         kind = float if isinstance(default, float) else _positive_int
         training.add_argument(f"--{option.replace('_', '-')}", type=kind, default=default, help=f"({default})")
+    training.add_argument("--title-queries", action="store_true", help="also train on the corpus's titles as "
+                          "queries for their own texts (weak supervision from the corpus; no query of any split)")
     training.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu, cuda")
     training.add_argument("--quiet", action="store_true", help="no progress bar")
     training.add_argument("--json", action="store_true", help="print the report as one JSON line")
@@ -609,7 +611,7 @@ def _cmd_train(args) -> int:
     target, report = train_and_register(
         args.name, recipe, Path(args.data) if args.data else None, args.split,
         Path(args.index) if args.index else None, args.negatives_from,
-        Path(args.examples) if args.examples else None, quiet=args.quiet,
+        Path(args.examples) if args.examples else None, quiet=args.quiet, title_queries=args.title_queries,
     )  # fmt: skip
     if args.json:
         print(json.dumps(report))

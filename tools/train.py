@@ -94,6 +94,23 @@ def mine_examples(data_dir: Path, split: str, index_dir: Path, pipeline: str, po
     return examples
 
 
+def mine_title_examples(index_dir: Path, pipeline: str, pool: int, exclude: set[str] = frozenset()) -> list[dict]:
+    """Weak supervision from the corpus itself: each titled document's title as a query, its text (title removed)
+    as the positive, the first stage's other top passages (titles removed too, so that a missing title gives
+    nothing away) as negatives. Uses no query of any split."""
+    from engine.index import open_index
+    from engine.pipeline import Pipeline
+
+    index = open_index(index_dir)
+    rows = [segment.store.row(n) for segment in index.segments for n in range(segment.passages)]
+    bodies = {row[0]: row[3] for row in rows}
+    titled = [row for row in rows if row[2].strip() and row[3].strip() and row[0] not in exclude]
+    found = Pipeline(index, pipeline).search([row[2] for row in titled], pool + 1)
+    return [{"query": row[2], "positives": [row[3]],
+             "negatives": [bodies[d] for d in results.doc_ids if d != row[0]][:pool]}
+            for row, results in zip(titled, found)]  # fmt: skip
+
+
 def _texts_by_id(index) -> dict[str, str]:
     """Document id -> its first passage's text (training reads whole documents as the reranker sees them)."""
     texts: dict[str, str] = {}
@@ -239,9 +256,14 @@ def _loss(torch, model, tokenizer, recipe: Recipe, chunk, device, targets):
     start = torch.full((len(sequences), 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
     logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=start).logits[:, 0]
     true_id, false_id = targets
-    labels = torch.tensor([true_id if j == 0 else false_id for _, passages in chunk for j in range(len(passages))],
-                          device=device)  # fmt: skip
-    return torch.nn.functional.cross_entropy(logits, labels)
+    positions = [j for _, passages in chunk for j in range(len(passages))]
+    labels = torch.tensor([true_id if j == 0 else false_id for j in positions], device=device)
+    # monoT5 samples relevant and non-relevant 1:1; here each positive comes with several negatives, so the positive
+    # is weighted by their number instead (without it the model learns the prior, "false", and nothing else)
+    weights = torch.tensor([len(passages) - 1.0 if j == 0 else 1.0 for _, passages in chunk for j in
+                            range(len(passages))], device=device)  # fmt: skip
+    losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    return (losses * weights).sum() / weights.sum()
 
 
 # --- the whole job -------------------------------------------------------------------------------------------------
@@ -268,6 +290,7 @@ def train_and_register(
     examples_path: Path | None = None,
     quiet: bool = False,
     base: Path | None = None,
+    title_queries: bool = False,
 ) -> tuple[Path, dict]:
     """Mines (or reads) training examples, fine-tunes, exports to ONNX and registers NAME; returns its directory and
     a report. The PyTorch checkpoint is kept in the model directory (checkpoint/) for comparisons and re-export."""
@@ -286,13 +309,16 @@ def train_and_register(
                 index_dir = build_mining_index(data_dir, work_dir / "index", dense="dense" in negatives_from
                                                or negatives_from.startswith(("hybrid", "rrf", "cort")))  # fmt: skip
             examples = mine_examples(data_dir, split, index_dir, negatives_from, recipe.pool)
+            if title_queries:
+                examples += mine_title_examples(index_dir, negatives_from, recipe.pool)
             if examples_path is not None:
                 write_examples(examples_path, examples)
         checkpoint = work_dir / "model" / "checkpoint"
         report = train(examples, recipe, base, checkpoint, quiet=quiet)
         difference = export_onnx(checkpoint, recipe.kind, work_dir / "model", optimize=True)
         extra = {"training": {**asdict(recipe), **report, "queries": len(examples), "split": split,
-                              "data": str(data_dir or examples_path), "negatives_from": negatives_from}}  # fmt: skip
+                              "data": str(data_dir or examples_path), "negatives_from": negatives_from,
+                              "title_queries": title_queries}}  # fmt: skip
         if recipe.kind == "seq2seq":
             extra.update(template=MONOT5_TEMPLATE, true_token="true", false_token="false")
         target = models.register(work_dir / "model", name, recipe.kind, max_length=recipe.max_length, extra=extra,
