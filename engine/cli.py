@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--examples", metavar="FILE.jsonl", help="read mined examples from here if it exists, "
                           "else write them here")  # fmt: skip
     defaults = {"epochs": 2, "negatives": 7, "pool": 30, "max_length": 256, "learning_rate": 5e-5,
-                "groups_per_step": 4, "decoder_layers": 2, "seed": 13}  # fmt: skip
+                "groups_per_step": 4, "decoder_layers": 2, "fresh_lr_scale": 1.0, "seed": 13}  # fmt: skip
     for option, default in defaults.items():
         kind = float if isinstance(default, float) else _positive_int
         training.add_argument(f"--{option.replace('_', '-')}", type=kind, default=default, help=f"({default})")
@@ -606,8 +606,8 @@ def _cmd_train(args) -> int:
 
     recipe = Recipe(args.kind, epochs=args.epochs, negatives=args.negatives, pool=args.pool,
                     max_length=args.max_length, learning_rate=args.learning_rate,
-                    groups_per_step=args.groups_per_step, decoder_layers=args.decoder_layers, seed=args.seed,
-                    device=args.device)  # fmt: skip
+                    groups_per_step=args.groups_per_step, decoder_layers=args.decoder_layers,
+                    fresh_lr_scale=args.fresh_lr_scale, seed=args.seed, device=args.device)  # fmt: skip
     target, report = train_and_register(
         args.name, recipe, Path(args.data) if args.data else None, args.split,
         Path(args.index) if args.index else None, args.negatives_from,

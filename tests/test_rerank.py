@@ -246,3 +246,34 @@ def test_monot5_scores_equal_pytorch(tmp_path, model_home):
     ids, _ = reranker.encode_pairs(query, ["w9 " * 30])[0]
     assert ids == [VOCABULARY[w] for w in ["Query:", "w1", "w7", "w30", "Document:", "w9", "w9", "w9", "w9", "w9",
                                            "Relevant:", "</s>"]]  # fmt: skip
+
+
+def test_cli_runs_reranking_pipelines(tmp_path, model_home):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    additive_model(tmp_path, "add", seed=0)
+    corpus_index(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "SIFT_MODELS": str(model_home)}
+    (tmp_path / "q.tsv").write_text("q1\tw1 w2\nq2\tw3 w9\n")
+    (tmp_path / "qrels.txt").write_text("q1 0 d1 1\nq2 0 d2 1\n")
+
+    def sift(*args):
+        result = subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, env=env)
+        return result.returncode, result.stdout, result.stderr
+
+    code, out, err = sift("eval", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.tsv"), "--qrels",
+                          str(tmp_path / "qrels.txt"), "--pipeline", "bm25 >> rerank:add@100", "--json")  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["pipeline"] == "bm25 >> rerank:add@100" and set(report["stage_ms_per_query"]) == {
+        "bm25", "rerank:add@100"}
+    code, out, err = sift("search", str(tmp_path / "idx"), "w1 w2", "--pipeline", "bm25 >> rerank:add@10", "--json")
+    assert code == 0 and len(json.loads(out)["results"]) == 10 and "rerank:add@10" in json.loads(out)["stages_ms"]
+    code, _, err = sift("eval", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.tsv"), "--qrels",
+                        str(tmp_path / "qrels.txt"), "--pipeline", "bm25 >> rerank:missing@100")  # fmt: skip
+    assert code != 0 and "unknown model 'missing'" in err and "Traceback" not in err

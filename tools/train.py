@@ -49,6 +49,7 @@ class Recipe:
     warmup: float = 0.1  # share of the steps with a linearly rising learning rate
     decoder_layers: int = 2  # seq2seq only
     freeze_embeddings: bool = True  # word embeddings stay the base's: 800 queries are too few to move them well
+    fresh_lr_scale: float = 1.0  # learning rate multiplier of the parameters the base lacks (heads, cross-attention)
     seed: int = 13
     device: str = "auto"
 
@@ -211,9 +212,14 @@ def train(examples: list[dict], recipe: Recipe, base: Path, out_dir: Path, quiet
             if name.endswith("word_embeddings.weight"):
                 parameter.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    fresh = [p for name, p in model.named_parameters() if p.requires_grad and _is_fresh(name)]
+    pretrained = [p for name, p in model.named_parameters() if p.requires_grad and not _is_fresh(name)]
     epochs = [_groups(examples, recipe, rng) for _ in range(recipe.epochs)]
     steps = sum(math.ceil(len(groups) / recipe.groups_per_step) for groups in epochs)
-    optimizer = torch.optim.AdamW(trainable, lr=recipe.learning_rate, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        [{"params": pretrained}, {"params": fresh, "lr": recipe.learning_rate * recipe.fresh_lr_scale}],
+        lr=recipe.learning_rate, weight_decay=0.01,
+    )
     warmup = max(1, int(recipe.warmup * steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup)))
@@ -241,6 +247,11 @@ def train(examples: list[dict], recipe: Recipe, base: Path, out_dir: Path, quiet
     shutil.copyfile(base / "tokenizer.json", out_dir / "tokenizer.json")
     return {"steps": steps, "pairs": pairs, "seconds": round(time.perf_counter() - started, 1),
             "device": str(device), "final_loss": round(float(np.mean(losses[-50:])), 4)}  # fmt: skip
+
+
+def _is_fresh(name: str) -> bool:
+    """Parameters that start untrained: a classifier head, cross-attention, the masked-LM head's transform."""
+    return "crossattention" in name or "classifier" in name or "predictions.transform" in name
 
 
 def _loss(torch, model, tokenizer, recipe: Recipe, chunk, device, targets):
