@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     for option, default in defaults.items():
         kind = float if isinstance(default, float) else _positive_int
         training.add_argument(f"--{option.replace('_', '-')}", type=kind, default=default, help=f"({default})")
+    training.add_argument("--cross-attention", choices=("self", "fresh"), default="self",
+                          help="seq2seq: start each decoder layer's cross-attention as a copy of its self-attention "
+                          "(self, default) or random (fresh)")  # fmt: skip
     training.add_argument("--title-queries", action="store_true", help="also train on the corpus's titles as "
                           "queries for their own texts (weak supervision from the corpus; no query of any split)")
     training.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu, cuda")
@@ -607,7 +610,8 @@ def _cmd_train(args) -> int:
     recipe = Recipe(args.kind, epochs=args.epochs, negatives=args.negatives, pool=args.pool,
                     max_length=args.max_length, learning_rate=args.learning_rate,
                     groups_per_step=args.groups_per_step, decoder_layers=args.decoder_layers,
-                    fresh_lr_scale=args.fresh_lr_scale, seed=args.seed, device=args.device)  # fmt: skip
+                    fresh_lr_scale=args.fresh_lr_scale, cross_attention=args.cross_attention, seed=args.seed,
+                    device=args.device)  # fmt: skip
     target, report = train_and_register(
         args.name, recipe, Path(args.data) if args.data else None, args.split,
         Path(args.index) if args.index else None, args.negatives_from,
