@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--cross-attention", choices=("self", "fresh"), default="self",
                           help="seq2seq: start each decoder layer's cross-attention as a copy of its self-attention "
                           "(self, default) or random (fresh)")  # fmt: skip
+    training.add_argument("--seq2seq-loss", choices=("monot5", "listwise"), default="monot5",
+                          help="seq2seq: monoT5's target-token cross-entropy, classes balanced (default), or "
+                          "listwise softmax over the log-odds of 'true' in each group")  # fmt: skip
     training.add_argument("--title-queries", action="store_true", help="also train on the corpus's titles as "
                           "queries for their own texts (weak supervision from the corpus; no query of any split)")
     training.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu, cuda")
@@ -610,7 +613,8 @@ def _cmd_train(args) -> int:
     recipe = Recipe(args.kind, epochs=args.epochs, negatives=args.negatives, pool=args.pool,
                     max_length=args.max_length, learning_rate=args.learning_rate,
                     groups_per_step=args.groups_per_step, decoder_layers=args.decoder_layers,
-                    fresh_lr_scale=args.fresh_lr_scale, cross_attention=args.cross_attention, seed=args.seed,
+                    fresh_lr_scale=args.fresh_lr_scale, cross_attention=args.cross_attention,
+                    seq2seq_loss=args.seq2seq_loss, seed=args.seed,
                     device=args.device)  # fmt: skip
     target, report = train_and_register(
         args.name, recipe, Path(args.data) if args.data else None, args.split,

@@ -60,12 +60,13 @@ def examples(count, seed):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["cross-encoder", "seq2seq"])
-def test_trained_rerankers_learn_export_and_register(tmp_path, model_home, tiny_base, kind):
+@pytest.mark.parametrize(("kind", "loss"), [("cross-encoder", "monot5"), ("seq2seq", "monot5"),
+                                            ("seq2seq", "listwise")])  # fmt: skip
+def test_trained_rerankers_learn_export_and_register(tmp_path, model_home, tiny_base, kind, loss):
     path = tmp_path / "examples.jsonl"
     write_examples(path, examples(60, seed=1))
     recipe = Recipe(kind, epochs=5, negatives=3, pool=6, max_length=32, learning_rate=2e-3, decoder_layers=1,
-                    freeze_embeddings=False)  # a random base's embeddings are nothing to keep
+                    freeze_embeddings=False, seq2seq_loss=loss)  # a random base's embeddings are nothing to keep
     target, report = train_and_register("tiny-ranker", recipe, examples_path=path, quiet=True, base=tiny_base)
     assert report["parity_max_abs_difference"] < 1e-4
     config = json.loads((target / "sift-model.json").read_text())

@@ -53,6 +53,10 @@ class Recipe:
     # (Rothe et al.'s warm start). Fresh did not learn here: the loss stayed at the class prior over 376 GPU steps,
     # and it could not overfit 32 pairs in 40 steps, which the copies did within 30.
     cross_attention: str = "self"
+    # seq2seq: "monot5", cross-entropy of the target token ("true"/"false") over the vocabulary, classes balanced;
+    # or "listwise", softmax cross-entropy of the positive among its group by log-odds of "true" (the loss that
+    # trains the cross-encoder)
+    seq2seq_loss: str = "monot5"
     freeze_embeddings: bool = True  # word embeddings stay the base's: 800 queries are too few to move them well
     fresh_lr_scale: float = 1.0  # learning rate multiplier of the parameters the base lacks (heads, cross-attention)
     seed: int = 13
@@ -61,6 +65,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ModelError(f"unknown kind {self.kind!r} to train; choose one of {', '.join(KINDS)}")
+        if self.seq2seq_loss not in ("monot5", "listwise"):
+            raise ModelError(f"seq2seq_loss must be monot5 or listwise, got {self.seq2seq_loss!r}")
         if self.cross_attention not in ("self", "fresh"):
             raise ModelError(f"cross_attention must be self or fresh, got {self.cross_attention!r}")
         if self.negatives < 1 or self.pool < self.negatives:
@@ -278,6 +284,9 @@ def _loss(torch, model, tokenizer, recipe: Recipe, chunk, device, targets):
     start = torch.full((len(sequences), 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
     logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=start).logits[:, 0]
     true_id, false_id = targets
+    if recipe.seq2seq_loss == "listwise":
+        odds = (logits[:, true_id] - logits[:, false_id]).view(len(chunk), -1)
+        return torch.nn.functional.cross_entropy(odds, torch.zeros(len(chunk), dtype=torch.long, device=device))
     positions = [j for _, passages in chunk for j in range(len(passages))]
     labels = torch.tensor([true_id if j == 0 else false_id for j in positions], device=device)
     # monoT5 samples relevant and non-relevant 1:1; here each positive comes with several negatives, so the positive
