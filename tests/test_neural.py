@@ -27,30 +27,36 @@ def model_home(tmp_path, monkeypatch):
     return tmp_path / "models"
 
 
-@pytest.fixture
-def tiny_model(tmp_path, model_home):
-    """A registered bi-encoder: token i -> row i of a random table; the runtime mean-pools and normalizes."""
+def register_lookup_model(directory, name, kind, table, output):
+    """A registered model whose output for token i is row i of table (an ONNX Gather), with a word-level
+    tokenizer over WORDS: small enough to check every number the runtime derives from it."""
     from onnx import TensorProto, helper, numpy_helper
     from tokenizers import Tokenizer, pre_tokenizers
     from tokenizers import models as token_models
 
     vocabulary = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
-    table = np.random.default_rng(0).normal(size=(len(vocabulary), DIMENSION)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"])],
-        "tiny",
+        [helper.make_node("Gather", ["table", "input_ids"], [output])],
+        name,
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
-        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", DIMENSION])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", "sequence", table.shape[1]])],
         [numpy_helper.from_array(table, "table")],
     )  # fmt: skip
-    source = tmp_path / "tiny-source"
-    source.mkdir()
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source / "model.onnx")
+    directory.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), directory / "model.onnx")
     tokenizer = Tokenizer(token_models.WordLevel(vocabulary, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.save(str(source / "tokenizer.json"))
-    models.register(source, "tiny", "bi-encoder", max_length=16)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    models.register(directory, name, kind, max_length=16)
+    return vocabulary
+
+
+@pytest.fixture
+def tiny_model(tmp_path, model_home):
+    """A registered bi-encoder: token i -> row i of a random table; the runtime mean-pools and normalizes."""
+    table = np.random.default_rng(0).normal(size=(len(WORDS) + 1, DIMENSION)).astype(np.float32)
+    vocabulary = register_lookup_model(tmp_path / "tiny-source", "tiny", "bi-encoder", table, "last_hidden_state")
     return vocabulary, table
 
 
@@ -224,28 +230,10 @@ def test_complementary_mode_interleaves_without_duplicates(tmp_path, tiny_model)
 
 @pytest.fixture
 def tiny_splade(tmp_path, model_home):
-    """A registered SPLADE model: token i -> logits row i of a random table (scaled so that weights spread)."""
-    from onnx import TensorProto, helper, numpy_helper
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers import models as token_models
-
-    vocabulary = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
-    table = (np.random.default_rng(3).normal(size=(len(vocabulary), len(vocabulary))) - 0.8).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "input_ids"], ["logits"])],
-        "tiny-splade",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", len(vocabulary)])],
-        [numpy_helper.from_array(table, "table")],
-    )  # fmt: skip
-    source = tmp_path / "splade-source"
-    source.mkdir()
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source / "model.onnx")
-    tokenizer = Tokenizer(token_models.WordLevel(vocabulary, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.save(str(source / "tokenizer.json"))
-    models.register(source, "tiny-splade", "splade", max_length=16)
+    """A registered SPLADE model: token i -> logits row i of a random table (shifted so that weights spread)."""
+    size = len(WORDS) + 1
+    table = (np.random.default_rng(3).normal(size=(size, size)) - 0.8).astype(np.float32)
+    vocabulary = register_lookup_model(tmp_path / "splade-source", "tiny-splade", "splade", table, "logits")
     return vocabulary, table
 
 
