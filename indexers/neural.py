@@ -47,23 +47,19 @@ class NeuralIndexError(SiftError):
 
 
 @dataclass
-class DenseReport:
+class NeuralReport:
+    """What one neural indexing run did: the model, passages encoded and their rate, and what it built."""
+
     model: str
     passages: int
-    dimension: int
-    faiss: str
     seconds: float
     encode_seconds: float
+    built: dict  # dense: dimension, faiss; impact: terms, postings
 
     def to_dict(self) -> dict:
-        return {
-            "model": self.model,
-            "passages": self.passages,
-            "dimension": self.dimension,
-            "faiss": self.faiss,
-            "seconds": round(self.seconds, 3),
-            "passages_per_second": round(self.passages / self.encode_seconds, 1) if self.encode_seconds else None,
-        }
+        rate = round(self.passages / self.encode_seconds, 1) if self.encode_seconds else None
+        return {"model": self.model, "passages": self.passages, **self.built, "seconds": round(self.seconds, 3),
+                "passages_per_second": rate}  # fmt: skip
 
 
 def choose_faiss(kind: str, passages: int) -> str:
@@ -112,7 +108,7 @@ def build_dense(
     batch_size: int = 32,
     threads: int | None = None,
     on_progress: Callable[[int], None] | None = None,
-) -> DenseReport:
+) -> NeuralReport:
     """Adds (or replaces) the dense index of one model; a failure leaves the index as it was."""
     index_dir = Path(index_dir)
     started = time.perf_counter()
@@ -156,7 +152,7 @@ def build_dense(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    return DenseReport(name, n, dimension, kind, time.perf_counter() - started, encode_seconds)
+    return NeuralReport(name, n, time.perf_counter() - started, encode_seconds, {"dimension": dimension, "faiss": kind})
 
 
 def _commit(index_dir: Path, manifest: dict, staging: Path, kind: str, name: str, entry: dict) -> None:
@@ -170,26 +166,6 @@ def _commit(index_dir: Path, manifest: dict, staging: Path, kind: str, name: str
     collect_garbage(index_dir, live_folders({**manifest, kind: section}))
 
 
-@dataclass
-class ImpactReport:
-    model: str
-    passages: int
-    terms: int
-    postings: int
-    seconds: float
-    encode_seconds: float
-
-    def to_dict(self) -> dict:
-        return {
-            "model": self.model,
-            "passages": self.passages,
-            "terms": self.terms,
-            "postings": self.postings,
-            "seconds": round(self.seconds, 3),
-            "passages_per_second": round(self.passages / self.encode_seconds, 1) if self.encode_seconds else None,
-        }
-
-
 def quantize_impacts(weights: np.ndarray, scale: float = IMPACT_SCALE) -> np.ndarray:
     """Term weights -> integer impacts (0 where a weight rounds to nothing)."""
     return np.floor(np.asarray(weights, dtype=np.float64) * scale + 0.5).astype(np.uint32)
@@ -201,7 +177,7 @@ def build_impact(
     batch_size: int = 8,
     threads: int | None = None,
     on_progress: Callable[[int], None] | None = None,
-) -> ImpactReport:
+) -> NeuralReport:
     """Adds (or replaces) the impact index of one learned sparse model; a failure leaves the index as it was."""
     index_dir = Path(index_dir)
     started = time.perf_counter()
@@ -235,7 +211,8 @@ def build_impact(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    return ImpactReport(name, n, len(terms), len(docs), time.perf_counter() - started, encode_seconds)
+    return NeuralReport(name, n, time.perf_counter() - started, encode_seconds,
+                        {"terms": len(terms), "postings": len(docs)})  # fmt: skip
 
 
 def _encode_impacts(

@@ -93,7 +93,7 @@ def test_dense_search_finds_the_brute_force_top_k(tmp_path, tiny_model, kind):
     vocabulary, table = tiny_model
     records, index_dir = build_corpus_index(tmp_path)
     report = build_dense(index_dir, "tiny", faiss_kind=kind)
-    assert report.passages == len(records) and report.faiss == kind
+    assert report.passages == len(records) and report.built["faiss"] == kind
     index = open_index(index_dir)
     assert index.manifest["generation"] == 2 and "tiny" in index.manifest["dense"]
     passages = reference_vectors([r["text"] for r in records], vocabulary, table)
@@ -285,8 +285,8 @@ def test_impact_index_finds_the_brute_force_top_k_with_every_algorithm(tmp_path,
     from indexers.neural import quantize_impacts
 
     impacts = np.array([quantize_impacts(reference_splade(r["text"], vocabulary, table)) for r in records])
-    assert report.passages == 600 and report.postings == np.count_nonzero(impacts)
-    assert report.terms == np.count_nonzero(impacts.any(axis=0))
+    assert report.passages == 600 and report.built["postings"] == np.count_nonzero(impacts)
+    assert report.built["terms"] == np.count_nonzero(impacts.any(axis=0))
     index = open_index(tmp_path / "idx")
     searcher = ImpactSearcher(index)
     assert searcher.lists.packed == (postings == "packed")
