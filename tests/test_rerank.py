@@ -2,6 +2,8 @@
 keeps the query whole, pipelines with rerank stages and cascades, the score cache; and, with torch, exported
 BertForSequenceClassification and T5ForConditionalGeneration models against PyTorch's own scores."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -277,3 +279,39 @@ def test_cli_runs_reranking_pipelines(tmp_path, model_home):
     code, _, err = sift("eval", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.tsv"), "--qrels",
                         str(tmp_path / "qrels.txt"), "--pipeline", "bm25 >> rerank:missing@100")  # fmt: skip
     assert code != 0 and "unknown model 'missing'" in err and "Traceback" not in err
+
+
+def test_rerank_benchmark_agrees_with_the_pipeline_and_with_precomputed_scores(tmp_path, model_home, monkeypatch):
+    """bench.rerank on a tiny collection: its figures are what the pipeline gives, and scores exported, computed
+    elsewhere and read back give the same table."""
+    import bench.rerank as bench_rerank
+    from engine.evaluation import evaluate
+    from engine.rerank import Reranker
+
+    additive_model(tmp_path, "add", seed=0)
+    _, index = corpus_index(tmp_path)
+    data = tmp_path / "data" / "tiny"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(8)
+    queries = [(f"q{i}", " ".join(rng.choice(WORDS, size=3))) for i in range(12)]
+    (data / "queries.test.tsv").write_text("".join(f"{q}\t{t}\n" for q, t in queries))
+    (data / "qrels.test.txt").write_text("".join(f"q{i} 0 d{d} 1\n" for i in range(12) for d in rng.choice(200, 3)))
+    monkeypatch.setattr(bench_rerank, "DATA", tmp_path / "data")
+    validation = {"tiny": (data / "queries.test.tsv", data / "qrels.test.txt")}
+    report = bench_rerank.run({"tiny": tmp_path / "idx"}, ["bm25"], ["add"], 20, validation, None)
+    qrels = {f"q{i}": {} for i in range(12)}
+    for line in (data / "qrels.test.txt").read_text().splitlines():
+        qid, _, doc, grade = line.split()
+        qrels[qid][doc] = int(grade)
+    found = Pipeline(index, "bm25 >> rerank:add@20").search([t for _, t in queries], 1000)
+    expected = evaluate({q: dict(zip(r.ids, r.scores.tolist())) for (q, _), r in zip(queries, found)}, qrels)
+    row = next(r for r in report["results"] if r["pipeline"] == "bm25 >> rerank:add@20")
+    assert row["nDCG@10"] == round(expected.means["nDCG@10"], 4)
+    bench_rerank.export_pairs({"tiny": tmp_path / "idx"}, ["bm25"], 20, {}, tmp_path / "pairs")
+    record = json.loads((tmp_path / "pairs" / "tiny.json").read_text())
+    reranker = Reranker("add")
+    scores = [reranker.score(record["queries"][qi], [record["passages"][str(p)]])[0] for qi, p in record["pairs"]]
+    np.save(tmp_path / "pairs" / "tiny.add.npy", np.array(scores, dtype=np.float32))
+    again = bench_rerank.run({"tiny": tmp_path / "idx"}, ["bm25"], ["add"], 20, {}, tmp_path / "pairs")
+    assert again["precomputed_max_difference"]["add"] < 1e-6
+    assert [r["nDCG@10"] for r in again["results"]][:2] == [r["nDCG@10"] for r in report["results"]][:2]
