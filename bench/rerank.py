@@ -27,7 +27,7 @@ from engine.pipeline import Pipeline, parse
 from engine.rerank import Reranker
 from indexers.corpus import read_qrels, read_queries
 
-MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 class ScoredPairs:
@@ -148,8 +148,9 @@ def render(report: dict) -> str:
         + ", ".join(f"{m['first']} >> {m['reranker']}: {m['mix']}" for m in report["mix"]) + ".",
     ]
     if report["precomputed"]:
-        lines += ["", "Pair scores computed by each model's PyTorch checkpoint (fp32) on a GPU; a sample checked "
-                  "against the ONNX reranker here, largest difference: "
+        lines += ["", "Pair scores precomputed outside this run (by each model's PyTorch checkpoint in fp32 on a GPU, "
+                  "or by the ONNX reranker in a separate run); a sample checked against the ONNX reranker here, "
+                  "largest difference: "
                   + ", ".join(f"{m} {d:.2g}" for m, d in report["precomputed_max_difference"].items()) + "."]
     lines += ["", "| collection | pipeline | nDCG@10 | delta | p | R@100 |", "|---|---|---|---|---|---|"]
     for row in report["results"]:

@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "listwise softmax over the log-odds of 'true' in each group")  # fmt: skip
     training.add_argument("--title-queries", action="store_true", help="also train on the corpus's titles as "
                           "queries for their own texts (weak supervision from the corpus; no query of any split)")
+    training.add_argument("--hold-out", type=_positive_int, default=0, metavar="N",
+                          help="set N judged queries of the split aside (fixed seed) and write them with their qrels "
+                          "to the model's directory as validation.queries.tsv / validation.qrels.txt")  # fmt: skip
     training.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu, cuda")
     training.add_argument("--quiet", action="store_true", help="no progress bar")
     training.add_argument("--json", action="store_true", help="print the report as one JSON line")
@@ -620,6 +623,7 @@ def _cmd_train(args) -> int:
         args.name, recipe, Path(args.data) if args.data else None, args.split,
         Path(args.index) if args.index else None, args.negatives_from,
         Path(args.examples) if args.examples else None, quiet=args.quiet, title_queries=args.title_queries,
+        held_out=args.hold_out,
     )  # fmt: skip
     if args.json:
         print(json.dumps(report))

@@ -84,16 +84,44 @@ def base_checkpoint() -> Path:
 # --- hard negatives ------------------------------------------------------------------------------------------------
 
 
-def mine_examples(data_dir: Path, split: str, index_dir: Path, pipeline: str, pool: int) -> list[dict]:
-    """Per judged training query: {"query", "positives": [text], "negatives": [text, best first]}."""
-    from engine.index import open_index
-    from engine.pipeline import Pipeline
+HOLD_OUT_SEED = 2026  # fixed apart from the recipe's seed, so that recipes compare on the same held-out queries
+
+
+def judged_queries(data_dir: Path, split: str) -> tuple[list[tuple[str, str]], dict]:
+    """The split's queries with at least one relevant passage, in file order, and the split's qrels."""
     from indexers.corpus import read_qrels, read_queries
 
-    queries = read_queries(data_dir / f"queries.{split}.tsv")
     qrels = read_qrels(data_dir / f"qrels.{split}.txt")
+    queries = read_queries(data_dir / f"queries.{split}.tsv")
+    return [(qid, text) for qid, text in queries if any(g > 0 for g in qrels.get(qid, {}).values())], qrels
+
+
+def hold_out(data_dir: Path, split: str, count: int, out: Path) -> dict[str, str]:
+    """Sets `count` judged queries of the split aside for validation (chosen by a fixed seed), writes them and their
+    qrels to out/validation.queries.tsv and out/validation.qrels.txt, and returns them (id -> text): the model never
+    sees them, so that interpolation weights and recipes can be chosen on them without touching test queries."""
+    judged, qrels = judged_queries(data_dir, split)
+    if not 0 < count < len(judged):
+        raise ModelError(f"--hold-out takes 1 to {len(judged) - 1} of the {len(judged)} judged {split} queries, "
+                         f"got {count}")
+    chosen = [judged[i] for i in np.random.default_rng(HOLD_OUT_SEED).permutation(len(judged))[:count]]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "validation.queries.tsv").write_text("".join(f"{qid}\t{text}\n" for qid, text in chosen), encoding="utf-8")
+    (out / "validation.qrels.txt").write_text(
+        "".join(f"{qid} 0 {doc} {grade}\n" for qid, _ in chosen for doc, grade in qrels[qid].items()), encoding="utf-8")
+    return dict(chosen)
+
+
+def mine_examples(data_dir: Path, split: str, index_dir: Path, pipeline: str, pool: int,
+                  exclude: set[str] = frozenset()) -> list[dict]:  # fmt: skip
+    """Per judged training query (but those in `exclude`): {"query", "positives": [text], "negatives": [text, best
+    first]}."""
+    from engine.index import open_index
+    from engine.pipeline import Pipeline
+
+    judged, qrels = judged_queries(data_dir, split)
+    judged = [(qid, text) for qid, text in judged if qid not in exclude]
     index = open_index(index_dir)
-    judged = [(qid, text) for qid, text in queries if any(g > 0 for g in qrels.get(qid, {}).values())]
     found = Pipeline(index, pipeline).search([text for _, text in judged], pool + 20)
     texts = _texts_by_id(index)
     examples = []
@@ -322,6 +350,7 @@ def train_and_register(
     quiet: bool = False,
     base: Path | None = None,
     title_queries: bool = False,
+    held_out: int = 0,
 ) -> tuple[Path, dict]:
     """Mines (or reads) training examples, fine-tunes, exports to ONNX and registers NAME; returns its directory and
     a report. The PyTorch checkpoint is kept in the model directory (checkpoint/) for comparisons and re-export."""
@@ -331,15 +360,18 @@ def train_and_register(
     base = base or base_checkpoint()
     with tempfile.TemporaryDirectory(prefix="sift-train-") as work:
         work_dir = Path(work)
+        if held_out and data_dir is None:
+            raise ModelError("--hold-out needs --data (the split to take validation queries from)")
+        held = hold_out(data_dir, split, held_out, work_dir / "model") if held_out else {}
         if examples_path is not None and examples_path.exists():
-            examples = read_examples(examples_path)
+            examples = [e for e in read_examples(examples_path) if e["query"] not in set(held.values())]
         else:
             if data_dir is None:
                 raise ModelError("give --data (a BEIR-layout folder) or --examples (mined examples)")
             if index_dir is None:
                 index_dir = build_mining_index(data_dir, work_dir / "index", dense="dense" in negatives_from
                                                or negatives_from.startswith(("hybrid", "rrf", "cort")))  # fmt: skip
-            examples = mine_examples(data_dir, split, index_dir, negatives_from, recipe.pool)
+            examples = mine_examples(data_dir, split, index_dir, negatives_from, recipe.pool, set(held))
             if title_queries:
                 examples += mine_title_examples(index_dir, negatives_from, recipe.pool)
             if examples_path is not None:
@@ -349,7 +381,7 @@ def train_and_register(
         difference = export_onnx(checkpoint, recipe.kind, work_dir / "model", optimize=True)
         extra = {"training": {**asdict(recipe), **report, "queries": len(examples), "split": split,
                               "data": str(data_dir or examples_path), "negatives_from": negatives_from,
-                              "title_queries": title_queries}}  # fmt: skip
+                              "title_queries": title_queries, "held_out": held_out}}  # fmt: skip
         if recipe.kind == "seq2seq":
             extra.update(template=MONOT5_TEMPLATE, true_token="true", false_token="false")
         target = models.register(work_dir / "model", name, recipe.kind, max_length=recipe.max_length, extra=extra,
