@@ -111,8 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="also encode every passage with a SPLADE model into an impact index, searched by the BM25 kernels "
         f"(default: {DEFAULT_SPLADE_MODEL}; installed on first use)",
     )
+    index.add_argument("--prune", metavar="ESTIMATOR:RATE", help="score every passage's quality without a query and "
+                       "never index the lowest RATE of them (e.g. random:0.25, cdd:0.3; ESTIMATOR:>=SCORE for a "
+                       "threshold); scores are cached in INDEX_DIR/quality for `sift prune`")  # fmt: skip
     index.add_argument("--json", action="store_true", help="print the build report as one JSON line")
     index.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    prune = commands.add_parser("prune", help="re-prune an index at another rate from cached quality scores",
+                                description="Rebuild INDEX_DIR from the corpus it was built from, leaving out the "
+                                "lowest RATE of passages by ESTIMATOR; cached scores are reused (only passages the "
+                                "cache lacks are scored) and dense and SPLADE indexes are re-encoded.")  # fmt: skip
+    prune.add_argument("index_dir", metavar="INDEX_DIR")
+    prune.add_argument("--estimator", required=True, help="random, length, stopwords, inr, cdd, dense-norm, "
+                       "splade-norm")  # fmt: skip
+    prune.add_argument("--rate", type=float, help="share of passages to leave out, 0 to below 1")
+    prune.add_argument("--threshold", type=float, help="leave out passages scoring below this instead")
+    prune.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    prune.add_argument("--quiet", action="store_true", help="no progress bar")
 
     search = commands.add_parser(
         "search", help="search an index", description="Search INDEX_DIR with BM25 (default) or another pipeline."
@@ -307,17 +322,17 @@ def _cmd_index(args) -> int:
         postings=args.postings,
         overwrite=args.overwrite,
     )
+    recorded = {"path": str(source.path), "format": source.format, "id_field": args.id_field,
+                "text_fields": list(text_fields)}  # fmt: skip
+    pruned, pruning = _plan_pruning(args, source, options)
     reader = CorpusReader(source, skip_bad=args.skip_bad)
     progress = _Progress(source.size_bytes, reader, enabled=not args.quiet)
     with progress:
-        report = build_index(
-            reader,
-            args.index_dir,
-            options,
-            source={"path": str(source.path), "format": source.format},
-            on_progress=progress.update,
-        )
+        report = build_index(reader, args.index_dir, options, source=recorded, on_progress=progress.update,
+                             pruned=pruned, pruning=pruning)  # fmt: skip
     summary = {**report.to_dict(), **reader.skipped.to_dict()}
+    if pruning:
+        summary["pruning"] = pruning
     if args.dense:
         from tqdm import tqdm
 
@@ -634,6 +649,47 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _plan_pruning(args, source, options) -> tuple[set[str], dict | None]:
+    """--prune: every passage scored (or read from the index's score cache) before anything is indexed."""
+    if not args.prune:
+        return set(), None
+    from tqdm import tqdm
+
+    from engine.format import QUALITY_FOLDER
+    from indexers.corpus import CorpusReader
+    from indexers.quality import PruneSpec, ScoreCache, plan_pruning, split_all
+
+    spec = PruneSpec.parse(args.prune)
+    stride = options.passage_stride or options.passage_window
+    passages = split_all(CorpusReader(source, skip_bad=args.skip_bad), options.analyzer, options.passage_window,
+                         stride)  # fmt: skip
+    with tqdm(total=len(passages), unit="passages", desc=f"quality ({spec.estimator})", file=sys.stderr,
+              disable=True if args.quiet else None) as bar:  # fmt: skip
+        return plan_pruning(passages, spec, ScoreCache(Path(args.index_dir) / QUALITY_FOLDER), bar.update)
+
+
+def _cmd_prune(args) -> int:
+    from tqdm import tqdm
+
+    from indexers.quality import PruneSpec, reprune
+
+    if (args.rate is None) == (args.threshold is None):
+        raise ValueError("give one of --rate (a share of passages) or --threshold (a score)")
+    spec = PruneSpec.parse(f"{args.estimator}:{args.rate}" if args.rate is not None
+                           else f"{args.estimator}:>={args.threshold}")  # fmt: skip
+    with tqdm(unit="passages", desc=f"quality ({spec.estimator})", file=sys.stderr,
+              disable=True if args.quiet else None) as bar:  # fmt: skip
+        report, record, neural = reprune(args.index_dir, spec, bar.update)
+    summary = {**report.to_dict(), "pruning": record, **neural}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"pruned {record['pruned']:,} of {record['passages']:,} passages by {spec.estimator} "
+              f"({record['scored_now']:,} scored now, the rest from the cache); indexed {report.passages:,} "
+              f"passages in {report.seconds:.1f}s into {args.index_dir}")  # fmt: skip
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from bench import first_stage
 
@@ -650,6 +706,7 @@ COMMANDS = {
     "eval": _cmd_eval,
     "compare": _cmd_compare,
     "tune": _cmd_tune,
+    "prune": _cmd_prune,
     "info": _cmd_info,
     "demo": _cmd_demo,
     "models": _cmd_models,

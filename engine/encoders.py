@@ -55,8 +55,10 @@ class BiEncoder:
         batch_size: int = 32,
         query: bool = False,
         on_progress: Callable[[int], None] | None = None,
+        unit_length: bool | None = None,
     ) -> np.ndarray:
-        """float32 [len(texts), dimension]; query=True adds the model's query prefix, else its passage prefix."""
+        """float32 [len(texts), dimension]; query=True adds the model's query prefix, else its passage prefix.
+        unit_length overrides the model's normalization (the magnitude before it is a quality signal)."""
         prefix = self.config.query_prefix if query else self.config.passage_prefix
         encodings = self.tokenizer.encode_batch([prefix + t for t in texts] if prefix else list(texts))
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
@@ -76,7 +78,7 @@ class BiEncoder:
                 types[row, :n] = encoding.type_ids
             feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             hidden = self.session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
-            pooled = self._pool(hidden, mask)
+            pooled = self._pool(hidden, mask, self.config.normalize if unit_length is None else unit_length)
             if vectors is None:
                 vectors = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
             vectors[chosen] = pooled
@@ -86,7 +88,7 @@ class BiEncoder:
             return np.zeros((0, 0), dtype=np.float32)
         return vectors
 
-    def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _pool(self, hidden: np.ndarray, mask: np.ndarray, unit_length: bool) -> np.ndarray:
         if hidden.ndim == 2:  # the model pools itself
             pooled = hidden.astype(np.float32)
         elif self.config.pooling == "cls":
@@ -94,7 +96,7 @@ class BiEncoder:
         else:
             weights = mask[:, :, None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        if self.config.normalize:
+        if unit_length:
             pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return pooled.astype(np.float32)
 

@@ -117,3 +117,40 @@ def compare(a: Evaluation, b: Evaluation, measure: str = "nDCG@10") -> Compariso
         result = stats.ttest_rel(y, x)
         t, p = float(result.statistic), float(result.pvalue)
     return Comparison(measure, float(x.mean()), float(y.mean()), t, p, len(shared))
+
+
+@dataclass
+class Equivalence:
+    measure: str
+    mean_a: float
+    mean_b: float
+    margin: float  # absolute bound: the stated share of mean_a
+    p_value: float  # the larger of the two one-sided tests' p-values
+    equivalent: bool
+    queries: int
+
+    def to_dict(self) -> dict:
+        return {"measure": self.measure, "a": round(self.mean_a, 4), "b": round(self.mean_b, 4),
+                "margin": round(self.margin, 4), "p_value": round(self.p_value, 6), "equivalent": self.equivalent,
+                "queries": self.queries}  # fmt: skip
+
+
+def equivalence(a: Evaluation, b: Evaluation, measure: str = "nDCG@10", margin: float = 0.05,
+                alpha: float = 0.05) -> Equivalence:  # fmt: skip
+    """Two one-sided paired t-tests (TOST): b is equivalent to a when the mean difference is shown to lie within
+    +-margin x mean(a) at level alpha (both one-sided tests reject)."""
+    shared = sorted(set(a.per_query[measure]) & set(b.per_query[measure]))
+    x = np.array([a.per_query[measure][q] for q in shared])
+    y = np.array([b.per_query[measure][q] for q in shared])
+    bound = margin * float(x.mean()) if len(shared) else 0.0
+    differences = y - x
+    if len(shared) < 2:
+        p = 1.0
+    elif np.all(differences == differences[0]):  # no variance: the difference is known exactly
+        p = 0.0 if abs(differences[0]) < bound else 1.0
+    else:
+        lower = stats.ttest_1samp(differences, -bound, alternative="greater").pvalue
+        upper = stats.ttest_1samp(differences, bound, alternative="less").pvalue
+        p = float(max(lower, upper))
+    return Equivalence(measure, float(x.mean()) if len(shared) else 0.0, float(y.mean()) if len(shared) else 0.0,
+                       bound, p, p < alpha, len(shared))  # fmt: skip

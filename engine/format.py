@@ -33,6 +33,7 @@ MANIFEST = "manifest.json"
 LOCK = "write.lock"
 STAGING_PREFIX = ".staging-"
 SEGMENT_PREFIX = "seg_"
+QUALITY_FOLDER = "quality"  # cached passage-quality scores; outlives generations (not a segment)
 BLOCK_SIZE = 128  # postings per block of score maxima
 STORE_BLOCK = 32  # passages per compressed document-store block
 _MERGE_CHUNK = 1 << 23  # postings handled at once while merging or computing block maxima

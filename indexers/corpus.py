@@ -48,6 +48,11 @@ class Passage:
     text: str
 
     @property
+    def key(self) -> str:
+        """Names the passage across runs (pruning and its score cache)."""
+        return f"{self.doc_id}#{self.part}"
+
+    @property
     def indexed_text(self) -> str:
         return f"{self.title} {self.text}" if self.title else self.text
 

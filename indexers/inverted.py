@@ -8,7 +8,7 @@ import shutil
 import time
 import uuid
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from engine.errors import SiftError
 from engine.format import (
     MANIFEST,
     POSTINGS_FORMATS,
+    QUALITY_FOLDER,
     SEGMENT_PREFIX,
     STAGING_PREFIX,
     DocStoreWriter,
@@ -340,7 +341,7 @@ def _prepare_target(index_dir: Path, overwrite: bool) -> tuple[bool, int]:
             raise IndexExistsError(f"{index_dir}: already holds an index; pass --overwrite to replace it")
         return False, int(manifest["generation"])
     leftovers = [p.name for p in index_dir.iterdir() if not p.name.startswith((SEGMENT_PREFIX, STAGING_PREFIX))]
-    if [name for name in leftovers if name not in ("write.lock", f"{MANIFEST}.tmp")]:
+    if [name for name in leftovers if name not in ("write.lock", f"{MANIFEST}.tmp", QUALITY_FOLDER)]:
         raise IndexExistsError(f"{index_dir}: is not empty and holds no Sift index; choose another directory")
     return False, 0
 
@@ -365,10 +366,13 @@ def build_index(
     options: BuildOptions | None = None,
     source: dict | None = None,
     on_progress: Callable[[int], None] | None = None,
+    pruned: Collection[str] = frozenset(),
+    pruning: dict | None = None,
 ) -> BuildReport:
     """Indexes documents into index_dir and commits a new generation, or leaves the directory as it was.
 
-    on_progress is called with the number of documents done after each batch of them.
+    on_progress is called with the number of documents done after each batch of them. Passages whose key
+    (doc_id#part) is in `pruned` are never indexed; `pruning` says in the manifest how they were chosen.
     """
     options = options or BuildOptions()
     index_dir = Path(index_dir)
@@ -389,6 +393,10 @@ def build_index(
             batch_passages = 0
             for count, doc in enumerate(documents, 1):
                 parts = split_passages(doc, analyzer, options.passage_window, stride)
+                if pruned:
+                    parts = [p for p in parts if p.key not in pruned]
+                    if not parts:
+                        continue
                 batch.append(parts)
                 batch_passages += len(parts)
                 if batch_passages >= _BATCH_PASSAGES:
@@ -431,6 +439,8 @@ def build_index(
                 "segments": live,
                 "source": source or {},
             }
+            if pruning:
+                manifest["pruning"] = pruning
             commit_manifest(index_dir, manifest)
             failpoint("after-commit")
             collect_garbage(index_dir, [s["name"] for s in live])

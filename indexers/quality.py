@@ -1,0 +1,321 @@
+"""Query-independent passage quality for static pruning: every estimator maps passages to one score each (higher is
+better), scores are computed once and cached beside the index, and a pruning rate or an absolute threshold picks the
+passages that are never indexed (as in Chang et al., "Neural Passage Quality Estimation for Static Pruning").
+
+Estimators: `random` (the control), `length` (analyzed terms), `stopwords` (share of stop words: prose over lists
+and boilerplate), `inr` (information-to-noise: distinct content terms over all tokens), `cdd` (collection-document
+divergence: KL of the passage's language model from the collection's), `dense-norm` (all-MiniLM-L6-v2's vector
+magnitude before normalization), `splade-norm` (SPLADE-tiny's total term weight).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.analysis import Analyzer, AnalyzerConfig
+from engine.errors import SiftError
+from engine.format import MANIFEST, QUALITY_FOLDER, read_manifest
+from indexers.corpus import CorpusReader, Document, Passage, open_source, split_passages
+
+
+class QualityError(SiftError, ValueError):
+    pass
+
+
+class Estimator:
+    """Scores passages without a query. `fit` sees every passage first (for collection statistics)."""
+
+    name = ""
+
+    def fit(self, texts: Sequence[str]) -> None:
+        return None
+
+    def score(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RandomEstimator(Estimator):
+    """A uniform score per passage key, the same on every run: the control every estimator must beat."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def score(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        digests = (hashlib.blake2b(f"{self.seed}:{k}".encode(), digest_size=8).digest() for k in keys)
+        return np.fromiter((int.from_bytes(d, "little") / 2**64 for d in digests), dtype=np.float64, count=len(keys))
+
+
+class _TermEstimator(Estimator):
+    """Estimators over the index's own analysis (surface tokens and the terms left after stopping and stemming)."""
+
+    def __init__(self, analyzer: AnalyzerConfig | None = None) -> None:
+        self.analyzer = Analyzer(analyzer or AnalyzerConfig())
+        self.stop = frozenset(self.analyzer.config.stop_set())
+
+
+class LengthEstimator(_TermEstimator):
+    name = "length"
+
+    def score(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        return np.array([len(self.analyzer.analyze(t)) for t in texts], dtype=np.float64)
+
+
+class StopwordEstimator(_TermEstimator):
+    name = "stopwords"
+
+    def score(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        scores = np.zeros(len(texts))
+        for i, text in enumerate(texts):
+            tokens = self.analyzer.tokenize(text.lower())
+            if tokens:
+                scores[i] = sum(t in self.stop for t in tokens) / len(tokens)
+        return scores
+
+
+class InformationToNoiseEstimator(_TermEstimator):
+    name = "inr"
+
+    def score(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        scores = np.zeros(len(texts))
+        for i, text in enumerate(texts):
+            tokens = self.analyzer.tokenize(text)
+            if tokens:
+                scores[i] = len(set(self.analyzer.analyze(text))) / len(tokens)
+        return scores
+
+
+class DivergenceEstimator(_TermEstimator):
+    """KL(passage || collection) over analyzed terms, the collection model fitted on the passages being scored."""
+
+    name = "cdd"
+
+    def fit(self, texts: Sequence[str]) -> None:
+        counts: Counter = Counter()
+        for text in texts:
+            counts.update(self.analyzer.analyze(text))
+        total = sum(counts.values()) or 1
+        self.collection = {term: count / total for term, count in counts.items()}
+        self.unseen = 1 / (total + 1)
+
+    def score(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        if not hasattr(self, "collection"):
+            self.fit(texts)
+        scores = np.zeros(len(texts))
+        for i, text in enumerate(texts):
+            terms = Counter(self.analyzer.analyze(text))
+            length = sum(terms.values())
+            scores[i] = sum(c / length * math.log(c / length / self.collection.get(t, self.unseen))
+                            for t, c in terms.items())  # fmt: skip
+        return scores
+
+
+class DenseNormEstimator(Estimator):
+    name = "dense-norm"
+
+    def __init__(self, model: str = "all-minilm-l6-v2") -> None:
+        self.model = model
+
+    def score(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        from engine.encoders import BiEncoder
+        from engine.neural import _choose_model
+
+        encoder = BiEncoder(_choose_model(self.model, "bi-encoder"))
+        return np.linalg.norm(encoder.encode(list(texts), unit_length=False), axis=1).astype(np.float64)
+
+
+class SpladeNormEstimator(Estimator):
+    name = "splade-norm"
+
+    def __init__(self, model: str = "splade-tiny") -> None:
+        self.model = model
+
+    def score(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        from engine.encoders import SpladeEncoder
+        from engine.neural import _choose_model
+
+        encoder = SpladeEncoder(_choose_model(self.model, "splade"))
+        return np.array([sum(weights.values()) for weights in encoder.encode(list(texts))], dtype=np.float64)
+
+
+ESTIMATORS: dict[str, Callable[[], Estimator]] = {
+    "random": RandomEstimator,
+    "length": LengthEstimator,
+    "stopwords": StopwordEstimator,
+    "inr": InformationToNoiseEstimator,
+    "cdd": DivergenceEstimator,
+    "dense-norm": DenseNormEstimator,
+    "splade-norm": SpladeNormEstimator,
+}
+
+
+def estimator(name: str) -> Estimator:
+    if name not in ESTIMATORS:
+        raise QualityError(f"unknown quality estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[name]()
+
+
+@dataclass
+class PruneSpec:
+    """What to prune: the lowest `rate` share of passages by `estimator`, or those scoring below `threshold`."""
+
+    estimator: str
+    rate: float | None = None
+    threshold: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> PruneSpec:
+        """ESTIMATOR:RATE (a share in [0, 1)) or ESTIMATOR:>=SCORE (an absolute threshold)."""
+        name, _, value = text.partition(":")
+        if name not in ESTIMATORS or not value:
+            raise QualityError(f"--prune takes ESTIMATOR:RATE or ESTIMATOR:>=SCORE with ESTIMATOR one of "
+                               f"{', '.join(ESTIMATORS)}, got {text!r}")  # fmt: skip
+        try:
+            if value.startswith(">="):
+                return cls(name, threshold=float(value[2:]))
+            rate = float(value)
+        except ValueError:
+            raise QualityError(f"--prune {text!r}: {value!r} is not a number") from None
+        if not 0 <= rate < 1:
+            raise QualityError(f"--prune {text!r}: the rate is the share of passages dropped, from 0 to below 1")
+        return cls(name, rate=rate)
+
+    def to_dict(self) -> dict:
+        return {"estimator": self.estimator, "rate": self.rate, "threshold": self.threshold}
+
+
+def pruned_keys(keys: Sequence[str], scores: np.ndarray, spec: PruneSpec) -> set[str]:
+    """The lowest `rate` of passages (ties broken by key order, so the count is exact) or those below threshold."""
+    if spec.threshold is not None:
+        return {k for k, s in zip(keys, scores) if s < spec.threshold}
+    count = round(spec.rate * len(keys))
+    order = np.lexsort((np.arange(len(keys)), scores))
+    return {keys[i] for i in order[:count]}
+
+
+class ScoreCache:
+    """Scores by (estimator, passage key), stored as QUALITY_FOLDER/ESTIMATOR.npy (memory-mapped) beside one shared
+    QUALITY_FOLDER/ESTIMATOR.keys.json, so re-pruning at another rate never re-scores."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def load(self, name: str) -> dict[str, float]:
+        scores_path, keys_path = self._paths(name)
+        if not scores_path.exists() or not keys_path.exists():
+            return {}
+        keys = json.loads(keys_path.read_text(encoding="utf-8"))
+        scores = np.load(scores_path, mmap_mode="r")
+        if len(keys) != len(scores):
+            return {}  # a write was interrupted between the two files: score again
+        return dict(zip(keys, scores.tolist()))
+
+    def save(self, name: str, scores: dict[str, float]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        scores_path, keys_path = self._paths(name)
+        keys = list(scores)
+        for path, write in ((scores_path, lambda f: np.save(f, np.array([scores[k] for k in keys]))),
+                            (keys_path, lambda f: f.write(json.dumps(keys).encode("utf-8")))):  # fmt: skip
+            temporary = path.with_name(path.name + ".tmp")
+            with open(temporary, "wb") as f:
+                write(f)
+            os.replace(temporary, path)
+
+    def _paths(self, name: str) -> tuple[Path, Path]:
+        return self.directory / f"{name}.npy", self.directory / f"{name}.keys.json"
+
+
+def score_passages(passages: list[Passage], name: str, cache: ScoreCache | None = None,
+                   on_progress: Callable[[int], None] | None = None) -> tuple[list[str], np.ndarray, int]:  # fmt: skip
+    """(keys, scores, how many were scored now): cached scores are reused, the rest scored (and cached)."""
+    keys = [p.key for p in passages]
+    known = cache.load(name) if cache else {}
+    missing = [i for i, k in enumerate(keys) if k not in known]
+    if missing:
+        chosen = estimator(name)
+        texts = [p.indexed_text for p in passages]
+        chosen.fit(texts)
+        for start in range(0, len(missing), 256):
+            rows = missing[start : start + 256]
+            values = chosen.score([keys[i] for i in rows], [texts[i] for i in rows])
+            known.update(zip((keys[i] for i in rows), values.tolist()))
+            if on_progress:
+                on_progress(len(rows))
+        if cache:
+            cache.save(name, known)
+    return keys, np.array([known[k] for k in keys], dtype=np.float64), len(missing)
+
+
+def split_all(documents: Iterable[Document], analyzer: AnalyzerConfig, window: int, stride: int) -> list[Passage]:
+    """Every passage of a corpus as the indexer will cut it (the same function, so the keys agree)."""
+    chosen = Analyzer(analyzer)
+    return [p for doc in documents for p in split_passages(doc, chosen, window, stride or window)]
+
+
+def plan_pruning(passages: list[Passage], spec: PruneSpec, cache: ScoreCache,
+                 on_progress: Callable[[int], None] | None = None) -> tuple[set[str], dict]:  # fmt: skip
+    """The passage keys to leave out, and the manifest's record of how they were chosen."""
+    started = time.perf_counter()
+    keys, scores, scored = score_passages(passages, spec.estimator, cache, on_progress)
+    pruned = pruned_keys(keys, scores, spec)
+    kept = [s for k, s in zip(keys, scores) if k not in pruned]
+    record = {**spec.to_dict(), "passages": len(keys), "pruned": len(pruned), "scored_now": scored,
+              "kept_min_score": min(kept) if kept else None, "seconds": round(time.perf_counter() - started, 3)}
+    return pruned, record
+
+
+def reprune(index_dir: str | os.PathLike, spec: PruneSpec, on_progress: Callable[[int], None] | None = None):
+    """Rebuilds an index from its recorded source with another pruning, scores taken from the cache (only passages
+    it lacks are scored), and re-encodes its dense and impact indexes with the same models. Returns the build
+    report, the pruning record and the neural reports."""
+    from engine.sparse import BM25Params
+    from indexers.inverted import BuildOptions, build_index
+    from indexers.neural import build_dense, build_impact
+
+    index_dir = Path(index_dir)
+    if not (index_dir / MANIFEST).exists():
+        raise QualityError(f"{index_dir}: no Sift index here")
+    manifest = read_manifest(index_dir)
+    recorded = manifest.get("source") or {}
+    if "path" not in recorded:
+        raise QualityError(f"{index_dir}: the manifest does not record the corpus it was built from")
+    options = {k: v for k, v in recorded.items() if k in ("id_field", "text_fields") and v}
+    if "text_fields" in options:
+        options["text_fields"] = tuple(options["text_fields"])
+    source = open_source(recorded["path"], recorded.get("format"), **options)
+    analyzer = AnalyzerConfig.from_dict(manifest["analyzer"])
+    window, stride = manifest["passages"]["window"], manifest["passages"]["stride"]
+    passages = split_all(CorpusReader(source, skip_bad=True), analyzer, window, stride)
+    pruned, record = plan_pruning(passages, spec, ScoreCache(index_dir / QUALITY_FOLDER), on_progress)
+    bm25 = manifest["bm25"]
+    build_options = BuildOptions(analyzer=analyzer, bm25=BM25Params(k1=bm25["k1"], b=bm25["b"],
+                                 length_norm=bm25.get("length_norm", "lucene")), passage_window=window,
+                                 passage_stride=stride, overwrite=True,
+                                 postings=_postings_format(index_dir, manifest))  # fmt: skip
+    report = build_index(CorpusReader(source, skip_bad=True), index_dir, build_options, source=recorded,
+                         pruned=pruned, pruning=record)  # fmt: skip
+    neural = {}
+    for name, entry in manifest.get("dense", {}).items():
+        neural[f"dense:{name}"] = build_dense(index_dir, name, entry.get("faiss", "auto")).to_dict()
+    for name in manifest.get("impact", {}):
+        neural[f"splade:{name}"] = build_impact(index_dir, name).to_dict()
+    return report, record, neural
+
+
+
+def _postings_format(index_dir: Path, manifest: dict) -> str:
+    from engine.format import Segment
+
+    segments = manifest.get("segments") or []
+    return "packed" if not segments or Segment(index_dir / segments[0]["name"]).packed else "raw"
