@@ -108,11 +108,13 @@ def build_dense(
     batch_size: int = 32,
     threads: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    encoder: BiEncoder | None = None,
 ) -> NeuralReport:
-    """Adds (or replaces) the dense index of one model; a failure leaves the index as it was."""
+    """Adds (or replaces) the dense index of one model; a failure leaves the index as it was. `encoder` stands in
+    for the model's (anything with its name and encode(); benchmarks pass one that reuses earlier vectors)."""
     index_dir = Path(index_dir)
     started = time.perf_counter()
-    encoder = BiEncoder(model, threads=threads)
+    encoder = encoder or BiEncoder(model, threads=threads)
     name = encoder.name
     staging = index_dir / f"{STAGING_PREFIX}dense-{uuid.uuid4().hex[:12]}"
     with WriteLock(index_dir):

@@ -126,13 +126,13 @@ class DenseNormEstimator(Estimator):
 
     def __init__(self, model: str = "all-minilm-l6-v2") -> None:
         self.model = model
+        self.encoder = None  # loaded on first use: scoring from a cache needs no model
 
     def score(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
         from engine.encoders import BiEncoder
-        from engine.neural import _choose_model
 
-        encoder = BiEncoder(_choose_model(self.model, "bi-encoder"))
-        return np.linalg.norm(encoder.encode(list(texts), unit_length=False), axis=1).astype(np.float64)
+        self.encoder = self.encoder or BiEncoder(self.model)
+        return np.linalg.norm(self.encoder.encode(list(texts), unit_length=False), axis=1).astype(np.float64)
 
 
 class SpladeNormEstimator(Estimator):
@@ -140,13 +140,13 @@ class SpladeNormEstimator(Estimator):
 
     def __init__(self, model: str = "splade-tiny") -> None:
         self.model = model
+        self.encoder = None
 
     def score(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
         from engine.encoders import SpladeEncoder
-        from engine.neural import _choose_model
 
-        encoder = SpladeEncoder(_choose_model(self.model, "splade"))
-        return np.array([sum(weights.values()) for weights in encoder.encode(list(texts))], dtype=np.float64)
+        self.encoder = self.encoder or SpladeEncoder(self.model)
+        return np.array([sum(weights.values()) for weights in self.encoder.encode(list(texts))], dtype=np.float64)
 
 
 ESTIMATORS: dict[str, Callable[[], Estimator]] = {
