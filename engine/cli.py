@@ -234,8 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
         "negatives from Sift's own first stage, export it to ONNX and register it as NAME. Only the split named is "
         "read. Seeded. A CPU run on SciFact train with the defaults takes about an hour on two cores.",
     )
-    training.add_argument("kind", choices=("cross-encoder", "seq2seq"),
-                          help="cross-encoder (monoBERT style) or seq2seq (monoT5 style)")  # fmt: skip
+    training.add_argument("kind", choices=("cross-encoder", "seq2seq", "quality"),
+                          help="cross-encoder (monoBERT style), seq2seq (monoT5 style) or quality (QualT5: the seq2seq "
+                          "model scoring 'Document: {d} Relevant:' with no query, passages judged relevant to some "
+                          "query of the split ranked above random others; an estimator for --prune NAME:RATE)",
+                          )  # fmt: skip
     training.add_argument("--data", metavar="BEIR_DIR", help="corpus.jsonl[.gz], queries.SPLIT.tsv, qrels.SPLIT.txt")
     training.add_argument("--split", default="train", help="the training split (train)")
     training.add_argument("--name", required=True, help="the name to register the model as")
@@ -626,14 +629,16 @@ def _reranker_settings(args) -> dict:
 
 
 def _cmd_train(args) -> int:
+    from engine.rerank import QUALITY_TEMPLATE
     from tools.train import Recipe, train_and_register
 
-    recipe = Recipe(args.kind, epochs=args.epochs, negatives=args.negatives, pool=args.pool,
+    quality = {"template": QUALITY_TEMPLATE, "seq2seq_loss": "listwise"} if args.kind == "quality" else {}
+    recipe = Recipe("seq2seq" if quality else args.kind, epochs=args.epochs, negatives=args.negatives, pool=args.pool,
                     max_length=args.max_length, learning_rate=args.learning_rate,
                     groups_per_step=args.groups_per_step, decoder_layers=args.decoder_layers,
                     fresh_lr_scale=args.fresh_lr_scale, cross_attention=args.cross_attention,
-                    seq2seq_loss=args.seq2seq_loss, seed=args.seed,
-                    device=args.device)  # fmt: skip
+                    seed=args.seed, device=args.device,
+                    **{"seq2seq_loss": args.seq2seq_loss, **quality})  # fmt: skip
     target, report = train_and_register(
         args.name, recipe, Path(args.data) if args.data else None, args.split,
         Path(args.index) if args.index else None, args.negatives_from,

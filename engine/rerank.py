@@ -23,6 +23,7 @@ from engine.encoders import onnx_session
 from engine.models import ModelConfig, ModelError, read_config, resolve
 
 MONOT5_TEMPLATE = "Query: {query} Document: {passage} Relevant:"
+QUALITY_TEMPLATE = "Document: {passage} Relevant:"  # QualT5: the monoT5 input without a query
 TARGET_TOKENS = {"true": ("▁true", "true"), "false": ("▁false", "false")}  # T5 sentencepiece, then WordPiece
 
 
@@ -57,9 +58,8 @@ class Reranker:
         if self.config.kind == "seq2seq":
             self.tokenizer.no_truncation()
             self.template = extra.get("template", MONOT5_TEMPLATE)
-            if "{query}" not in self.template or "{passage}" not in self.template:
-                raise ModelError(f"model {self.config.name!r}: template {self.template!r} needs {{query}} and "
-                                 "{passage}")  # fmt: skip
+            if "{passage}" not in self.template:  # {query} may be absent: a quality model scores passages alone
+                raise ModelError(f"model {self.config.name!r}: template {self.template!r} needs {{passage}}")
             self.targets = (self._token_id(extra.get("true_token"), "true"),
                             self._token_id(extra.get("false_token"), "false"))  # fmt: skip
         else:

@@ -149,6 +149,31 @@ class SpladeNormEstimator(Estimator):
         return np.array([sum(weights.values()) for weights in self.encoder.encode(list(texts))], dtype=np.float64)
 
 
+class ModelQualityEstimator(Estimator):
+    """A registered quality model (`sift train quality`, QualT5 style): log P(true | "Document: {d} Relevant:")."""
+
+    def __init__(self, model: str) -> None:
+        self.name = model
+        self.reranker = None
+
+    def score(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        from engine.rerank import Reranker
+
+        self.reranker = self.reranker or Reranker(self.name, cache_size=0)
+        return self.reranker.score("", list(texts)).astype(np.float64)
+
+
+def is_quality_model(name: str) -> bool:
+    """A registered seq2seq model whose template has no query."""
+    from engine.models import ModelError, read_config, resolve
+
+    try:
+        config = read_config(resolve(name))
+    except (ModelError, OSError):
+        return False
+    return config.kind == "seq2seq" and "{query}" not in config.extra.get("template", "{query}")
+
+
 ESTIMATORS: dict[str, Callable[[], Estimator]] = {
     "random": RandomEstimator,
     "length": LengthEstimator,
@@ -161,9 +186,12 @@ ESTIMATORS: dict[str, Callable[[], Estimator]] = {
 
 
 def estimator(name: str) -> Estimator:
-    if name not in ESTIMATORS:
-        raise QualityError(f"unknown quality estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
-    return ESTIMATORS[name]()
+    if name in ESTIMATORS:
+        return ESTIMATORS[name]()
+    if is_quality_model(name):
+        return ModelQualityEstimator(name)
+    raise QualityError(f"unknown quality estimator {name!r}; choose one of {', '.join(ESTIMATORS)} or a model "
+                       "trained by `sift train quality`")  # fmt: skip
 
 
 @dataclass
@@ -178,9 +206,9 @@ class PruneSpec:
     def parse(cls, text: str) -> PruneSpec:
         """ESTIMATOR:RATE (a share in [0, 1)) or ESTIMATOR:>=SCORE (an absolute threshold)."""
         name, _, value = text.partition(":")
-        if name not in ESTIMATORS or not value:
+        if not value or (name not in ESTIMATORS and not is_quality_model(name)):
             raise QualityError(f"--prune takes ESTIMATOR:RATE or ESTIMATOR:>=SCORE with ESTIMATOR one of "
-                               f"{', '.join(ESTIMATORS)}, got {text!r}")  # fmt: skip
+                               f"{', '.join(ESTIMATORS)} or a model trained by `sift train quality`, got {text!r}")
         try:
             if value.startswith(">="):
                 return cls(name, threshold=float(value[2:]))

@@ -99,3 +99,23 @@ def test_training_is_reproducible(tmp_path, tiny_base):
     base = transformers.BertModel.from_pretrained(tiny_base).state_dict()
     for name, frozen in (("word_embeddings", True), ("position_embeddings", False)):
         assert torch.equal(a[f"bert.embeddings.{name}.weight"], base[f"embeddings.{name}.weight"]) == frozen
+
+
+@pytest.mark.slow
+def test_quality_model_trains_without_queries_and_prunes_by_its_scores(tmp_path, model_home, tiny_base):
+    from engine.rerank import QUALITY_TEMPLATE
+    from indexers.quality import PruneSpec, estimator
+
+    path = tmp_path / "examples.jsonl"
+    write_examples(path, [{**e, "query": ""} for e in examples(60, seed=4)])
+    recipe = Recipe("seq2seq", epochs=5, negatives=3, pool=6, max_length=32, learning_rate=2e-3, decoder_layers=1,
+                    freeze_embeddings=False, seq2seq_loss="listwise", template=QUALITY_TEMPLATE)  # fmt: skip
+    target, report = train_and_register("tiny-quality", recipe, examples_path=path, quiet=True, base=tiny_base)
+    assert report["parity_max_abs_difference"] < 1e-4
+    assert json.loads((target / "sift-model.json").read_text())["extra"]["template"] == QUALITY_TEMPLATE
+    assert PruneSpec.parse("tiny-quality:0.2") == PruneSpec("tiny-quality", rate=0.2)
+    held_out = examples(40, seed=5)
+    good = [e["positives"][0] for e in held_out]
+    bad = [e["negatives"][0] for e in held_out]
+    scores = estimator("tiny-quality").score([str(i) for i in range(80)], good + bad)
+    assert (scores[:40] > scores[40:]).mean() >= 0.75

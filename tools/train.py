@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.models import ModelError, package_path
-from engine.rerank import MONOT5_TEMPLATE, encode_cross, encode_template
+from engine.rerank import MONOT5_TEMPLATE, QUALITY_TEMPLATE, encode_cross, encode_template
 
 KINDS = ("cross-encoder", "seq2seq")
 
@@ -57,6 +57,7 @@ class Recipe:
     # or "listwise", softmax cross-entropy of the positive among its group by log-odds of "true" (the loss that
     # trains the cross-encoder)
     seq2seq_loss: str = "monot5"
+    template: str = MONOT5_TEMPLATE  # seq2seq input; QUALITY_TEMPLATE trains a query-free passage-quality model
     freeze_embeddings: bool = True  # word embeddings stay the base's: 800 queries are too few to move them well
     fresh_lr_scale: float = 1.0  # learning rate multiplier of the parameters the base lacks (heads, cross-attention)
     seed: int = 13
@@ -134,6 +135,23 @@ def mine_examples(data_dir: Path, split: str, index_dir: Path, pipeline: str, po
     if not examples:
         raise ModelError(f"{data_dir}: no judged {split} query with a relevant passage in the index")
     return examples
+
+
+def mine_quality_examples(data_dir: Path, split: str, index_dir: Path, pool: int, seed: int) -> list[dict]:
+    """QualT5's supervision, with no query in the input: each passage judged relevant to some query of the split is a
+    positive, `pool` passages judged relevant to none (drawn at random) its negatives."""
+    from engine.index import open_index
+
+    judged, qrels = judged_queries(data_dir, split)
+    relevant = sorted({doc for qid, _ in judged for doc, grade in qrels[qid].items() if grade > 0})
+    texts = _texts_by_id(open_index(index_dir))
+    others = sorted(set(texts) - set(relevant))
+    if not others or not any(doc in texts for doc in relevant):
+        raise ModelError(f"{data_dir}: quality training needs passages judged relevant and others not judged")
+    rng = np.random.default_rng(seed)
+    return [{"query": "", "positives": [texts[doc]],
+             "negatives": [texts[others[i]] for i in rng.choice(len(others), min(pool, len(others)), replace=False)]}
+            for doc in relevant if doc in texts]  # fmt: skip
 
 
 def mine_title_examples(index_dir: Path, pipeline: str, pool: int, exclude: set[str] = frozenset()) -> list[dict]:
@@ -306,7 +324,7 @@ def _loss(torch, model, tokenizer, recipe: Recipe, chunk, device, targets):
         logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits.view(len(chunk), -1)
         return torch.nn.functional.cross_entropy(logits, torch.zeros(len(chunk), dtype=torch.long, device=device))
     sequences = [(ids, [0] * len(ids)) for query, passages in chunk
-                 for ids in encode_template(tokenizer, MONOT5_TEMPLATE, query, passages,
+                 for ids in encode_template(tokenizer, recipe.template, query, passages,
                                             recipe.max_length)]  # fmt: skip
     ids, _, mask = _batch(torch, sequences, device)
     start = torch.full((len(sequences), 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
@@ -371,7 +389,10 @@ def train_and_register(
             if index_dir is None:
                 index_dir = build_mining_index(data_dir, work_dir / "index", dense="dense" in negatives_from
                                                or negatives_from.startswith(("hybrid", "rrf", "cort")))  # fmt: skip
-            examples = mine_examples(data_dir, split, index_dir, negatives_from, recipe.pool, set(held))
+            if recipe.template == QUALITY_TEMPLATE:
+                examples = mine_quality_examples(data_dir, split, index_dir, recipe.pool, recipe.seed)
+            else:
+                examples = mine_examples(data_dir, split, index_dir, negatives_from, recipe.pool, set(held))
             if title_queries:
                 examples += mine_title_examples(index_dir, negatives_from, recipe.pool)
             if examples_path is not None:
@@ -383,7 +404,7 @@ def train_and_register(
                               "data": str(data_dir or examples_path), "negatives_from": negatives_from,
                               "title_queries": title_queries, "held_out": held_out}}  # fmt: skip
         if recipe.kind == "seq2seq":
-            extra.update(template=MONOT5_TEMPLATE, true_token="true", false_token="false")
+            extra.update(template=recipe.template, true_token="true", false_token="false")
         target = models.register(work_dir / "model", name, recipe.kind, max_length=recipe.max_length, extra=extra,
                                  source=f"trained from all-MiniLM-L6-v2 on {data_dir or examples_path}")  # fmt: skip
     return target, {**report, "parity_max_abs_difference": difference, "model": str(target)}

@@ -1,12 +1,12 @@
-"""Held-out validation queries for training: a fixed, reproducible subset of the judged queries, written in the
-collection's formats, and never among the mined training examples."""
+"""What training reads: held-out validation queries (a fixed, reproducible subset of the judged queries, written in
+the collection's formats, never among the mined examples) and the quality model's query-free examples."""
 
 import json
 
 import pytest
 
 from indexers.corpus import read_qrels, read_queries
-from tools.train import ModelError, build_mining_index, hold_out, mine_examples
+from tools.train import ModelError, build_mining_index, hold_out, mine_examples, mine_quality_examples
 
 
 @pytest.fixture
@@ -41,3 +41,13 @@ def test_held_out_queries_are_not_mined(tmp_path, beir):
 def test_hold_out_refuses_counts_that_leave_nothing(tmp_path, beir, count):
     with pytest.raises(ModelError, match="--hold-out takes 1 to 24 of the 25 judged train queries"):
         hold_out(beir, "train", count, tmp_path / "model")
+
+
+def test_quality_examples_rank_judged_passages_above_unjudged_ones(tmp_path, beir):
+    index = build_mining_index(beir, tmp_path / "index", dense=False)
+    examples = mine_quality_examples(beir, "train", index, pool=4, seed=1)
+    assert [e["positives"][0].split()[0] for e in examples] == sorted(f"topic{i}" for i in range(25))
+    assert all(e["query"] == "" and len(e["negatives"]) == 4 for e in examples)
+    unjudged = {f"topic{i} shared words here" for i in range(25, 30)}
+    assert all(set(e["negatives"]) <= unjudged for e in examples)
+    assert examples == mine_quality_examples(beir, "train", index, pool=4, seed=1)
