@@ -31,3 +31,28 @@ def test_unknown_peer_is_a_one_line_error(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     expected = "sift: error: unknown peer 'elastic'; choose from sift, pisa-bmw, pisa-bmm, pyserini, bm25s, tantivy"
     assert result.returncode == 1 and result.stderr.strip() == expected
+
+
+def test_pruning_json_contract(tmp_path):
+    from tests.conftest import random_documents, write_jsonl
+
+    data = tmp_path / "mini"
+    data.mkdir()
+    write_jsonl(data / "corpus.jsonl", random_documents(200, seed=7))
+    (data / "queries.test.tsv").write_text("".join(f"q{i}\tquick brown fox river {i}\n" for i in range(30)))
+    (data / "qrels.test.txt").write_text("".join(f"q{i} 0 d{3 * i} 1\n" for i in range(30)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SIFT_BENCH_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "engine.cli", "bench", "pruning", "--collection", str(data), "--estimators",
+               "random,length", "--rates", "0.2,0.5", "--pipelines", "bm25", "--json"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["collection"] == "mini"
+    rows = {(r["estimator"], r["pipeline"], r["rate"]): r for r in report["results"]}
+    assert set(rows) == {(e, "bm25", rate) for e in ("random", "length") for rate in (0.0, 0.2, 0.5)}
+    for row in rows.values():
+        assert {"nDCG@10", "tost_equivalent", "index_bytes", "index_seconds"} <= set(row)
+        assert row["passages"] == 200 - round(200 * row["rate"])
+    assert rows[("random", "bm25", 0.0)]["tost_equivalent"] is True
+    assert rows[("random", "bm25", 0.5)]["index_bytes"] < rows[("random", "bm25", 0.0)]["index_bytes"]
+    assert (tmp_path / "results" / "pruning-mini.md").exists()
