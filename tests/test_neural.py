@@ -348,3 +348,16 @@ def test_cli_contract_for_models_dense_indexing_and_pipelines(tmp_path, tiny_mod
         assert measured["queries"] == 2 and 0 <= measured["nDCG@10"] <= 1
     found = sift("search", str(tmp_path / "idx"), "w1 w2", "--pipeline", "dense", "-k", "3", "--json")
     assert len(found["results"]) == 3
+
+
+def test_vector_magnitude_quality_estimators_equal_direct_computations(tiny_model, tiny_splade):
+    from indexers.quality import DenseNormEstimator, SpladeNormEstimator
+
+    (vocabulary, table), (splade_vocabulary, splade_table) = tiny_model, tiny_splade
+    texts = ["w1 w2 w3", "w4", "w5 w5 w6 w7"]
+    dense = DenseNormEstimator("tiny").score(["a", "b", "c"], texts)
+    expected = [np.linalg.norm(table[[vocabulary[w] for w in t.split()]].mean(axis=0)) for t in texts]
+    np.testing.assert_allclose(dense, expected, rtol=1e-5)
+    splade = SpladeNormEstimator("tiny-splade").score(["a", "b", "c"], texts)
+    expected = [reference_splade(t, splade_vocabulary, splade_table).sum() for t in texts]
+    np.testing.assert_allclose(splade, expected, rtol=1e-5)
