@@ -55,7 +55,7 @@ def run(collection: Path, estimators: list[str], rates: list[float], pipelines: 
     work = WORK / "pruning" / collection.name
     work.mkdir(parents=True, exist_ok=True)
     source = open_source(collection)
-    passages = split_all(CorpusReader(source), AnalyzerConfig(), 0, 0)
+    passages = split_all(CorpusReader(source, skip_bad=True), AnalyzerConfig(), 0, 0)
     queries = read_queries(collection / "queries.test.tsv")
     qrels = read_qrels(collection / "qrels.test.txt")
     texts = [p.indexed_text for p in passages]
@@ -84,7 +84,8 @@ def run(collection: Path, estimators: list[str], rates: list[float], pipelines: 
             index_dir = work / "index"
             shutil.rmtree(index_dir, ignore_errors=True)
             started = time.perf_counter()
-            build_index(CorpusReader(source), index_dir, pruned=pruned, pruning={"estimator": name, "rate": rate})
+            build_index(CorpusReader(source, skip_bad=True), index_dir, pruned=pruned,
+                        pruning={"estimator": name, "rate": rate})  # fmt: skip
             index_seconds = time.perf_counter() - started
             kept = len(passages) - len(pruned)
             if dense:
