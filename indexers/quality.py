@@ -5,7 +5,8 @@ passages that are never indexed (as in Chang et al., "Neural Passage Quality Est
 Estimators: `random` (the control), `length` (analyzed terms), `stopwords` (share of stop words: prose over lists
 and boilerplate), `inr` (information-to-noise: distinct content terms over all tokens), `cdd` (collection-document
 divergence: KL of the passage's language model from the collection's), `dense-norm` (all-MiniLM-L6-v2's vector
-magnitude before normalization), `splade-norm` (SPLADE-tiny's total term weight).
+magnitude before normalization), `splade-norm` (SPLADE-tiny's total term weight), `pppl` (masked-LM
+pseudo-log-likelihood), and any model trained by `sift train quality` (QualT5).
 """
 
 from __future__ import annotations
@@ -149,6 +150,68 @@ class SpladeNormEstimator(Estimator):
         return np.array([sum(weights.values()) for weights in self.encoder.encode(list(texts))], dtype=np.float64)
 
 
+class PseudoPerplexityEstimator(Estimator):
+    """Masked-LM pseudo-log-likelihood (Salazar et al., "Masked Language Model Scoring"): the mean log-probability
+    of each token given the rest with it masked, i.e. minus the log pseudo-perplexity; higher for fluent prose.
+
+    Each token is masked exactly once, but `passes` tokens apart (pass j masks positions j, j + passes, ...), so a
+    passage takes `passes` forward runs instead of one per token. The model is any whose ONNX output is masked-LM
+    logits (batch x tokens x vocabulary) with a [MASK] token: SPLADE-tiny is the one shipped (its head fine-tuned
+    for SPLADE, so its probabilities are not a plain language model's). Only the first `max_tokens` tokens are
+    scored: the output layer (every position times the vocabulary) dominates the cost."""
+
+    name = "pppl"
+
+    def __init__(self, model: str = "splade-tiny", passes: int = 6, max_tokens: int = 128,
+                 batch_size: int = 16) -> None:  # fmt: skip
+        self.model, self.passes, self.max_tokens, self.batch_size = model, passes, max_tokens, batch_size
+        self.session = None
+
+    def _load(self) -> None:
+        from engine.encoders import _tokenizer, onnx_session
+        from engine.models import read_config, resolve
+
+        directory = resolve(self.model)
+        length = min(self.max_tokens, read_config(directory).max_length)
+        self.tokenizer = _tokenizer(directory / "tokenizer.json", length)
+        self.mask_id = self.tokenizer.token_to_id("[MASK]")
+        if self.mask_id is None:
+            raise QualityError(f"model {self.model!r}: its tokenizer has no [MASK] token, so it is no masked LM")
+        self.session = onnx_session(directory / "model.onnx", None)
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def score(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        if self.session is None:
+            self._load()
+        runs = []  # (passage, token ids, the positions masked in this run)
+        for number, encoding in enumerate(self.tokenizer.encode_batch(list(texts))):
+            ids = np.array(encoding.ids, dtype=np.int64)
+            positions = np.flatnonzero(np.array(encoding.special_tokens_mask) == 0)
+            runs += [(number, ids, positions[j :: self.passes]) for j in range(min(self.passes, len(positions)))]
+        runs.sort(key=lambda run: len(run[1]))
+        totals, counts = np.zeros(len(texts)), np.zeros(len(texts))
+        for start in range(0, len(runs), self.batch_size):
+            chunk = runs[start : start + self.batch_size]
+            width = max(len(ids) for _, ids, _ in chunk)
+            batch = np.zeros((len(chunk), width), dtype=np.int64)
+            mask = np.zeros_like(batch)
+            for row, (_, ids, masked) in enumerate(chunk):
+                batch[row, : len(ids)] = ids
+                batch[row, masked] = self.mask_id
+                mask[row, : len(ids)] = 1
+            feeds = {"input_ids": batch, "attention_mask": mask, "token_type_ids": np.zeros_like(batch)}
+            logits = self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})[0]
+            for row, (number, ids, masked) in enumerate(chunk):
+                chosen = logits[row, masked].astype(np.float64)
+                top = chosen.max(axis=1)
+                normalizer = top + np.log(np.exp(chosen - top[:, None]).sum(axis=1))
+                totals[number] += float((chosen[np.arange(len(masked)), ids[masked]] - normalizer).sum())
+                counts[number] += len(masked)
+        # a passage with no token is as unlikely as a uniform guess over the vocabulary
+        floor = -math.log(self.tokenizer.get_vocab_size())
+        return np.where(counts > 0, totals / np.maximum(counts, 1), floor)
+
+
 class ModelQualityEstimator(Estimator):
     """A registered quality model (`sift train quality`, QualT5 style): log P(true | "Document: {d} Relevant:")."""
 
@@ -182,6 +245,7 @@ ESTIMATORS: dict[str, Callable[[], Estimator]] = {
     "cdd": DivergenceEstimator,
     "dense-norm": DenseNormEstimator,
     "splade-norm": SpladeNormEstimator,
+    "pppl": PseudoPerplexityEstimator,
 }
 
 
@@ -249,16 +313,34 @@ class ScoreCache:
             return {}  # a write was interrupted between the two files: score again
         return dict(zip(keys, scores.tolist()))
 
-    def save(self, name: str, scores: dict[str, float]) -> None:
+    def save(self, name: str, scores: dict[str, float], scored: int = 0, seconds: float = 0.0) -> None:
+        """Writes the scores; `scored` passages newly scored in `seconds` add to the estimator's recorded speed."""
         self.directory.mkdir(parents=True, exist_ok=True)
         scores_path, keys_path = self._paths(name)
         keys = list(scores)
+        timing = self.timing(name)
+        timing = {"passages": timing["passages"] + scored, "seconds": timing["seconds"] + seconds}
+        timing_path = self._timing_path(name)
         for path, write in ((scores_path, lambda f: np.save(f, np.array([scores[k] for k in keys]))),
-                            (keys_path, lambda f: f.write(json.dumps(keys).encode("utf-8")))):  # fmt: skip
+                            (keys_path, lambda f: f.write(json.dumps(keys).encode("utf-8"))),
+                            (timing_path, lambda f: f.write(json.dumps(timing).encode("utf-8")))):  # fmt: skip
             temporary = path.with_name(path.name + ".tmp")
             with open(temporary, "wb") as f:
                 write(f)
             os.replace(temporary, path)
+
+    def timing(self, name: str) -> dict:
+        """{"passages", "seconds"}: how many passages this cache's scores took to compute, and how long."""
+        path = self._timing_path(name)
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"passages": 0, "seconds": 0.0}
+
+    def throughput(self, name: str) -> float | None:
+        """Passages scored per second when the cached scores were computed (None if never timed)."""
+        timing = self.timing(name)
+        return timing["passages"] / timing["seconds"] if timing["passages"] and timing["seconds"] > 0 else None
+
+    def _timing_path(self, name: str) -> Path:
+        return self.directory / f"{name}.timing.json"
 
     def _paths(self, name: str) -> tuple[Path, Path]:
         return self.directory / f"{name}.npy", self.directory / f"{name}.keys.json"
@@ -271,6 +353,7 @@ def score_passages(passages: list[Passage], name: str, cache: ScoreCache | None 
     known = cache.load(name) if cache else {}
     missing = [i for i, k in enumerate(keys) if k not in known]
     if missing:
+        started = time.perf_counter()
         chosen = estimator(name)
         texts = [p.indexed_text for p in passages]
         chosen.fit(texts)
@@ -281,7 +364,7 @@ def score_passages(passages: list[Passage], name: str, cache: ScoreCache | None 
             if on_progress:
                 on_progress(len(rows))
         if cache:
-            cache.save(name, known)
+            cache.save(name, known, len(missing), time.perf_counter() - started)
     return keys, np.array([known[k] for k in keys], dtype=np.float64), len(missing)
 
 

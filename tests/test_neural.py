@@ -361,3 +361,71 @@ def test_vector_magnitude_quality_estimators_equal_direct_computations(tiny_mode
     splade = SpladeNormEstimator("tiny-splade").score(["a", "b", "c"], texts)
     expected = [reference_splade(t, splade_vocabulary, splade_table).sum() for t in texts]
     np.testing.assert_allclose(splade, expected, rtol=1e-5)
+
+
+def register_context_mlm(directory, name):
+    """A masked LM whose logits at a token depend on the whole text: (E[token] + mean of E over the text) @ W, with a
+    [MASK] token and [CLS]/[SEP] added around every text, so that masking one token changes every prediction."""
+    from onnx import TensorProto, helper, numpy_helper
+    from tokenizers import Tokenizer, pre_tokenizers, processors
+    from tokenizers import models as token_models
+
+    vocabulary = {"[UNK]": 0, "[MASK]": 1, "[CLS]": 2, "[SEP]": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
+    rng = np.random.default_rng(5)
+    embeddings = rng.normal(size=(len(vocabulary), DIMENSION)).astype(np.float32)
+    output = rng.normal(size=(DIMENSION, len(vocabulary))).astype(np.float32)
+    node = helper.make_node
+    graph = helper.make_graph(
+        [node("Gather", ["embeddings", "input_ids"], ["tokens"]),
+         node("Cast", ["attention_mask"], ["mask_float"], to=TensorProto.FLOAT),
+         node("Unsqueeze", ["mask_float", "last_axis"], ["mask3"]),
+         node("Mul", ["tokens", "mask3"], ["masked_tokens"]),
+         node("ReduceSum", ["masked_tokens", "sequence_axis"], ["total"], keepdims=1),
+         node("ReduceSum", ["mask3", "sequence_axis"], ["count"], keepdims=1),
+         node("Div", ["total", "count"], ["context"]),
+         node("Add", ["tokens", "context"], ["hidden"]),
+         node("MatMul", ["hidden", "output"], ["logits"])],
+        name,
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", len(vocabulary)])],
+        [numpy_helper.from_array(embeddings, "embeddings"), numpy_helper.from_array(output, "output"),
+         numpy_helper.from_array(np.array([2], dtype=np.int64), "last_axis"),
+         numpy_helper.from_array(np.array([1], dtype=np.int64), "sequence_axis")],
+    )  # fmt: skip
+    directory.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), directory / "model.onnx")
+    tokenizer = Tokenizer(token_models.WordLevel(vocabulary, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                             special_tokens=[("[CLS]", 2), ("[SEP]", 3)])  # fmt: skip
+    tokenizer.save(str(directory / "tokenizer.json"))
+    models.register(directory, name, "splade", max_length=16)
+    return vocabulary, embeddings, output
+
+
+def pseudo_log_likelihood(text, vocabulary, embeddings, output, max_tokens=16):
+    """The definition: each token masked alone, its log-probability under the model, averaged over the tokens."""
+    words = text.split()[: max_tokens - 2]
+    ids = np.array([2, *(vocabulary.get(w, 0) for w in words), 3])
+    total = 0.0
+    for position in range(1, len(ids) - 1):
+        masked = ids.copy()
+        masked[position] = vocabulary["[MASK]"]
+        tokens = embeddings[masked].astype(np.float64)
+        logits = (tokens[position] + tokens.mean(axis=0)) @ output
+        total += logits[ids[position]] - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+    return total / (len(ids) - 2) if len(ids) > 2 else -np.log(len(vocabulary))
+
+
+def test_pseudo_perplexity_masks_every_token_once_as_the_definition_does(tmp_path, model_home):
+    from indexers.quality import PseudoPerplexityEstimator
+
+    vocabulary, embeddings, output = register_context_mlm(tmp_path / "mlm-source", "tiny-mlm")
+    texts = ["w1 w2 w3", "w5", "w9 w9 w10 w11 w12 w13 w14", "w1 " * 30, "", "w40 w2 w7 w7 w3"]
+    expected = [pseudo_log_likelihood(t, vocabulary, embeddings, output) for t in texts]
+    exact = PseudoPerplexityEstimator("tiny-mlm", passes=16, batch_size=3).score(list("abcdef"), texts)
+    assert np.allclose(exact, expected, atol=1e-5)
+    strided = PseudoPerplexityEstimator("tiny-mlm", passes=2).score(list("abcdef"), texts)
+    assert np.allclose(strided[[1, 4]], exact[[1, 4]], atol=1e-5)  # one token or none: nothing else to mask
+    assert not np.allclose(strided[[0, 2, 3]], exact[[0, 2, 3]], atol=1e-3)  # two masked at once see less context

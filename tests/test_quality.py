@@ -77,6 +77,7 @@ def test_score_cache_round_trips_and_scores_only_what_it_lacks(tmp_path):
     assert scored == 2 and cache.load("length") == dict(zip(keys, scores.tolist()))
     keys, scores, scored = score_passages(passages, "length", cache)
     assert scored == 2 and scores.tolist() == [2.0, 4.0, 0.0, 1.0]
+    assert cache.timing("length")["passages"] == 4 and cache.throughput("length") > 0  # speed kept with the scores
     (tmp_path / "quality" / "length.keys.json").write_text(json.dumps(keys[:1]))  # torn write: scores do not match
     assert cache.load("length") == {}
 
