@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--split", default="train", help="the training split (train)")
     training.add_argument("--name", required=True, help="the name to register the model as")
     training.add_argument("--index", metavar="INDEX_DIR", help="an index of the corpus to mine negatives from "
-                          "(default: one built for the run)")  # fmt: skip
+                          "(default: one built for the run); with --distill-from, the teacher's scores are read "
+                          "from (and added to) its quality score cache")  # fmt: skip
     training.add_argument("--negatives-from", default="hybrid", metavar="PIPELINE",
                           help="the first stage whose top passages are the hard negatives (hybrid)")  # fmt: skip
     training.add_argument("--examples", metavar="FILE.jsonl", help="read mined examples from here if it exists, "
@@ -264,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--hold-out", type=_positive_int, default=0, metavar="N",
                           help="set N judged queries of the split aside (fixed seed) and write them with their qrels "
                           "to the model's directory as validation.queries.tsv / validation.qrels.txt")  # fmt: skip
+    training.add_argument("--distill-from", metavar="MODEL", default="",
+                          help="quality: train a smaller student to reproduce MODEL's scores (a model trained by "
+                          "`sift train quality`) on every passage of --data's corpus; no query is read")  # fmt: skip
+    training.add_argument("--encoder-layers", type=_positive_int, default=0, metavar="N",
+                          help="with --distill-from: keep the teacher's first N encoder layers (default: all)")
+    training.add_argument("--quantize", action="store_true", help="export with int8 dynamic quantization")
     training.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu, cuda")
     training.add_argument("--quiet", action="store_true", help="no progress bar")
     training.add_argument("--json", action="store_true", help="print the report as one JSON line")
@@ -651,13 +658,13 @@ def _cmd_train(args) -> int:
                     max_length=args.max_length, learning_rate=args.learning_rate,
                     groups_per_step=args.groups_per_step, decoder_layers=args.decoder_layers,
                     fresh_lr_scale=args.fresh_lr_scale, cross_attention=args.cross_attention,
-                    seed=args.seed, device=args.device,
-                    **{"seq2seq_loss": args.seq2seq_loss, **quality})  # fmt: skip
+                    seed=args.seed, device=args.device, distill_from=args.distill_from,
+                    encoder_layers=args.encoder_layers, **{"seq2seq_loss": args.seq2seq_loss, **quality})  # fmt: skip
     target, report = train_and_register(
         args.name, recipe, Path(args.data) if args.data else None, args.split,
         Path(args.index) if args.index else None, args.negatives_from,
         Path(args.examples) if args.examples else None, quiet=args.quiet, title_queries=args.title_queries,
-        held_out=args.hold_out,
+        held_out=args.hold_out, quantize=args.quantize,
     )  # fmt: skip
     if args.json:
         print(json.dumps(report))

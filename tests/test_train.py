@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -119,3 +120,19 @@ def test_quality_model_trains_without_queries_and_prunes_by_its_scores(tmp_path,
     bad = [e["negatives"][0] for e in held_out]
     scores = estimator("tiny-quality").score([str(i) for i in range(80)], good + bad)
     assert (scores[:40] > scores[40:]).mean() >= 0.75
+    # a smaller student with one of the two encoder layers, taught to reproduce those scores on a corpus
+    data = tmp_path / "corpus"
+    data.mkdir()
+    corpus = [text for e in examples(60, seed=6) for text in (e["positives"][0], *e["negatives"][:2])]
+    (data / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n"
+                                               for i, t in enumerate(corpus)))  # fmt: skip
+    student = Recipe("seq2seq", epochs=20, max_length=32, learning_rate=2e-3, groups_per_step=16,
+                     template=QUALITY_TEMPLATE, freeze_embeddings=False, distill_from="tiny-quality",
+                     encoder_layers=1)  # fmt: skip
+    target, report = train_and_register("tiny-student", student, data_dir=data, quiet=True)
+    assert report["parity_max_abs_difference"] < 1e-4 and report["pairs"] == 20 * len(corpus)
+    assert json.loads((target / "checkpoint" / "config.json").read_text())["encoder"]["num_hidden_layers"] == 1
+    taught = estimator("tiny-quality").score([str(i) for i in range(80)], good + bad)
+    learned = estimator("tiny-student").score([str(i) for i in range(80)], good + bad)
+    assert stats.spearmanr(taught, learned).statistic > 0.8
+    assert (learned[:40] > learned[40:]).mean() >= 0.75

@@ -60,6 +60,11 @@ class Recipe:
     template: str = MONOT5_TEMPLATE  # seq2seq input; QUALITY_TEMPLATE trains a query-free passage-quality model
     freeze_embeddings: bool = True  # word embeddings stay the base's: 800 queries are too few to move them well
     fresh_lr_scale: float = 1.0  # learning rate multiplier of the parameters the base lacks (heads, cross-attention)
+    # quality only: a smaller student trained to reproduce a registered quality model's scores (mean squared error
+    # of the log-odds) on every passage of the corpus, starting from that model's weights with only the first
+    # `encoder_layers` encoder layers kept (0 keeps them all)
+    distill_from: str = ""
+    encoder_layers: int = 0
     seed: int = 13
     device: str = "auto"
 
@@ -70,6 +75,10 @@ class Recipe:
             raise ModelError(f"seq2seq_loss must be monot5 or listwise, got {self.seq2seq_loss!r}")
         if self.cross_attention not in ("self", "fresh"):
             raise ModelError(f"cross_attention must be self or fresh, got {self.cross_attention!r}")
+        if self.distill_from and (self.kind != "seq2seq" or self.template != QUALITY_TEMPLATE):
+            raise ModelError("distillation trains a quality model: use `sift train quality --distill-from MODEL`")
+        if self.encoder_layers < 0:
+            raise ModelError(f"encoder_layers must be 0 (all) or more, got {self.encoder_layers}")
         if self.negatives < 1 or self.pool < self.negatives:
             raise ModelError(f"need 1 <= negatives <= pool, got negatives={self.negatives}, pool={self.pool}")
 
@@ -154,6 +163,18 @@ def mine_quality_examples(data_dir: Path, split: str, index_dir: Path, pool: int
             for doc in relevant if doc in texts]  # fmt: skip
 
 
+def distillation_examples(data_dir: Path, teacher: str, scores_dir: Path) -> list[dict]:
+    """The teacher's score for every passage of the corpus, as the indexer cuts it: {"passage", "target"}. Scores come
+    from (and go to) the score cache in scores_dir; no query of any split is read."""
+    from engine.analysis import AnalyzerConfig
+    from indexers.corpus import CorpusReader, open_source
+    from indexers.quality import ScoreCache, score_passages, split_all
+
+    passages = split_all(CorpusReader(open_source(data_dir), skip_bad=True), AnalyzerConfig(), 0, 0)
+    _, scores, _ = score_passages(passages, teacher, ScoreCache(scores_dir))
+    return [{"passage": p.indexed_text, "target": float(s)} for p, s in zip(passages, scores)]
+
+
 def mine_title_examples(index_dir: Path, pipeline: str, pool: int, exclude: set[str] = frozenset()) -> list[dict]:
     """Weak supervision from the corpus itself: each titled document's title as a query, its text (title removed)
     as the positive, the first stage's other top passages (titles removed too, so that a missing title gives
@@ -228,6 +249,12 @@ def _batch(torch, sequences: list[tuple[list[int], list[int]]], device):
 
 
 def _build_model(transformers, recipe: Recipe, base: Path, tokenizer):
+    if recipe.distill_from:
+        model = transformers.EncoderDecoderModel.from_pretrained(base)
+        if recipe.encoder_layers:
+            model.encoder.encoder.layer = model.encoder.encoder.layer[: recipe.encoder_layers]
+            model.encoder.config.num_hidden_layers = model.config.encoder.num_hidden_layers = recipe.encoder_layers
+        return model
     if recipe.kind == "cross-encoder":
         return transformers.BertForSequenceClassification.from_pretrained(base, num_labels=1)
     encoder = transformers.BertModel.from_pretrained(base, add_pooling_layer=False)
@@ -276,7 +303,10 @@ def train(examples: list[dict], recipe: Recipe, base: Path, out_dir: Path, quiet
     trainable = [p for p in model.parameters() if p.requires_grad]
     fresh = [p for name, p in model.named_parameters() if p.requires_grad and _is_fresh(name)]
     pretrained = [p for name, p in model.named_parameters() if p.requires_grad and not _is_fresh(name)]
-    epochs = [_groups(examples, recipe, rng) for _ in range(recipe.epochs)]
+    if recipe.distill_from:
+        epochs = [[examples[i] for i in rng.permutation(len(examples))] for _ in range(recipe.epochs)]
+    else:
+        epochs = [_groups(examples, recipe, rng) for _ in range(recipe.epochs)]
     steps = sum(math.ceil(len(groups) / recipe.groups_per_step) for groups in epochs)
     optimizer = torch.optim.AdamW(
         [{"params": pretrained}, {"params": fresh, "lr": recipe.learning_rate * recipe.fresh_lr_scale}],
@@ -300,7 +330,7 @@ def train(examples: list[dict], recipe: Recipe, base: Path, out_dir: Path, quiet
                 optimizer.step()
                 schedule.step()
                 losses.append(loss.item())
-                pairs += sum(len(passages) for _, passages in chunk)
+                pairs += len(chunk) if recipe.distill_from else sum(len(passages) for _, passages in chunk)
                 rate = pairs / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", pairs_s=f"{rate:.1f}")
                 bar.update()
@@ -318,6 +348,8 @@ def _is_fresh(name: str) -> bool:
 
 
 def _loss(torch, model, tokenizer, recipe: Recipe, chunk, device, targets):
+    if recipe.distill_from:
+        return _distillation_loss(torch, model, tokenizer, recipe, chunk, device, targets)
     if recipe.kind == "cross-encoder":
         sequences = [pair for query, passages in chunk for pair in encode_cross(tokenizer, query, passages)]
         ids, types, mask = _batch(torch, sequences, device)
@@ -341,6 +373,17 @@ def _loss(torch, model, tokenizer, recipe: Recipe, chunk, device, targets):
                             range(len(passages))], device=device)  # fmt: skip
     losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     return (losses * weights).sum() / weights.sum()
+
+
+def _distillation_loss(torch, model, tokenizer, recipe: Recipe, chunk, device, targets):
+    sequences = [(ids, [0] * len(ids)) for ids in encode_template(tokenizer, recipe.template, "",
+                                                                  [e["passage"] for e in chunk], recipe.max_length)]
+    ids, _, mask = _batch(torch, sequences, device)
+    start = torch.full((len(sequences), 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
+    logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=start).logits[:, 0]
+    true_id, false_id = targets
+    wanted = torch.tensor([e["target"] for e in chunk], dtype=logits.dtype, device=device)
+    return torch.nn.functional.mse_loss(logits[:, true_id] - logits[:, false_id], wanted)
 
 
 # --- the whole job -------------------------------------------------------------------------------------------------
@@ -369,19 +412,31 @@ def train_and_register(
     base: Path | None = None,
     title_queries: bool = False,
     held_out: int = 0,
+    quantize: bool = False,
 ) -> tuple[Path, dict]:
     """Mines (or reads) training examples, fine-tunes, exports to ONNX and registers NAME; returns its directory and
     a report. The PyTorch checkpoint is kept in the model directory (checkpoint/) for comparisons and re-export."""
     from engine import models
+    from engine.format import QUALITY_FOLDER
     from tools.export import export_onnx
 
+    if recipe.distill_from:
+        base = models.resolve(recipe.distill_from) / "checkpoint"
+        if not (base / "config.json").exists():
+            raise ModelError(f"{recipe.distill_from}: its directory keeps no PyTorch checkpoint/ to start a student "
+                             "from (models trained by `sift train quality` do)")  # fmt: skip
     base = base or base_checkpoint()
     with tempfile.TemporaryDirectory(prefix="sift-train-") as work:
         work_dir = Path(work)
         if held_out and data_dir is None:
             raise ModelError("--hold-out needs --data (the split to take validation queries from)")
         held = hold_out(data_dir, split, held_out, work_dir / "model") if held_out else {}
-        if examples_path is not None and examples_path.exists():
+        if recipe.distill_from:
+            if data_dir is None:
+                raise ModelError("distillation needs --data (the corpus whose passages the teacher scores)")
+            scores_dir = index_dir / QUALITY_FOLDER if index_dir else work_dir / "scores"
+            examples = distillation_examples(data_dir, recipe.distill_from, scores_dir)
+        elif examples_path is not None and examples_path.exists():
             examples = [e for e in read_examples(examples_path) if e["query"] not in set(held.values())]
         else:
             if data_dir is None:
@@ -399,12 +454,14 @@ def train_and_register(
                 write_examples(examples_path, examples)
         checkpoint = work_dir / "model" / "checkpoint"
         report = train(examples, recipe, base, checkpoint, quiet=quiet)
-        difference = export_onnx(checkpoint, recipe.kind, work_dir / "model", optimize=True)
+        difference = export_onnx(checkpoint, recipe.kind, work_dir / "model", optimize=True, quantize=quantize)
         extra = {"training": {**asdict(recipe), **report, "queries": len(examples), "split": split,
                               "data": str(data_dir or examples_path), "negatives_from": negatives_from,
                               "title_queries": title_queries, "held_out": held_out}}  # fmt: skip
         if recipe.kind == "seq2seq":
             extra.update(template=recipe.template, true_token="true", false_token="false")
+        origin = f"distilled from {recipe.distill_from}" if recipe.distill_from else "trained from all-MiniLM-L6-v2"
         target = models.register(work_dir / "model", name, recipe.kind, max_length=recipe.max_length, extra=extra,
-                                 source=f"trained from all-MiniLM-L6-v2 on {data_dir or examples_path}")  # fmt: skip
+                                 precision="int8" if quantize else "fp32",
+                                 source=f"{origin} on {data_dir or examples_path}")  # fmt: skip
     return target, {**report, "parity_max_abs_difference": difference, "model": str(target)}
