@@ -6,12 +6,18 @@ one-sided paired t-tests, margin a share of the unpruned mean), beside the index
 
 BM25 indexes are really rebuilt at every rate (its statistics change with what is kept). Dense vectors are encoded
 once for the whole collection and reused by every pruned index (a pruned passage is never encoded, so a pruned
-index's encoding time is the kept share of the measured full encoding: reported as such).
+index's encoding time is the kept share of the measured full encoding: reported as such). Quality scores, vectors
+and reranker scores are cached under bench/work/pruning/COLLECTION, with the time they took to compute, so a rerun
+(another rate, another pipeline) recomputes nothing.
+
+A reranked pipeline is given like any other, e.g. "hybrid(bm25,dense,alpha=0.5) >> rerank:scifact-t53@20(mix=0.3)":
+its (query, passage) scores are cached by text, so the passages that every pruned index shares are scored once.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import time
@@ -19,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import DATA, WORK, directory_bytes, publish
+from bench.harness import DATA, RESULTS, WORK, directory_bytes, publish
 from engine.analysis import AnalyzerConfig
 from engine.evaluation import equivalence, evaluate
 from engine.index import open_index
-from engine.pipeline import Pipeline, parse
+from engine.pipeline import Pipeline, Stage, parse
 from indexers.corpus import CorpusReader, open_source, read_qrels, read_queries
 from indexers.inverted import build_index
 from indexers.neural import build_dense
@@ -31,6 +37,7 @@ from indexers.quality import ESTIMATORS, PruneSpec, ScoreCache, pruned_keys, sco
 
 RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 PIPELINES = ("bm25", "dense", "hybrid(bm25,dense,alpha=0.5)")
+MARKERS = "osD^v<>px*h"
 
 
 class CachedEncoder:
@@ -43,6 +50,61 @@ class CachedEncoder:
         return np.stack([self.vectors[t] for t in texts])
 
 
+def encode_once(work: Path, model: str, texts: list[str]) -> tuple[CachedEncoder, float]:
+    """Every passage's vector, from work/vectors-MODEL.npz if an earlier run encoded these very texts; and the
+    seconds the encoding took when it was done."""
+    from engine.encoders import BiEncoder
+
+    path = work / f"vectors-{model}.npz"
+    digest = hashlib.blake2b("\0".join(texts).encode(), digest_size=16).hexdigest()
+    if path.exists():
+        stored = np.load(path)
+        if str(stored["digest"]) == digest:
+            return CachedEncoder(model, dict(zip(texts, stored["vectors"]))), float(stored["seconds"])
+    started = time.perf_counter()
+    vectors = BiEncoder(model).encode(texts)
+    seconds = time.perf_counter() - started
+    temporary = path.with_name(path.name + ".tmp.npz")
+    np.savez(temporary, vectors=vectors, seconds=seconds, digest=digest)
+    temporary.replace(path)
+    return CachedEncoder(model, dict(zip(texts, vectors))), seconds
+
+
+class CachedReranker:
+    """A reranker's score per (query, passage text), kept in work/pairs-MODEL.json across runs: pruned indexes
+    share most of their candidates, so only pairs never seen before reach the model."""
+
+    def __init__(self, model: str, path: Path) -> None:
+        self.model, self.path, self.reranker, self.scored = model, path, None, 0
+        self.known: dict[str, float] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    @staticmethod
+    def key(query: str, text: str) -> str:
+        return hashlib.blake2b(f"{query}\0{text}".encode(), digest_size=12).hexdigest()
+
+    def score(self, query: str, passages, keys=None) -> np.ndarray:
+        from engine.rerank import Reranker
+
+        wanted = [self.key(query, text) for text in passages]
+        missing = [i for i, key in enumerate(wanted) if key not in self.known]
+        if missing:
+            self.reranker = self.reranker or Reranker(self.model, cache_size=0)
+            values = self.reranker.score(query, [passages[i] for i in missing])
+            self.known.update((wanted[i], float(v)) for i, v in zip(missing, values))
+            self.scored += len(missing)
+        return np.array([self.known[key] for key in wanted], dtype=np.float32)
+
+    def save(self) -> None:
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(json.dumps(self.known), encoding="utf-8")
+        temporary.replace(self.path)
+
+
+def _rerank_models(stage: Stage) -> list[str]:
+    later = stage.arguments[1:] if stage.name == "chain" else ()
+    return [s.arguments[0] for s in later]
+
+
 def _collection(path: str) -> Path:
     folder = Path(path)
     return folder if folder.is_dir() else DATA / path
@@ -50,8 +112,6 @@ def _collection(path: str) -> Path:
 
 def run(collection: Path, estimators: list[str], rates: list[float], pipelines: list[str], margin: float,
         alpha: float, model: str = "all-minilm-l6-v2") -> dict:  # fmt: skip
-    from engine.encoders import BiEncoder
-
     work = WORK / "pruning" / collection.name
     work.mkdir(parents=True, exist_ok=True)
     source = open_source(collection)
@@ -63,19 +123,16 @@ def run(collection: Path, estimators: list[str], rates: list[float], pipelines: 
     encoder = None
     full_encode_seconds = 0.0
     if dense:
-        started = time.perf_counter()
-        real = BiEncoder(model)
-        vectors = real.encode(texts)
-        full_encode_seconds = time.perf_counter() - started
-        encoder = CachedEncoder(real.name, dict(zip(texts, vectors)))
+        encoder, full_encode_seconds = encode_once(work, model, texts)
+    rerankers = {name: CachedReranker(name, work / f"pairs-{name}.json")
+                 for expression in pipelines for name in _rerank_models(parse(expression))}  # fmt: skip
     cache = ScoreCache(work / "quality")
     throughput = {}
     results, baselines = [], {}
     for name in estimators:
-        started = time.perf_counter()
         keys, scores, scored = score_passages(passages, name, cache)
-        seconds = time.perf_counter() - started
-        throughput[name] = {"passages_per_second": round(scored / seconds, 1) if scored else None, "scored": scored}
+        speed = cache.throughput(name)
+        throughput[name] = {"passages_per_second": round(speed, 1) if speed else None, "scored_now": scored}
         for rate in rates:
             if rate == 0 and baselines:
                 results += [{**row, "estimator": name} for row in baselines.values()]
@@ -93,7 +150,7 @@ def run(collection: Path, estimators: list[str], rates: list[float], pipelines: 
                 index_seconds += full_encode_seconds * kept / len(passages)
             index = open_index(index_dir)
             for expression in pipelines:
-                found = Pipeline(index, parse(expression)).search([t for _, t in queries], 1000)
+                found = Pipeline(index, parse(expression), rerankers=rerankers).search([t for _, t in queries], 1000)
                 evaluation = evaluate({q: dict(zip(r.ids, r.scores.tolist())) for (q, _), r in zip(queries, found)},
                                       qrels)  # fmt: skip
                 row = {"estimator": name, "pipeline": expression, "rate": rate, "passages": kept,
@@ -105,6 +162,8 @@ def run(collection: Path, estimators: list[str], rates: list[float], pipelines: 
                 row.update(tost_equivalent=bool(test.equivalent), tost_p=round(test.p_value, 6))
                 results.append(row)
                 print(json.dumps({k: v for k, v in row.items() if not k.startswith("_")}), flush=True)
+            for reranker in rerankers.values():
+                reranker.save()
     for row in results:
         row.pop("_evaluation", None)
     return {"collection": collection.name, "margin": margin, "alpha": alpha, "passages": len(passages),
@@ -112,23 +171,57 @@ def run(collection: Path, estimators: list[str], rates: list[float], pipelines: 
             "quality_throughput": throughput, "results": results}  # fmt: skip
 
 
+def _by_estimator(report: dict) -> dict[tuple[str, str], dict[float, dict]]:
+    rows: dict[tuple[str, str], dict[float, dict]] = {}
+    for row in report["results"]:
+        rows.setdefault((row["estimator"], row["pipeline"]), {})[row["rate"]] = row
+    return rows
+
+
+def largest_equivalent(by_rate: dict[float, dict]) -> float:
+    """The largest rate at which this and every smaller rate are equivalent to the unpruned index."""
+    rates = sorted(by_rate)
+    return max((r for r in rates if all(by_rate[s]["tost_equivalent"] for s in rates if s <= r)), default=0.0)
+
+
 def render(report: dict) -> str:
     rates = sorted({r["rate"] for r in report["results"]})
+    rows = _by_estimator(report)
+    estimators = list(dict.fromkeys(name for name, _ in rows))
+    pipelines = list(dict.fromkeys(pipeline for _, pipeline in rows))
     lines = [f"# Static pruning by passage quality: {report['collection']}", "",
              f"Date: {report['date']}; {report['machine']['cpu']}, {report['machine']['cores']} cores. Test queries; "
              f"nDCG@10 after pruning the lowest-quality share of {report['passages']:,} passages; * = equivalent to "
              f"the unpruned index by TOST (margin {report['margin']:.0%} of its nDCG@10, alpha {report['alpha']}).",
-             "", "| estimator | pipeline | " + " | ".join(f"{r:.0%}" for r in rates) + " | largest equivalent |",
-             "|---|---|" + "---|" * (len(rates) + 1)]  # fmt: skip
-    rows: dict[tuple[str, str], dict[float, dict]] = {}
-    for row in report["results"]:
-        rows.setdefault((row["estimator"], row["pipeline"]), {})[row["rate"]] = row
+             "", "Largest pruning rate equivalent to the unpruned index (at it and every smaller rate):", "",
+             "| estimator | " + " | ".join(pipelines) + " |", "|---|" + "---|" * len(pipelines)]  # fmt: skip
+    for name in estimators:
+        cells = [f"{largest_equivalent(rows[(name, p)]):.0%}" if (name, p) in rows else "" for p in pipelines]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "random" in estimators and len(estimators) > 1:
+        lines += ["", "Best estimator against random at each rate (nDCG@10 difference):", "",
+                  "| pipeline | " + " | ".join(f"{r:.0%}" for r in rates if r) + " | above random at every rate |",
+                  "|---|" + "---|" * (len([r for r in rates if r]) + 1)]  # fmt: skip
+        for pipeline in pipelines:
+            cells, above = [], True
+            for rate in (r for r in rates if r):
+                scored = {n: rows[(n, pipeline)][rate]["nDCG@10"] for n in estimators
+                          if n != "random" and rate in rows.get((n, pipeline), {})}  # fmt: skip
+                random = rows.get(("random", pipeline), {}).get(rate)
+                if not scored or random is None:
+                    cells.append("")
+                    continue
+                best = max(scored, key=scored.get)
+                above &= scored[best] > random["nDCG@10"]
+                cells.append(f"{best} {scored[best] - random['nDCG@10']:+.4f}")
+            lines.append(f"| {pipeline} | " + " | ".join(cells) + f" | {'yes' if above else 'no'} |")
+    lines += ["", "nDCG@10 at each rate:", "",
+              "| estimator | pipeline | " + " | ".join(f"{r:.0%}" for r in rates) + " | largest equivalent |",
+              "|---|---|" + "---|" * (len(rates) + 1)]  # fmt: skip
     for (name, pipeline), by_rate in rows.items():
         cells = [f"{by_rate[r]['nDCG@10']:.4f}{'*' if by_rate[r]['tost_equivalent'] else ''}" if r in by_rate else ""
                  for r in rates]  # fmt: skip
-        largest = max((r for r in rates if r in by_rate and all(by_rate[s]["tost_equivalent"] for s in rates
-                                                                if s <= r and s in by_rate)), default=0.0)  # fmt: skip
-        lines.append(f"| {name} | {pipeline} | " + " | ".join(cells) + f" | {largest:.0%} |")
+        lines.append(f"| {name} | {pipeline} | " + " | ".join(cells) + f" | {largest_equivalent(by_rate):.0%} |")
     lines += ["", "| estimator | quality scoring (passages/s) |", "|---|---|"]
     lines += [f"| {n} | {t['passages_per_second']} |" for n, t in report["quality_throughput"].items()]
     if report["dense_encode_passages_per_second"]:
@@ -141,6 +234,47 @@ def render(report: dict) -> str:
         lines.append(f"| {name} | {rate:.0%} | {nbytes:,} | {nbytes / base_bytes:.2f} | {seconds:.1f} | "
                      f"{seconds / base_seconds:.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> bool:
+    """nDCG@10 against pruning rate, one panel per pipeline, one line per estimator; filled markers where TOST
+    finds the pruned index equivalent to the unpruned one."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = _by_estimator(report)
+    estimators = list(dict.fromkeys(name for name, _ in rows))
+    pipelines = list(dict.fromkeys(pipeline for _, pipeline in rows))
+    fig, axes = plt.subplots(1, len(pipelines), figsize=(4.6 * len(pipelines), 4.2), squeeze=False, sharey=True)
+    colors = plt.get_cmap("tab10")
+    for axis, pipeline in zip(axes[0], pipelines):
+        for number, name in enumerate(estimators):
+            by_rate = rows.get((name, pipeline))
+            if not by_rate:
+                continue
+            rates = sorted(by_rate)
+            style = {"color": "black" if name == "random" else colors(number % 10),
+                     "linestyle": "--" if name == "random" else "-"}  # fmt: skip
+            axis.plot([100 * r for r in rates], [by_rate[r]["nDCG@10"] for r in rates], label=name, **style)
+            for r in rates:
+                axis.plot(100 * r, by_rate[r]["nDCG@10"], MARKERS[number % len(MARKERS)], color=style["color"],
+                          markerfacecolor=style["color"] if by_rate[r]["tost_equivalent"] else "white")  # fmt: skip
+        base = next(by_rate[0.0]["nDCG@10"] for (n, p), by_rate in rows.items() if p == pipeline and 0.0 in by_rate)
+        axis.axhspan(base * (1 - report["margin"]), base * (1 + report["margin"]), color="0.9", zorder=0)
+        axis.set_title(pipeline if len(pipeline) < 40 else pipeline.replace(" >> ", "\n>> "), fontsize=9)
+        axis.set_xlabel("passages pruned (%)")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("nDCG@10 (filled: TOST-equivalent; band: margin)")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"Static pruning by passage quality: {report['collection']} ({report['date'][:10]})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     rates = sorted({0.0, *(float(r) for r in args.rates.split(",") if r.strip())})
     report = run(_collection(args.collection), [e.strip() for e in args.estimators.split(",") if e.strip()], rates,
                  [p.strip() for p in args.pipelines.split(";") if p.strip()], args.margin, args.alpha)  # fmt: skip
-    publish(f"pruning-{report['collection']}", report, render)
+    stem = f"pruning-{report['collection']}"
+    publish(stem, report, render)
+    if plot(report, RESULTS / f"{stem}.png"):
+        print(f"written: {RESULTS / stem}.png")
     if args.json:
         print(json.dumps({"collection": report["collection"], "results": report["results"]}))
     return 0

@@ -146,12 +146,15 @@ def _parse(text: str, expression: str) -> tuple[Stage, str]:
 class Pipeline:
     """Runs a stage tree over an index: search(queries, k) -> one Results per query."""
 
-    def __init__(self, index: Index, expression: str | Stage, threads: int | None = None, **bm25) -> None:
+    def __init__(self, index: Index, expression: str | Stage, threads: int | None = None,
+                 rerankers: dict | None = None, **bm25) -> None:  # fmt: skip
+        """rerankers: model name -> an object with the Reranker's score(query, texts, keys), used instead of loading
+        the model (scores cached or computed elsewhere)."""
         self.index = index
         self.stage = parse(expression) if isinstance(expression, str) else expression
         self.threads = threads
         self.bm25 = bm25  # params, algorithm for the BM25 stage
-        self._searchers: dict = {}
+        self._searchers: dict = {("rerank", name): scorer for name, scorer in (rerankers or {}).items()}
 
     def __str__(self) -> str:
         return str(self.stage)
