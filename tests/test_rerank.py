@@ -315,3 +315,22 @@ def test_rerank_benchmark_agrees_with_the_pipeline_and_with_precomputed_scores(t
     again = bench_rerank.run({"tiny": tmp_path / "idx"}, ["bm25"], ["add"], 20, {}, tmp_path / "pairs")
     assert again["precomputed_max_difference"]["add"] < 1e-6
     assert [r["nDCG@10"] for r in again["results"]][:2] == [r["nDCG@10"] for r in report["results"]][:2]
+
+
+def test_a_pipeline_reranks_with_pair_scores_cached_across_runs(tmp_path, model_home):
+    """bench.pruning's cache: the same ranking as the model itself, and a second run from the saved file scores
+    only pairs it has not seen."""
+    from bench.pruning import CachedReranker
+
+    additive_model(tmp_path, "small", seed=3)
+    _, index = corpus_index(tmp_path)
+    queries = ["w3 w17 w22", "w5 w6"]
+    expected = Pipeline(index, "bm25 >> rerank:small@20").search(queries, 30)
+    cached = CachedReranker("small", tmp_path / "pairs.json")
+    found = Pipeline(index, "bm25 >> rerank:small@20", rerankers={"small": cached}).search(queries, 30)
+    assert [r.ids for r in found] == [r.ids for r in expected] and cached.scored == 40
+    cached.save()
+    again = CachedReranker("small", tmp_path / "pairs.json")
+    found = Pipeline(index, "bm25 >> rerank:small@25", rerankers={"small": again}).search(queries, 30)
+    assert again.scored == 10 and [r.ids for r in found] == [
+        r.ids for r in Pipeline(index, "bm25 >> rerank:small@25").search(queries, 30)]
