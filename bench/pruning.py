@@ -33,7 +33,7 @@ from engine.pipeline import Pipeline, Stage, parse
 from indexers.corpus import CorpusReader, open_source, read_qrels, read_queries
 from indexers.inverted import build_index
 from indexers.neural import build_dense
-from indexers.quality import ESTIMATORS, PruneSpec, ScoreCache, pruned_keys, score_passages, split_all
+from indexers.quality import ESTIMATORS, CorpusPassages, PruneSpec, ScoreCache, pruned_keys, score_passages
 
 RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 PIPELINES = ("bm25", "dense", "hybrid(bm25,dense,alpha=0.5)")
@@ -115,7 +115,7 @@ def run(collection: Path, estimators: list[str], rates: list[float], pipelines: 
     work = WORK / "pruning" / collection.name
     work.mkdir(parents=True, exist_ok=True)
     source = open_source(collection)
-    passages = split_all(CorpusReader(source, skip_bad=True), AnalyzerConfig(), 0, 0)
+    passages = list(CorpusPassages(CorpusReader(source, skip_bad=True), AnalyzerConfig(), 0, 0))
     queries = read_queries(collection / "queries.test.tsv")
     qrels = read_qrels(collection / "qrels.test.txt")
     texts = [p.indexed_text for p in passages]

@@ -683,13 +683,13 @@ def _plan_pruning(args, source, options) -> tuple[set[str], dict | None]:
 
     from engine.format import QUALITY_FOLDER
     from indexers.corpus import CorpusReader
-    from indexers.quality import PruneSpec, ScoreCache, plan_pruning, split_all
+    from indexers.quality import CorpusPassages, PruneSpec, ScoreCache, plan_pruning
 
     spec = PruneSpec.parse(args.prune)
     stride = options.passage_stride or options.passage_window
-    passages = split_all(CorpusReader(source, skip_bad=args.skip_bad), options.analyzer, options.passage_window,
-                         stride)  # fmt: skip
-    with tqdm(total=len(passages), unit="passages", desc=f"quality ({spec.estimator})", file=sys.stderr,
+    passages = CorpusPassages(CorpusReader(source, skip_bad=args.skip_bad), options.analyzer,
+                              options.passage_window, stride)  # fmt: skip
+    with tqdm(unit="passages", desc=f"quality ({spec.estimator})", file=sys.stderr,
               disable=True if args.quiet else None) as bar:  # fmt: skip
         return plan_pruning(passages, spec, ScoreCache(Path(args.index_dir) / QUALITY_FOLDER), bar.update)
 

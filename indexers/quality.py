@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -346,35 +346,67 @@ class ScoreCache:
         return self.directory / f"{name}.npy", self.directory / f"{name}.keys.json"
 
 
-def score_passages(passages: list[Passage], name: str, cache: ScoreCache | None = None,
-                   on_progress: Callable[[int], None] | None = None) -> tuple[list[str], np.ndarray, int]:  # fmt: skip
-    """(keys, scores, how many were scored now): cached scores are reused, the rest scored (and cached)."""
-    keys = [p.key for p in passages]
+SCORE_BATCH = 256
+
+
+def score_passages(passages: Iterable[Passage], name: str, cache: ScoreCache | None = None,
+                   on_progress: Callable[[int], None] | None = None,
+                   save_every: int = 50_000) -> tuple[list[str], np.ndarray, int]:  # fmt: skip
+    """(keys, scores, how many were scored now): cached scores are reused, the rest scored and cached.
+
+    Passages stream through in batches (only keys and scores are kept), and the cache is written every `save_every`
+    passages scored, so an interrupted run resumes where it stopped. An estimator with collection statistics (cdd)
+    reads `passages` once more first: give something that iterates again (a list, or CorpusPassages)."""
     known = cache.load(name) if cache else {}
-    missing = [i for i, k in enumerate(keys) if k not in known]
-    if missing:
-        started = time.perf_counter()
-        chosen = estimator(name)
-        texts = [p.indexed_text for p in passages]
-        chosen.fit(texts)
-        for start in range(0, len(missing), 256):
-            rows = missing[start : start + 256]
-            values = chosen.score([keys[i] for i in rows], [texts[i] for i in rows])
-            known.update(zip((keys[i] for i in rows), values.tolist()))
-            if on_progress:
-                on_progress(len(rows))
-        if cache:
-            cache.save(name, known, len(missing), time.perf_counter() - started)
-    return keys, np.array([known[k] for k in keys], dtype=np.float64), len(missing)
+    keys: list[str] = []
+    chosen: Estimator | None = None
+    scored = unsaved = 0
+    started = time.perf_counter()
+
+    def score(batch: list[Passage]) -> None:
+        nonlocal chosen, scored, unsaved, started
+        if chosen is None:
+            chosen = estimator(name)
+            if type(chosen).fit is not Estimator.fit:
+                chosen.fit(p.indexed_text for p in passages)
+        values = chosen.score([p.key for p in batch], [p.indexed_text for p in batch])
+        known.update(zip((p.key for p in batch), values.tolist()))
+        scored, unsaved = scored + len(batch), unsaved + len(batch)
+        if on_progress:
+            on_progress(len(batch))
+        if cache and unsaved >= save_every:
+            cache.save(name, known, unsaved, time.perf_counter() - started)
+            unsaved, started = 0, time.perf_counter()
+
+    batch: list[Passage] = []
+    for passage in passages:
+        keys.append(passage.key)
+        if passage.key not in known:
+            batch.append(passage)
+            if len(batch) == SCORE_BATCH:
+                score(batch)
+                batch = []
+    if batch:
+        score(batch)
+    if cache and unsaved:
+        cache.save(name, known, unsaved, time.perf_counter() - started)
+    return keys, np.array([known[k] for k in keys], dtype=np.float64), scored
 
 
-def split_all(documents: Iterable[Document], analyzer: AnalyzerConfig, window: int, stride: int) -> list[Passage]:
-    """Every passage of a corpus as the indexer will cut it (the same function, so the keys agree)."""
-    chosen = Analyzer(analyzer)
-    return [p for doc in documents for p in split_passages(doc, chosen, window, stride or window)]
+class CorpusPassages:
+    """Every passage of a corpus as the indexer cuts it (the same function, so the keys agree), cut afresh on each
+    pass over `documents` (a CorpusReader reads its files again): nothing is held in memory."""
+
+    def __init__(self, documents: Iterable[Document], analyzer: AnalyzerConfig, window: int, stride: int) -> None:
+        self.documents, self.analyzer, self.window, self.stride = documents, analyzer, window, stride or window
+
+    def __iter__(self) -> Iterator[Passage]:
+        chosen = Analyzer(self.analyzer)
+        for document in self.documents:
+            yield from split_passages(document, chosen, self.window, self.stride)
 
 
-def plan_pruning(passages: list[Passage], spec: PruneSpec, cache: ScoreCache,
+def plan_pruning(passages: Iterable[Passage], spec: PruneSpec, cache: ScoreCache,
                  on_progress: Callable[[int], None] | None = None) -> tuple[set[str], dict]:  # fmt: skip
     """The passage keys to leave out, and the manifest's record of how they were chosen."""
     started = time.perf_counter()
@@ -407,7 +439,7 @@ def reprune(index_dir: str | os.PathLike, spec: PruneSpec, on_progress: Callable
     source = open_source(recorded["path"], recorded.get("format"), **options)
     analyzer = AnalyzerConfig.from_dict(manifest["analyzer"])
     window, stride = manifest["passages"]["window"], manifest["passages"]["stride"]
-    passages = split_all(CorpusReader(source, skip_bad=True), analyzer, window, stride)
+    passages = CorpusPassages(CorpusReader(source, skip_bad=True), analyzer, window, stride)
     pruned, record = plan_pruning(passages, spec, ScoreCache(index_dir / QUALITY_FOLDER), on_progress)
     bm25 = manifest["bm25"]
     build_options = BuildOptions(analyzer=analyzer, bm25=BM25Params(k1=bm25["k1"], b=bm25["b"],

@@ -16,13 +16,13 @@ from engine.index import open_index
 from indexers.corpus import CorpusReader, Document, open_source
 from indexers.inverted import build_index
 from indexers.quality import (
+    CorpusPassages,
     PruneSpec,
     QualityError,
     ScoreCache,
     estimator,
     pruned_keys,
     score_passages,
-    split_all,
 )
 from tests.conftest import random_documents, write_jsonl
 
@@ -71,7 +71,7 @@ def test_random_scores_are_stable_per_key_and_uniform():
 
 
 def test_score_cache_round_trips_and_scores_only_what_it_lacks(tmp_path):
-    passages = split_all([Document(f"d{i}", t) for i, t in enumerate(TEXTS)], Analyzer().config, 0, 0)
+    passages = list(CorpusPassages([Document(f"d{i}", t) for i, t in enumerate(TEXTS)], Analyzer().config, 0, 0))
     cache = ScoreCache(tmp_path / "quality")
     keys, scores, scored = score_passages(passages[:2], "length", cache)
     assert scored == 2 and cache.load("length") == dict(zip(keys, scores.tolist()))
@@ -82,9 +82,39 @@ def test_score_cache_round_trips_and_scores_only_what_it_lacks(tmp_path):
     assert cache.load("length") == {}
 
 
+def test_scoring_streams_through_the_corpus_and_resumes_after_a_failure(tmp_path, monkeypatch):
+    from indexers import quality
+
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", random_documents(700, seed=2))
+    passages = CorpusPassages(CorpusReader(open_source(corpus)), Analyzer().config, 8, 4)
+    in_memory = list(passages)
+    for name in ("length", "cdd"):  # cdd reads the stream twice: its collection model, then the scores
+        streamed = score_passages(passages, name)
+        assert streamed[0] == [p.key for p in in_memory] and len(streamed[0]) > 700
+        np.testing.assert_array_equal(streamed[1], score_passages(in_memory, name)[1])
+    batches = []
+    real = quality.LengthEstimator.score
+
+    def failing(self, keys, texts):
+        if len(batches) == 3:
+            raise RuntimeError("killed")
+        batches.append(len(keys))
+        return real(self, keys, texts)
+
+    monkeypatch.setattr(quality.LengthEstimator, "score", failing)
+    cache = ScoreCache(tmp_path / "quality")
+    with pytest.raises(RuntimeError):
+        score_passages(passages, "length", cache, save_every=2 * quality.SCORE_BATCH)
+    assert len(cache.load("length")) == 2 * quality.SCORE_BATCH  # saved before the failure: not scored again
+    monkeypatch.setattr(quality.LengthEstimator, "score", real)
+    _, scores, scored = score_passages(passages, "length", cache)
+    assert scored == len(in_memory) - 2 * quality.SCORE_BATCH
+    np.testing.assert_array_equal(scores, score_passages(in_memory, "length")[1])
+
+
 def test_a_pruned_index_answers_as_one_built_from_the_kept_passages(tmp_path):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", random_documents(300, seed=4))
-    passages = split_all(CorpusReader(open_source(corpus)), Analyzer().config, 0, 0)
+    passages = CorpusPassages(CorpusReader(open_source(corpus)), Analyzer().config, 0, 0)
     keys, scores, _ = score_passages(passages, "random")
     pruned = pruned_keys(keys, scores, PruneSpec("random", rate=0.4))
     build_index(CorpusReader(open_source(corpus)), tmp_path / "pruned", pruned=pruned, pruning={"rate": 0.4})

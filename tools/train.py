@@ -168,9 +168,9 @@ def distillation_examples(data_dir: Path, teacher: str, scores_dir: Path) -> lis
     from (and go to) the score cache in scores_dir; no query of any split is read."""
     from engine.analysis import AnalyzerConfig
     from indexers.corpus import CorpusReader, open_source
-    from indexers.quality import ScoreCache, score_passages, split_all
+    from indexers.quality import CorpusPassages, ScoreCache, score_passages
 
-    passages = split_all(CorpusReader(open_source(data_dir), skip_bad=True), AnalyzerConfig(), 0, 0)
+    passages = list(CorpusPassages(CorpusReader(open_source(data_dir), skip_bad=True), AnalyzerConfig(), 0, 0))
     _, scores, _ = score_passages(passages, teacher, ScoreCache(scores_dir))
     return [{"passage": p.indexed_text, "target": float(s)} for p, s in zip(passages, scores)]
 
