@@ -299,13 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="static pruning sweep: nDCG@10 and TOST equivalence per quality estimator, rate and pipeline",
         description="For each quality estimator and pruning rate (0-60%), rebuild the index without the lowest-"
         "scoring passages and test each pipeline's nDCG@10 for equivalence with the unpruned index (TOST); index "
-        "size and indexing time saved. Results go to bench/results/pruning-COLLECTION.md.",
+        "size and indexing time saved. Results go to bench/results/pruning-COLLECTION.md (and .json, .png).",
     )
     pruning.add_argument("--collection", required=True, help="a BEIR-layout folder or a shared collection's name")
-    pruning.add_argument("--estimators", help="comma-separated (default: every built-in estimator)")
+    pruning.add_argument("--estimators", help="comma-separated (default: every built-in estimator); models trained "
+                         "by `sift train quality` by name")  # fmt: skip
     pruning.add_argument("--rates", help="comma-separated shares (0.1,...,0.6)")
-    pruning.add_argument("--pipelines", help="semicolon-separated (bm25;dense;hybrid(bm25,dense,alpha=0.5))")
+    pruning.add_argument("--pipelines", help="semicolon-separated (bm25;dense;hybrid(bm25,dense,alpha=0.5)); a "
+                         "reranked one ends in '>> rerank:MODEL@DEPTH(mix=W)'")  # fmt: skip
     pruning.add_argument("--margin", type=float, help="equivalence margin as a share of unpruned nDCG@10 (0.05)")
+    pruning.add_argument("--alpha", type=float, help="significance level of the two one-sided tests (0.05)")
     pruning.add_argument("--json", action="store_true", help="last line: one JSON object")
 
     demo = commands.add_parser(
@@ -721,7 +724,8 @@ def _cmd_bench(args) -> int:
         from bench import pruning
 
         options = {"--estimators": args.estimators, "--rates": args.rates, "--pipelines": args.pipelines,
-                   "--margin": None if args.margin is None else str(args.margin)}  # fmt: skip
+                   "--margin": None if args.margin is None else str(args.margin),
+                   "--alpha": None if args.alpha is None else str(args.alpha)}  # fmt: skip
         argv = ["--collection", args.collection, *[x for k, v in options.items() if v for x in (k, v)]]
         return pruning.main(argv + (["--json"] if args.json else []))
     from bench import first_stage

@@ -43,7 +43,7 @@ def test_pruning_json_contract(tmp_path):
     (data / "qrels.test.txt").write_text("".join(f"q{i} 0 d{3 * i} 1\n" for i in range(30)))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SIFT_BENCH_DIR": str(tmp_path)}
     command = [sys.executable, "-m", "engine.cli", "bench", "pruning", "--collection", str(data), "--estimators",
-               "random,length", "--rates", "0.2,0.5", "--pipelines", "bm25", "--json"]  # fmt: skip
+               "random,length", "--rates", "0.2,0.5", "--pipelines", "bm25", "--alpha", "0.1", "--json"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -56,3 +56,4 @@ def test_pruning_json_contract(tmp_path):
     assert rows[("random", "bm25", 0.0)]["tost_equivalent"] is True
     assert rows[("random", "bm25", 0.5)]["index_bytes"] < rows[("random", "bm25", 0.0)]["index_bytes"]
     assert (tmp_path / "results" / "pruning-mini.md").exists()
+    assert json.loads((tmp_path / "results" / "pruning-mini.json").read_text())["alpha"] == 0.1
