@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.add_argument("--prune", metavar="ESTIMATOR:RATE", help="score every passage's quality without a query and "
                        "never index the lowest RATE of them (e.g. random:0.25, cdd:0.3; ESTIMATOR:>=SCORE for a "
-                       "threshold); scores are cached in INDEX_DIR/quality for `sift prune`")  # fmt: skip
+                       "threshold); ESTIMATOR is random, length, stopwords, inr, cdd, dense-norm, splade-norm, pppl "
+                       "or a model trained by `sift train quality`; scores are cached in INDEX_DIR/quality for "
+                       "`sift prune`")  # fmt: skip
     index.add_argument("--json", action="store_true", help="print the build report as one JSON line")
     index.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -123,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "cache lacks are scored) and dense and SPLADE indexes are re-encoded.")  # fmt: skip
     prune.add_argument("index_dir", metavar="INDEX_DIR")
     prune.add_argument("--estimator", required=True, help="random, length, stopwords, inr, cdd, dense-norm, "
-                       "splade-norm")  # fmt: skip
+                       "splade-norm, pppl, or a model trained by `sift train quality`")  # fmt: skip
     prune.add_argument("--rate", type=float, help="share of passages to leave out, 0 to below 1")
     prune.add_argument("--threshold", type=float, help="leave out passages scoring below this instead")
     prune.add_argument("--json", action="store_true", help="print the report as one JSON line")
