@@ -33,7 +33,7 @@ def _int8_model(name: str) -> str:
         pass
     import tempfile
 
-    from tools.export import export_onnx
+    from indexers.export import export_onnx
 
     source = models.resolve(name)
     config = models.read_config(source)

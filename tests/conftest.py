@@ -3,6 +3,12 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No deadlines anywhere: the first example of a property test compiles numba kernels (seconds on a cold cache or a
+# busy CPU), which is not what a deadline is meant to catch.
+settings.register_profile("sift", deadline=None)
+settings.load_profile("sift")
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

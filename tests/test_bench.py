@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_first_stage_json_contract(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SIFT_BENCH_DIR": str(tmp_path)}
-    command = [sys.executable, "-m", "engine.cli", "bench", "first-stage", "--corpus", "synthetic:3000",
+    command = [sys.executable, "-m", "sift", "bench", "first-stage", "--corpus", "synthetic:3000",
                "--peers", "sift", "--k", "10,100", "--threads", "2", "--queries", "50", "--json"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
@@ -27,7 +27,7 @@ def test_first_stage_json_contract(tmp_path):
 
 def test_unknown_peer_is_a_one_line_error(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SIFT_BENCH_DIR": str(tmp_path)}
-    command = [sys.executable, "-m", "engine.cli", "bench", "first-stage", "--peers", "sift,elastic"]
+    command = [sys.executable, "-m", "sift", "bench", "first-stage", "--peers", "sift,elastic"]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     expected = "sift: error: unknown peer 'elastic'; choose from sift, pisa-bmw, pisa-bmm, pyserini, bm25s, tantivy"
     assert result.returncode == 1 and result.stderr.strip() == expected
@@ -42,7 +42,7 @@ def test_pruning_json_contract(tmp_path):
     (data / "queries.test.tsv").write_text("".join(f"q{i}\tquick brown fox river {i}\n" for i in range(30)))
     (data / "qrels.test.txt").write_text("".join(f"q{i} 0 d{3 * i} 1\n" for i in range(30)))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SIFT_BENCH_DIR": str(tmp_path)}
-    command = [sys.executable, "-m", "engine.cli", "bench", "pruning", "--collection", str(data), "--estimators",
+    command = [sys.executable, "-m", "sift", "bench", "pruning", "--collection", str(data), "--estimators",
                "random,length", "--rates", "0.2,0.5", "--pipelines", "bm25", "--alpha", "0.1", "--json"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from conftest import DATA, random_documents, requires_data, write_jsonl
-from engine.cli import main
+from sift.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def sift(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "sift", *args], capture_output=True, text=True, env=env)
 
 
 @pytest.fixture

@@ -103,7 +103,7 @@ def sift_index(corpus: Path, index_dir: Path, *extra: str, failpoint: str | None
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if failpoint:
         env["SIFT_FAILPOINT"] = failpoint
-    command = [sys.executable, "-m", "engine.cli", "index", str(corpus), str(index_dir), "--quiet", *extra]
+    command = [sys.executable, "-m", "sift", "index", str(corpus), str(index_dir), "--quiet", *extra]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

@@ -327,7 +327,7 @@ def test_cli_contract_for_models_dense_indexing_and_pipelines(tmp_path, tiny_mod
     env = {**os.environ, "PYTHONPATH": str(root), "SIFT_MODELS": str(model_home)}
 
     def sift(*args):
-        result = subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, env=env)
+        result = subprocess.run([sys.executable, "-m", "sift", *args], capture_output=True, text=True, env=env)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout.strip().splitlines()[-1])
 

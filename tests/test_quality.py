@@ -10,7 +10,6 @@ import pytest
 from scipy import stats
 
 from engine.analysis import Analyzer
-from engine.cli import main
 from engine.evaluation import Evaluation, equivalence
 from engine.index import open_index
 from indexers.corpus import CorpusReader, Document, open_source
@@ -24,6 +23,7 @@ from indexers.quality import (
     pruned_keys,
     score_passages,
 )
+from sift.cli import main
 from tests.conftest import random_documents, write_jsonl
 
 TEXTS = ["the cat and the dog", "quantum chromodynamics lattice gauge", "the the the of", "x"]

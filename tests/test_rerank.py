@@ -179,7 +179,7 @@ def torch_modules():
 
 
 def export_and_register(tmp_path, model, name, kind, seq2seq=False, **settings):
-    from tools.export import export_onnx
+    from indexers.export import export_onnx
 
     checkpoint = tmp_path / f"{name}-checkpoint"
     model.save_pretrained(checkpoint)
@@ -265,7 +265,7 @@ def test_cli_runs_reranking_pipelines(tmp_path, model_home):
     (tmp_path / "qrels.txt").write_text("q1 0 d1 1\nq2 0 d2 1\n")
 
     def sift(*args):
-        result = subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, env=env)
+        result = subprocess.run([sys.executable, "-m", "sift", *args], capture_output=True, text=True, env=env)
         return result.returncode, result.stdout, result.stderr
 
     code, out, err = sift("eval", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.tsv"), "--qrels",

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("onnx")
 
 from engine.rerank import Reranker  # noqa: E402
-from tools.train import Recipe, train, train_and_register, write_examples  # noqa: E402
+from indexers.train import Recipe, train, train_and_register, write_examples  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(40)]
 VOCABULARY = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "true", "false", "gold", *WORDS])}

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from indexers.corpus import read_qrels, read_queries
-from tools.train import ModelError, build_mining_index, hold_out, mine_examples, mine_quality_examples
+from indexers.train import ModelError, build_mining_index, hold_out, mine_examples, mine_quality_examples
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""A demo corpus any machine has: the docstrings of the Python standard library, read with ast (nothing imported)."""
+"""`sift demo`: end to end on a corpus any machine has, the docstrings of the Python standard library (read with ast,
+nothing imported)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+
+from sift.cli.common import Progress, snippet
 
 _SKIPPED_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "__pycache__", "lib2to3", "turtledemo"}
 
@@ -52,3 +55,42 @@ def write_demo_corpus(path: str | os.PathLike) -> int:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
     return count
+
+
+def register(commands) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="index the Python standard library's docstrings and search them",
+        description="End to end on a corpus every machine has: write the demo corpus, index it, run queries.",
+    )
+    demo.add_argument("--dir", default="demo", help="where the corpus and index go (./demo)")
+    demo.add_argument("queries", nargs="*", metavar="QUERY", help="queries to run (a few examples by default)")
+    demo.set_defaults(handler=_cmd_demo)
+
+
+DEMO_QUERIES = ("read a file line by line", "parse command line arguments", "compress data with gzip")
+
+
+def _cmd_demo(args) -> int:
+    from engine.index import open_index
+    from indexers.corpus import CorpusReader, open_source
+    from indexers.inverted import BuildOptions, build_index
+
+    directory = Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    corpus = directory / "stdlib-docstrings.jsonl"
+    count = write_demo_corpus(corpus)
+    print(f"wrote {count:,} standard-library docstrings to {corpus}")
+    reader = CorpusReader(open_source(corpus))
+    progress = Progress(corpus.stat().st_size, reader, enabled=True)
+    with progress:
+        report = build_index(reader, directory / "index", BuildOptions(overwrite=True), on_progress=progress.update)
+    print(f"indexed {report.documents:,} documents in {report.seconds:.1f}s into {report.index_dir}")
+    index = open_index(report.index_dir)
+    for query in args.queries or DEMO_QUERIES:
+        print(f"\nquery: {query}")
+        for hit in index.search(query, 3):
+            print(f"{hit.rank:>4}  {hit.score:7.3f}  {hit.id}")
+            print(f"      {snippet(index.fetch(hit.passage)['text'], 100)}")
+    print(f'\ntry: sift search {report.index_dir} "your query" --text')
+    return 0

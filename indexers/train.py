@@ -418,7 +418,7 @@ def train_and_register(
     a report. The PyTorch checkpoint is kept in the model directory (checkpoint/) for comparisons and re-export."""
     from engine import models
     from engine.format import QUALITY_FOLDER
-    from tools.export import export_onnx
+    from indexers.export import export_onnx
 
     if recipe.distill_from:
         base = models.resolve(recipe.distill_from) / "checkpoint"

@@ -1,0 +1,220 @@
+"""`sift index` and `sift prune`: building an index and re-pruning it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from sift.cli.common import Progress, add_bm25_options, positive_int
+
+DEFAULT_DENSE_MODEL = "all-minilm-l6-v2"
+DEFAULT_SPLADE_MODEL = "splade-tiny"
+
+
+def register(commands) -> None:
+    index = commands.add_parser(
+        "index",
+        help="build an index from a corpus",
+        description="Build an inverted index from CORPUS into INDEX_DIR and commit it atomically. A failed or "
+        "interrupted run leaves INDEX_DIR as it was.",
+    )
+    index.add_argument("corpus", metavar="CORPUS", help="a BEIR folder, or a .jsonl[.gz], .tsv[.gz] or TREC file")
+    index.add_argument("index_dir", metavar="INDEX_DIR")
+    index.add_argument("--overwrite", action="store_true", help="replace an index already in INDEX_DIR")
+    index.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
+    index.add_argument("--format", choices=("beir", "jsonl", "tsv", "trec"), help="default: detected from CORPUS")
+    index.add_argument("--id-field", help="JSONL id field (default: the first of _id, id, docid, doc_id, docno)")
+    index.add_argument(
+        "--text-fields", default="title,text", help="JSONL fields indexed, comma-separated (default: title,text)"
+    )
+    index.add_argument(
+        "--passage-window", type=int, default=0, metavar="TOKENS", help="split documents longer than this (0: never)"
+    )
+    index.add_argument("--passage-stride", type=int, default=0, metavar="TOKENS", help="default: the window")
+    index.add_argument("--memory-mb", type=positive_int, default=512, help="flush a segment beyond this (512)")
+    index.add_argument(
+        "--postings",
+        choices=("packed", "raw"),
+        default="packed",
+        help="packed (default): bit-packed blocks, 4-6x smaller postings; raw: plain arrays, about 10%% faster",
+    )
+    index.add_argument(
+        "--tokenizer", choices=("standard", "whitespace"), default="standard", help="standard: Unicode word breaks"
+    )
+    index.add_argument("--stemmer", default="porter", help="a Snowball algorithm (porter, english, ...) or none")
+    index.add_argument(
+        "--stopwords", default="lucene", help="lucene (English), none, or a file with one stop word a line"
+    )
+    index.add_argument("--no-lowercase", action="store_true", help="keep case")
+    add_bm25_options(index, query_time=False)
+    index.add_argument(
+        "--dense",
+        nargs="?",
+        const=DEFAULT_DENSE_MODEL,
+        metavar="MODEL",
+        help=f"also encode every passage with a bi-encoder and build a faiss index (default: {DEFAULT_DENSE_MODEL}; "
+        "installed on first use)",
+    )
+    index.add_argument(
+        "--faiss",
+        choices=("auto", "flat", "hnsw", "ivfpq"),
+        default="auto",
+        help="dense index type (auto: exact up to 200k passages, HNSW to 5M, IVF-PQ beyond)",
+    )
+    index.add_argument(
+        "--splade",
+        nargs="?",
+        const=DEFAULT_SPLADE_MODEL,
+        metavar="MODEL",
+        help="also encode every passage with a SPLADE model into an impact index, searched by the BM25 kernels "
+        f"(default: {DEFAULT_SPLADE_MODEL}; installed on first use)",
+    )
+    index.add_argument("--prune", metavar="ESTIMATOR:RATE", help="score every passage's quality without a query and "
+                       "never index the lowest RATE of them (e.g. random:0.25, cdd:0.3; ESTIMATOR:>=SCORE for a "
+                       "threshold); ESTIMATOR is random, length, stopwords, inr, cdd, dense-norm, splade-norm, pppl "
+                       "or a model trained by `sift train quality`; scores are cached in INDEX_DIR/quality for "
+                       "`sift prune`")  # fmt: skip
+    index.add_argument("--json", action="store_true", help="print the build report as one JSON line")
+    index.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    prune = commands.add_parser("prune", help="re-prune an index at another rate from cached quality scores",
+                                description="Rebuild INDEX_DIR from the corpus it was built from, leaving out the "
+                                "lowest RATE of passages by ESTIMATOR; cached scores are reused (only passages the "
+                                "cache lacks are scored) and dense and SPLADE indexes are re-encoded.")  # fmt: skip
+    prune.add_argument("index_dir", metavar="INDEX_DIR")
+    prune.add_argument("--estimator", required=True, help="random, length, stopwords, inr, cdd, dense-norm, "
+                       "splade-norm, pppl, or a model trained by `sift train quality`")  # fmt: skip
+    prune.add_argument("--rate", type=float, help="share of passages to leave out, 0 to below 1")
+    prune.add_argument("--threshold", type=float, help="leave out passages scoring below this instead")
+    prune.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    prune.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    index.set_defaults(handler=_cmd_index)
+    prune.set_defaults(handler=_cmd_prune)
+
+
+def _cmd_index(args) -> int:
+    from engine.analysis import AnalyzerConfig
+    from engine.sparse import BM25Params
+    from indexers.corpus import CorpusReader, open_source
+    from indexers.inverted import BuildOptions, build_index
+    from sift.cli.modeling import ensure_installed
+
+    for model in (args.dense, args.splade):
+        if model:
+            ensure_installed(model)
+    text_fields = tuple(f.strip() for f in args.text_fields.split(",") if f.strip())
+    source = open_source(args.corpus, args.format, id_field=args.id_field, text_fields=text_fields)
+    if args.stopwords == "lucene":
+        stopwords = None
+    elif args.stopwords == "none":
+        stopwords = ()
+    else:
+        stopwords = tuple(w.strip() for w in Path(args.stopwords).read_text(encoding="utf-8").split() if w.strip())
+    options = BuildOptions(
+        analyzer=AnalyzerConfig(
+            tokenizer=args.tokenizer,
+            lowercase=not args.no_lowercase,
+            stopwords=stopwords,
+            stemmer=None if args.stemmer == "none" else args.stemmer,
+        ),
+        bm25=BM25Params(k1=0.9 if args.k1 is None else args.k1, b=0.4 if args.b is None else args.b),
+        passage_window=args.passage_window,
+        passage_stride=args.passage_stride,
+        memory_mb=args.memory_mb,
+        postings=args.postings,
+        overwrite=args.overwrite,
+    )
+    recorded = {"path": str(source.path), "format": source.format, "id_field": args.id_field,
+                "text_fields": list(text_fields)}  # fmt: skip
+    pruned, pruning = _plan_pruning(args, source, options)
+    reader = CorpusReader(source, skip_bad=args.skip_bad)
+    progress = Progress(source.size_bytes, reader, enabled=not args.quiet)
+    with progress:
+        report = build_index(reader, args.index_dir, options, source=recorded, on_progress=progress.update,
+                             pruned=pruned, pruning=pruning)  # fmt: skip
+    summary = {**report.to_dict(), **reader.skipped.to_dict()}
+    if pruning:
+        summary["pruning"] = pruning
+    if args.dense:
+        from tqdm import tqdm
+
+        from indexers.neural import build_dense
+
+        with tqdm(total=report.passages, unit="passages", desc="encoding", file=sys.stderr,
+                  disable=True if args.quiet else None) as bar:  # fmt: skip
+            dense = build_dense(args.index_dir, args.dense, args.faiss, on_progress=bar.update)
+        summary["dense"] = dense.to_dict()
+    if args.splade:
+        from tqdm import tqdm
+
+        from indexers.neural import build_impact
+
+        with tqdm(total=report.passages, unit="passages", desc="encoding (SPLADE)", file=sys.stderr,
+                  disable=True if args.quiet else None) as bar:  # fmt: skip
+            impact = build_impact(args.index_dir, args.splade, on_progress=bar.update)
+        summary["splade"] = impact.to_dict()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"indexed {report.documents:,} documents ({report.passages:,} passages) into {report.index_dir} "
+            f"in {report.seconds:.1f}s ({summary['documents_per_second']:,} docs/s), generation {report.generation}"
+        )
+        if reader.skipped.total:
+            print(f"skipped {reader.skipped.total:,} bad records: {dict(reader.skipped.counts)}")
+            for example in reader.skipped.examples:
+                print(f"  {example}")
+        if args.dense:
+            d = summary["dense"]
+            print(f"dense: {d['passages']:,} passages encoded with {d['model']} ({d['passages_per_second']:,} "
+                  f"passages/s), faiss {d['faiss']}")  # fmt: skip
+        if args.splade:
+            d = summary["splade"]
+            print(f"splade: {d['passages']:,} passages encoded with {d['model']} ({d['passages_per_second']:,} "
+                  f"passages/s), {d['postings']:,} impacts over {d['terms']:,} terms")  # fmt: skip
+    return 0
+
+
+
+
+def _plan_pruning(args, source, options) -> tuple[set[str], dict | None]:
+    """--prune: every passage scored (or read from the index's score cache) before anything is indexed."""
+    if not args.prune:
+        return set(), None
+    from tqdm import tqdm
+
+    from engine.format import QUALITY_FOLDER
+    from indexers.corpus import CorpusReader
+    from indexers.quality import CorpusPassages, PruneSpec, ScoreCache, plan_pruning
+
+    spec = PruneSpec.parse(args.prune)
+    stride = options.passage_stride or options.passage_window
+    passages = CorpusPassages(CorpusReader(source, skip_bad=args.skip_bad), options.analyzer,
+                              options.passage_window, stride)  # fmt: skip
+    with tqdm(unit="passages", desc=f"quality ({spec.estimator})", file=sys.stderr,
+              disable=True if args.quiet else None) as bar:  # fmt: skip
+        return plan_pruning(passages, spec, ScoreCache(Path(args.index_dir) / QUALITY_FOLDER), bar.update)
+
+
+def _cmd_prune(args) -> int:
+    from tqdm import tqdm
+
+    from indexers.quality import PruneSpec, reprune
+
+    if (args.rate is None) == (args.threshold is None):
+        raise ValueError("give one of --rate (a share of passages) or --threshold (a score)")
+    spec = PruneSpec.parse(f"{args.estimator}:{args.rate}" if args.rate is not None
+                           else f"{args.estimator}:>={args.threshold}")  # fmt: skip
+    with tqdm(unit="passages", desc=f"quality ({spec.estimator})", file=sys.stderr,
+              disable=True if args.quiet else None) as bar:  # fmt: skip
+        report, record, neural = reprune(args.index_dir, spec, bar.update)
+    summary = {**report.to_dict(), "pruning": record, **neural}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"pruned {record['pruned']:,} of {record['passages']:,} passages by {spec.estimator} "
+              f"({record['scored_now']:,} scored now, the rest from the cache); indexed {report.passages:,} "
+              f"passages in {report.seconds:.1f}s into {args.index_dir}")  # fmt: skip
+    return 0
