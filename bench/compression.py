@@ -20,7 +20,8 @@ from bench.first_stage import load_corpus
 from bench.harness import WORK, directory_bytes, machine, software, write_results
 from engine.index import open_index
 from indexers.corpus import Document
-from indexers.inverted import BuildOptions, build_index
+from indexers.inverted import BuildOptions
+from indexers.writer import build_index
 
 FORMATS = ("raw", "packed")
 

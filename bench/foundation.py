@@ -22,7 +22,8 @@ from bench.harness import DATA, WORK, directory_bytes, latencies, machine, softw
 from engine.evaluation import evaluate
 from engine.index import open_index
 from indexers.corpus import CorpusReader, open_source, read_qrels, read_queries
-from indexers.inverted import BuildOptions, build_index
+from indexers.inverted import BuildOptions
+from indexers.writer import build_index
 from tools.synthetic import synthetic_documents, synthetic_queries
 
 

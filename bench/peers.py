@@ -21,7 +21,8 @@ from engine.analysis import AnalyzerConfig
 from engine.index import open_index
 from engine.sparse import BM25Params
 from indexers.corpus import Document
-from indexers.inverted import BuildOptions, build_index
+from indexers.inverted import BuildOptions
+from indexers.writer import build_index
 
 PEERS = ("sift", "pisa-bmw", "pisa-bmm", "pyserini", "bm25s", "tantivy")
 

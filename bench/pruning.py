@@ -31,9 +31,8 @@ from engine.evaluation import equivalence, evaluate
 from engine.index import open_index
 from engine.pipeline import Pipeline, Stage, parse
 from indexers.corpus import CorpusReader, open_source, read_qrels, read_queries
-from indexers.inverted import build_index
-from indexers.neural import build_dense
 from indexers.quality import ESTIMATORS, CorpusPassages, PruneSpec, ScoreCache, pruned_keys, score_passages
+from indexers.writer import build_dense, build_index
 
 RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 PIPELINES = ("bm25", "dense", "hybrid(bm25,dense,alpha=0.5)")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import gc
-import os
 import shutil
 import time
-import uuid
 from array import array
 from collections.abc import Callable, Collection, Iterable
 from contextlib import contextmanager
@@ -17,24 +15,14 @@ import numpy as np
 from numba import njit
 
 from engine.analysis import Analyzer, AnalyzerConfig, TermBytes
-from engine.errors import SiftError
 from engine.format import (
-    MANIFEST,
     POSTINGS_FORMATS,
-    QUALITY_FOLDER,
-    SEGMENT_PREFIX,
-    STAGING_PREFIX,
     DocStoreWriter,
     Segment,
-    WriteLock,
-    collect_garbage,
-    commit_manifest,
     failpoint,
     finish_segment,
-    live_folders,
     merge_segments,
     pack_segment,
-    read_manifest,
     write_array,
     write_postings,
     write_strings,
@@ -47,10 +35,6 @@ from indexers.corpus import Document, Passage, split_passages
 # at 12 bytes a 1 GB budget peaked at 3.7 GB resident while indexing 10M passages.
 _BYTES_PER_POSTING = 40
 _BATCH_PASSAGES = 2048  # passages analyzed before their terms are counted together
-
-
-class IndexExistsError(SiftError):
-    """The target already holds an index (or other files) and overwriting was not asked for."""
 
 
 @dataclass
@@ -328,24 +312,6 @@ class BuildReport:
         }
 
 
-def _prepare_target(index_dir: Path, overwrite: bool) -> tuple[bool, int]:
-    """Checks the target may be written; returns (created, previous generation)."""
-    if not index_dir.exists():
-        index_dir.mkdir(parents=True)
-        return True, 0
-    if not index_dir.is_dir():
-        raise IndexExistsError(f"{index_dir}: exists and is not a directory")
-    if (index_dir / MANIFEST).exists():
-        manifest = read_manifest(index_dir)
-        if not overwrite:
-            raise IndexExistsError(f"{index_dir}: already holds an index; pass --overwrite to replace it")
-        return False, int(manifest["generation"])
-    leftovers = [p.name for p in index_dir.iterdir() if not p.name.startswith((SEGMENT_PREFIX, STAGING_PREFIX))]
-    if [name for name in leftovers if name not in ("write.lock", f"{MANIFEST}.tmp", QUALITY_FOLDER)]:
-        raise IndexExistsError(f"{index_dir}: is not empty and holds no Sift index; choose another directory")
-    return False, 0
-
-
 @contextmanager
 def _cyclic_gc_paused():
     """Indexing allocates millions of small lists and strings and frees them all by reference counting; pausing the
@@ -360,93 +326,60 @@ def _cyclic_gc_paused():
             gc.enable()
 
 
-def build_index(
+def write_segments(
     documents: Iterable[Document],
-    index_dir: str | os.PathLike,
-    options: BuildOptions | None = None,
-    source: dict | None = None,
+    staging: Path,
+    options: BuildOptions,
     on_progress: Callable[[int], None] | None = None,
     pruned: Collection[str] = frozenset(),
-    pruning: dict | None = None,
-) -> BuildReport:
-    """Indexes documents into index_dir and commits a new generation, or leaves the directory as it was.
+) -> tuple[list[Path], BuildReport]:
+    """Indexes documents into finished segment folders under staging (committing them is the writer's part).
 
     on_progress is called with the number of documents done after each batch of them. Passages whose key
-    (doc_id#part) is in `pruned` are never indexed; `pruning` says in the manifest how they were chosen.
-    """
-    options = options or BuildOptions()
-    index_dir = Path(index_dir)
+    (doc_id#part) is in `pruned` are never indexed."""
     started = time.perf_counter()
     analyzer = Analyzer(options.analyzer)
     stride = options.passage_stride or options.passage_window
-    created, generation = _prepare_target(index_dir, options.overwrite)
-    staging = index_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
-    try:
-        with WriteLock(index_dir), _cyclic_gc_paused():
-            collect_garbage(index_dir, live_folders(read_manifest(index_dir)) if generation else [])
-            staging.mkdir()
-            flushed: list[Path] = []
-            pending = _PendingSegment(staging / "part_0000")
-            budget = options.memory_mb * 2**20
-            count = passages = 0
-            batch: list[list[Passage]] = []
-            batch_passages = 0
-            for count, doc in enumerate(documents, 1):
-                parts = split_passages(doc, analyzer, options.passage_window, stride)
-                if pruned:
-                    parts = [p for p in parts if p.key not in pruned]
-                    if not parts:
-                        continue
-                batch.append(parts)
-                batch_passages += len(parts)
-                if batch_passages >= _BATCH_PASSAGES:
-                    pending.add_documents(batch, analyzer)
-                    passages += batch_passages
-                    batch, batch_passages = [], 0
-                    if pending.memory_bytes >= budget:
-                        flushed.append(pending.flush())
-                        failpoint("after-flush")
-                        pending = _PendingSegment(staging / f"part_{len(flushed):04d}")
-                    if on_progress:
-                        on_progress(count)
-            if batch:
+    with _cyclic_gc_paused():
+        flushed: list[Path] = []
+        pending = _PendingSegment(staging / "part_0000")
+        budget = options.memory_mb * 2**20
+        count = passages = 0
+        batch: list[list[Passage]] = []
+        batch_passages = 0
+        for count, doc in enumerate(documents, 1):
+            parts = split_passages(doc, analyzer, options.passage_window, stride)
+            if pruned:
+                parts = [p for p in parts if p.key not in pruned]
+                if not parts:
+                    continue
+            batch.append(parts)
+            batch_passages += len(parts)
+            if batch_passages >= _BATCH_PASSAGES:
                 pending.add_documents(batch, analyzer)
                 passages += batch_passages
+                batch, batch_passages = [], 0
+                if pending.memory_bytes >= budget:
+                    flushed.append(pending.flush())
+                    failpoint("after-flush")
+                    pending = _PendingSegment(staging / f"part_{len(flushed):04d}")
                 if on_progress:
                     on_progress(count)
-            if pending.passages or not flushed:
-                flushed.append(pending.flush())
-            flushes = len(flushed)
-            generation += 1
-            if options.merge and len(flushed) > 1:
-                merged = staging / "merged"
-                merge_segments([Segment(p) for p in flushed], merged)
-                flushed = [merged]
-            live = []
-            for number, folder in enumerate(flushed):
-                if options.postings == "packed":
-                    pack_segment(folder)
-                name = f"{SEGMENT_PREFIX}{generation:06d}_{number:04d}"
-                meta = Segment(folder).meta
-                os.replace(folder, index_dir / name)
-                live.append({"name": name, "passages": meta["passages"], "documents": meta["documents"]})
-            failpoint("before-commit")
-            manifest = {
-                "generation": generation,
-                "analyzer": options.analyzer.to_dict(),
-                "bm25": {"k1": options.bm25.k1, "b": options.bm25.b, "length_norm": options.bm25.length_norm},
-                "passages": {"window": options.passage_window, "stride": stride},
-                "segments": live,
-                "source": source or {},
-            }
-            if pruning:
-                manifest["pruning"] = pruning
-            commit_manifest(index_dir, manifest)
-            failpoint("after-commit")
-            collect_garbage(index_dir, [s["name"] for s in live])
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            shutil.rmtree(index_dir, ignore_errors=True)
-        raise
-    return BuildReport(index_dir, count, passages, flushes, time.perf_counter() - started, generation)
+        if batch:
+            pending.add_documents(batch, analyzer)
+            passages += batch_passages
+            if on_progress:
+                on_progress(count)
+        if pending.passages or not flushed:
+            flushed.append(pending.flush())
+        flushes = len(flushed)
+        if options.merge and len(flushed) > 1:
+            merged = staging / "merged"
+            merge_segments([Segment(p) for p in flushed], merged)
+            for folder in flushed:
+                shutil.rmtree(folder)
+            flushed = [merged]
+        if options.postings == "packed":
+            for folder in flushed:
+                pack_segment(folder)
+    return flushed, BuildReport(staging, count, passages, flushes, time.perf_counter() - started, 0)

@@ -1,5 +1,5 @@
-"""Neural indexing over a committed index's passages, each committed as one more generation (a failure leaves the
-index as it was):
+"""Neural indexing over the passages of finished segments, into folders the IndexWriter commits
+(indexers/writer.py):
 
 - dense: encode every passage with a bi-encoder, store the vectors, build a faiss index over them;
 - impact: encode every passage with a SPLADE model and store its term weights, quantized to integers, as the
@@ -8,11 +8,8 @@ index as it was):
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,20 +18,16 @@ import numpy as np
 from engine.encoders import BiEncoder, SpladeEncoder
 from engine.errors import SiftError
 from engine.format import (
-    SEGMENT_PREFIX,
-    STAGING_PREFIX,
-    WriteLock,
-    collect_garbage,
-    commit_manifest,
+    Segment,
+    failpoint,
     finish_segment,
     fsync_path,
-    live_folders,
     pack_segment,
     sort_terms,
     write_json,
     write_postings,
 )
-from engine.index import Index, indexed_text, open_index
+from engine.index import indexed_text
 from indexers.inverted import group_by_term
 
 FAISS_KINDS = ("auto", "flat", "hnsw", "ivfpq")
@@ -93,79 +86,60 @@ def build_faiss(vectors: np.ndarray, kind: str):
     return index
 
 
-def _passage_texts(index) -> Iterator[str]:
+def _passage_texts(segments: Sequence[Segment]) -> Iterator[str]:
     """Each passage's indexed text (title and text, as BM25 saw it), in internal passage order."""
-    for segment in index.segments:
+    for segment in segments:
         for number in range(segment.passages):
             row = segment.store.row(number)
             yield indexed_text(row[2], row[3])
 
 
-def build_dense(
-    index_dir: str | os.PathLike,
-    model: str = "all-minilm-l6-v2",
+def _passage_count(segments: Sequence[Segment]) -> int:
+    n = sum(segment.passages for segment in segments)
+    if not n:
+        raise NeuralIndexError("the index has no passages to encode")
+    return n
+
+
+def encode_dense(
+    segments: Sequence[Segment],
+    encoder: BiEncoder,
+    folder: Path,
     faiss_kind: str = "auto",
     batch_size: int = 32,
-    threads: int | None = None,
     on_progress: Callable[[int], None] | None = None,
-    encoder: BiEncoder | None = None,
 ) -> NeuralReport:
-    """Adds (or replaces) the dense index of one model; a failure leaves the index as it was. `encoder` stands in
-    for the model's (anything with its name and encode(); benchmarks pass one that reuses earlier vectors)."""
-    index_dir = Path(index_dir)
+    """Encodes every passage of the segments into folder (vectors and a faiss index over them), not committed.
+    `encoder` is anything with a name and BiEncoder's encode() (benchmarks pass one that reuses earlier vectors)."""
+    import faiss
+
     started = time.perf_counter()
-    encoder = encoder or BiEncoder(model, threads=threads)
-    name = encoder.name
-    staging = index_dir / f"{STAGING_PREFIX}dense-{uuid.uuid4().hex[:12]}"
-    with WriteLock(index_dir):
-        index = open_index(index_dir)
-        manifest = index.manifest
-        n = index.passages
-        kind = choose_faiss(faiss_kind, n)
-        try:
-            staging.mkdir()
-            vectors = None
-            done = 0
-            texts = _passage_texts(index)
-            encode_started = time.perf_counter()
-            while done < n:
-                chunk = [t for _, t in zip(range(_ENCODE_CHUNK), texts)]
-                encoded = encoder.encode(chunk, batch_size=batch_size, on_progress=on_progress)
-                if vectors is None:
-                    vectors = np.lib.format.open_memmap(
-                        staging / "vectors.npy", mode="w+", dtype=np.float32, shape=(n, encoded.shape[1])
-                    )
-                vectors[done : done + len(chunk)] = encoded
-                done += len(chunk)
-            encode_seconds = time.perf_counter() - encode_started
-            if vectors is None:
-                raise NeuralIndexError(f"{index_dir}: the index has no passages to encode")
-            vectors.flush()
-            import faiss
-
-            faiss.write_index(build_faiss(vectors, kind), str(staging / "faiss.index"))
-            dimension = int(vectors.shape[1])
-            del vectors
-            write_json(staging / "dense.json", {"model": name, "passages": n, "dimension": dimension, "faiss": kind})
-            for path in staging.iterdir():
-                fsync_path(path)
-            _commit(index_dir, manifest, staging, "dense", name,
-                    {"dimension": dimension, "faiss": kind, "passages": n})  # fmt: skip
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    return NeuralReport(name, n, time.perf_counter() - started, encode_seconds, {"dimension": dimension, "faiss": kind})
-
-
-def _commit(index_dir: Path, manifest: dict, staging: Path, kind: str, name: str, entry: dict) -> None:
-    """Moves a finished staging folder into place and commits a generation naming it as kind's index of name."""
-    generation = int(manifest["generation"]) + 1
-    folder = f"{SEGMENT_PREFIX}{kind}_{generation:06d}_{uuid.uuid4().hex[:6]}"
-    os.replace(staging, index_dir / folder)
-    section = {**manifest.get(kind, {}), name: {"folder": folder, **entry}}
-    updated = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "committed")}
-    commit_manifest(index_dir, {**updated, "generation": generation, kind: section})
-    collect_garbage(index_dir, live_folders({**manifest, kind: section}))
+    n = _passage_count(segments)
+    kind = choose_faiss(faiss_kind, n)
+    folder.mkdir()
+    vectors = None
+    done = 0
+    texts = _passage_texts(segments)
+    while done < n:
+        chunk = [t for _, t in zip(range(_ENCODE_CHUNK), texts)]
+        encoded = encoder.encode(chunk, batch_size=batch_size, on_progress=on_progress)
+        if vectors is None:
+            vectors = np.lib.format.open_memmap(
+                folder / "vectors.npy", mode="w+", dtype=np.float32, shape=(n, encoded.shape[1])
+            )
+        vectors[done : done + len(chunk)] = encoded
+        done += len(chunk)
+    encode_seconds = time.perf_counter() - started
+    vectors.flush()
+    faiss.write_index(build_faiss(vectors, kind), str(folder / "faiss.index"))
+    dimension = int(vectors.shape[1])
+    del vectors
+    write_json(folder / "dense.json", {"model": encoder.name, "passages": n, "dimension": dimension, "faiss": kind})
+    for path in folder.iterdir():
+        fsync_path(path)
+    failpoint("after-dense")
+    return NeuralReport(encoder.name, n, time.perf_counter() - started, encode_seconds,
+                        {"dimension": dimension, "faiss": kind})  # fmt: skip
 
 
 def quantize_impacts(weights: np.ndarray, scale: float = IMPACT_SCALE) -> np.ndarray:
@@ -173,64 +147,54 @@ def quantize_impacts(weights: np.ndarray, scale: float = IMPACT_SCALE) -> np.nda
     return np.floor(np.asarray(weights, dtype=np.float64) * scale + 0.5).astype(np.uint32)
 
 
-def build_impact(
-    index_dir: str | os.PathLike,
-    model: str = "splade-tiny",
+def encode_impact(
+    segments: Sequence[Segment],
+    encoder: SpladeEncoder,
+    folder: Path,
+    packed: bool = True,
     batch_size: int = 8,
-    threads: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> NeuralReport:
-    """Adds (or replaces) the impact index of one learned sparse model; a failure leaves the index as it was."""
-    index_dir = Path(index_dir)
+    """Encodes every passage of the segments with a learned sparse model into an impact index in folder (in the
+    segment format, packed like the BM25 postings), not committed."""
     started = time.perf_counter()
-    encoder = SpladeEncoder(model, threads=threads)
+    n = _passage_count(segments)
     name = encoder.config.name
-    staging = index_dir / f"{STAGING_PREFIX}impact-{uuid.uuid4().hex[:12]}"
-    with WriteLock(index_dir):
-        index = open_index(index_dir)
-        n = index.passages
-        try:
-            staging.mkdir()
-            encode_started = time.perf_counter()
-            term_ids, passages, impacts = _encode_impacts(index, encoder, batch_size, on_progress)
-            encode_seconds = time.perf_counter() - encode_started
-            used = np.unique(term_ids)
-            terms = sort_terms(encoder.tokenizer.id_to_token(int(t)) for t in used)
-            rank = np.zeros(int(used[-1]) + 1 if len(used) else 0, dtype=np.int64)
-            position = {t: i for i, t in enumerate(terms)}
-            rank[used] = [position[encoder.tokenizer.id_to_token(int(t))] for t in used]
-            term_of_posting = rank[term_ids]
-            offsets = np.zeros(len(terms) + 1, dtype=np.int64)
-            np.cumsum(np.bincount(term_of_posting, minlength=len(terms)), out=offsets[1:])
-            docs, tfs = group_by_term(term_of_posting, offsets, passages, impacts)
-            write_postings(staging, terms, offsets, docs, tfs, np.zeros(n, dtype=np.uint32))
-            meta = {"model": name, "passages": n, "terms": len(terms), "postings": len(docs), "scale": IMPACT_SCALE}
-            finish_segment(staging, meta)
-            if index.segments and index.segments[0].packed:
-                pack_segment(staging)
-            _commit(index_dir, index.manifest, staging, "impact", name,
-                    {"passages": n, "scale": IMPACT_SCALE, "postings": len(docs)})  # fmt: skip
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    folder.mkdir()
+    term_ids, passages, impacts = _encode_impacts(segments, n, encoder, batch_size, on_progress)
+    encode_seconds = time.perf_counter() - started
+    used = np.unique(term_ids)
+    terms = sort_terms(encoder.tokenizer.id_to_token(int(t)) for t in used)
+    rank = np.zeros(int(used[-1]) + 1 if len(used) else 0, dtype=np.int64)
+    position = {t: i for i, t in enumerate(terms)}
+    rank[used] = [position[encoder.tokenizer.id_to_token(int(t))] for t in used]
+    term_of_posting = rank[term_ids]
+    offsets = np.zeros(len(terms) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(term_of_posting, minlength=len(terms)), out=offsets[1:])
+    docs, tfs = group_by_term(term_of_posting, offsets, passages, impacts)
+    write_postings(folder, terms, offsets, docs, tfs, np.zeros(n, dtype=np.uint32))
+    finish_segment(folder, {"model": name, "passages": n, "terms": len(terms), "postings": len(docs),
+                            "scale": IMPACT_SCALE})  # fmt: skip
+    if packed:
+        pack_segment(folder)
+    failpoint("after-impact")
     return NeuralReport(name, n, time.perf_counter() - started, encode_seconds,
-                        {"terms": len(terms), "postings": len(docs)})  # fmt: skip
+                        {"terms": len(terms), "postings": len(docs), "scale": IMPACT_SCALE})  # fmt: skip
 
 
 def _encode_impacts(
-    index: Index, encoder: SpladeEncoder, batch_size: int, on_progress: Callable[[int], None] | None
+    segments: Sequence[Segment], n: int, encoder: SpladeEncoder, batch_size: int,
+    on_progress: Callable[[int], None] | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every passage's (vocabulary id, passage, impact) postings, passages ascending."""
     chunks = []
     done = 0
-    texts = _passage_texts(index)
-    while done < index.passages:
+    texts = _passage_texts(segments)
+    while done < n:
         chunk = [t for _, t in zip(range(_ENCODE_CHUNK), texts)]
         for number, (ids, weights) in enumerate(encoder.encode_ids(chunk, batch_size, on_progress), done):
             impacts = quantize_impacts(weights)
             kept = impacts > 0
             chunks.append((ids[kept], np.full(int(kept.sum()), number, dtype=np.uint32), impacts[kept]))
         done += len(chunk)
-    if not chunks:
-        raise NeuralIndexError(f"{index.path}: the index has no passages to encode")
     return tuple(np.concatenate(parts) for parts in zip(*chunks))  # type: ignore[return-value]

@@ -25,12 +25,16 @@ import numpy as np
 
 from engine.analysis import Analyzer, AnalyzerConfig
 from engine.errors import SiftError
-from engine.format import MANIFEST, QUALITY_FOLDER, read_manifest
+from engine.format import MANIFEST, QUALITY_FOLDER, Segment
 from indexers.corpus import CorpusReader, Document, Passage, open_source, split_passages
 
 
 class QualityError(SiftError, ValueError):
     pass
+
+
+# the models some estimators run (installed by the command line before scoring starts)
+ESTIMATOR_MODELS = {"dense-norm": "all-minilm-l6-v2", "splade-norm": "splade-tiny", "pppl": "splade-tiny"}
 
 
 class Estimator:
@@ -125,7 +129,7 @@ class DivergenceEstimator(_TermEstimator):
 class DenseNormEstimator(Estimator):
     name = "dense-norm"
 
-    def __init__(self, model: str = "all-minilm-l6-v2") -> None:
+    def __init__(self, model: str = ESTIMATOR_MODELS["dense-norm"]) -> None:
         self.model = model
         self.encoder = None  # loaded on first use: scoring from a cache needs no model
 
@@ -139,7 +143,7 @@ class DenseNormEstimator(Estimator):
 class SpladeNormEstimator(Estimator):
     name = "splade-norm"
 
-    def __init__(self, model: str = "splade-tiny") -> None:
+    def __init__(self, model: str = ESTIMATOR_MODELS["splade-norm"]) -> None:
         self.model = model
         self.encoder = None
 
@@ -162,7 +166,7 @@ class PseudoPerplexityEstimator(Estimator):
 
     name = "pppl"
 
-    def __init__(self, model: str = "splade-tiny", passes: int = 6, max_tokens: int = 128,
+    def __init__(self, model: str = ESTIMATOR_MODELS["pppl"], passes: int = 6, max_tokens: int = 128,
                  batch_size: int = 16) -> None:  # fmt: skip
         self.model, self.passes, self.max_tokens, self.batch_size = model, passes, max_tokens, batch_size
         self.session = None
@@ -420,45 +424,41 @@ def plan_pruning(passages: Iterable[Passage], spec: PruneSpec, cache: ScoreCache
 
 def reprune(index_dir: str | os.PathLike, spec: PruneSpec, on_progress: Callable[[int], None] | None = None):
     """Rebuilds an index from its recorded source with another pruning, scores taken from the cache (only passages
-    it lacks are scored), and re-encodes its dense and impact indexes with the same models. Returns the build
-    report, the pruning record and the neural reports."""
+    it lacks are scored), re-encodes its dense and impact indexes with the same models, and commits all of it at
+    once: a failure anywhere leaves the previous commit whole. Returns the build report, the pruning record and the
+    neural reports."""
+    from engine.encoders import BiEncoder, SpladeEncoder
     from engine.sparse import BM25Params
-    from indexers.inverted import BuildOptions, build_index
-    from indexers.neural import build_dense, build_impact
+    from indexers.inverted import BuildOptions
+    from indexers.writer import IndexWriter
 
     index_dir = Path(index_dir)
     if not (index_dir / MANIFEST).exists():
         raise QualityError(f"{index_dir}: no Sift index here")
-    manifest = read_manifest(index_dir)
-    recorded = manifest.get("source") or {}
-    if "path" not in recorded:
-        raise QualityError(f"{index_dir}: the manifest does not record the corpus it was built from")
-    options = {k: v for k, v in recorded.items() if k in ("id_field", "text_fields") and v}
-    if "text_fields" in options:
-        options["text_fields"] = tuple(options["text_fields"])
-    source = open_source(recorded["path"], recorded.get("format"), **options)
-    analyzer = AnalyzerConfig.from_dict(manifest["analyzer"])
-    window, stride = manifest["passages"]["window"], manifest["passages"]["stride"]
-    passages = CorpusPassages(CorpusReader(source, skip_bad=True), analyzer, window, stride)
-    pruned, record = plan_pruning(passages, spec, ScoreCache(index_dir / QUALITY_FOLDER), on_progress)
-    bm25 = manifest["bm25"]
-    build_options = BuildOptions(analyzer=analyzer, bm25=BM25Params(k1=bm25["k1"], b=bm25["b"],
-                                 length_norm=bm25.get("length_norm", "lucene")), passage_window=window,
-                                 passage_stride=stride, overwrite=True,
-                                 postings=_postings_format(index_dir, manifest))  # fmt: skip
-    report = build_index(CorpusReader(source, skip_bad=True), index_dir, build_options, source=recorded,
-                         pruned=pruned, pruning=record)  # fmt: skip
-    neural = {}
-    for name, entry in manifest.get("dense", {}).items():
-        neural[f"dense:{name}"] = build_dense(index_dir, name, entry.get("faiss", "auto")).to_dict()
-    for name in manifest.get("impact", {}):
-        neural[f"splade:{name}"] = build_impact(index_dir, name).to_dict()
+    with IndexWriter(index_dir) as writer:
+        manifest = writer.base
+        recorded = manifest.get("source") or {}
+        if "path" not in recorded:
+            raise QualityError(f"{index_dir}: the manifest does not record the corpus it was built from")
+        options = {k: v for k, v in recorded.items() if k in ("id_field", "text_fields") and v}
+        if "text_fields" in options:
+            options["text_fields"] = tuple(options["text_fields"])
+        source = open_source(recorded["path"], recorded.get("format"), **options)
+        analyzer = AnalyzerConfig.from_dict(manifest["analyzer"])
+        window, stride = manifest["passages"]["window"], manifest["passages"]["stride"]
+        passages = CorpusPassages(CorpusReader(source, skip_bad=True), analyzer, window, stride)
+        pruned, record = plan_pruning(passages, spec, ScoreCache(index_dir / QUALITY_FOLDER), on_progress)
+        bm25 = manifest["bm25"]
+        packed = all(Segment(index_dir / s["name"]).packed for s in manifest["segments"])
+        build_options = BuildOptions(analyzer=analyzer, bm25=BM25Params(k1=bm25["k1"], b=bm25["b"],
+                                     length_norm=bm25.get("length_norm", "lucene")), passage_window=window,
+                                     passage_stride=stride, postings="packed" if packed else "raw")  # fmt: skip
+        report = writer.build_inverted(CorpusReader(source, skip_bad=True), build_options, recorded,
+                                       pruned=pruned, pruning=record)  # fmt: skip
+        neural = {}
+        for name, entry in manifest.get("dense", {}).items():
+            neural[f"dense:{name}"] = writer.add_dense(BiEncoder(name), entry.get("faiss", "auto")).to_dict()
+        for name in manifest.get("impact", {}):
+            neural[f"splade:{name}"] = writer.add_impact(SpladeEncoder(name)).to_dict()
+        report.generation = writer.commit()
     return report, record, neural
-
-
-
-def _postings_format(index_dir: Path, manifest: dict) -> str:
-    from engine.format import Segment
-
-    segments = manifest.get("segments") or []
-    return "packed" if not segments or Segment(index_dir / segments[0]["name"]).packed else "raw"

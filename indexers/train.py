@@ -204,8 +204,7 @@ def _texts_by_id(index) -> dict[str, str]:
 
 def build_mining_index(data_dir: Path, directory: Path, dense: bool) -> Path:
     from indexers.corpus import CorpusReader, open_source
-    from indexers.inverted import build_index
-    from indexers.neural import build_dense
+    from indexers.writer import build_dense, build_index
 
     corpus = next((p for p in sorted(data_dir.glob("corpus.*"))), None)
     if corpus is None:

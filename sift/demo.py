@@ -74,7 +74,8 @@ DEMO_QUERIES = ("read a file line by line", "parse command line arguments", "com
 def _cmd_demo(args) -> int:
     from engine.index import open_index
     from indexers.corpus import CorpusReader, open_source
-    from indexers.inverted import BuildOptions, build_index
+    from indexers.inverted import BuildOptions
+    from indexers.writer import build_index
 
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)

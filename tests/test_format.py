@@ -18,7 +18,8 @@ from engine.format import (
     write_strings,
 )
 from indexers.corpus import CorpusReader, open_source
-from indexers.inverted import BuildOptions, build_index
+from indexers.inverted import BuildOptions
+from indexers.writer import build_index
 
 
 @settings(max_examples=50, deadline=None)

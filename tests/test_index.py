@@ -14,7 +14,8 @@ from conftest import random_documents, write_jsonl
 from engine.format import IndexFormatError, IndexLockedError, WriteLock
 from engine.index import open_index
 from indexers.corpus import CorpusReader, open_source
-from indexers.inverted import BuildOptions, IndexExistsError, build_index
+from indexers.inverted import BuildOptions
+from indexers.writer import IndexExistsError, build_index
 
 QUERIES = ["search engine", "quick brown fox", "money bank river", "runs", "posting block merge"]
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from engine.index import open_index
 from engine.neural import DenseSearcher
 from engine.pipeline import Pipeline, PipelineError, parse
 from indexers.corpus import CorpusReader, open_source
-from indexers.inverted import BuildOptions, build_index
-from indexers.neural import build_dense
+from indexers.inverted import BuildOptions
+from indexers.writer import build_dense, build_index
 
 onnx = pytest.importorskip("onnx")
 WORDS = [f"w{i}" for i in range(60)]
@@ -273,7 +273,7 @@ def brute_force_impacts(records, query, vocabulary, table, k):
 @pytest.mark.parametrize("postings", ["raw", "packed"])
 def test_impact_index_finds_the_brute_force_top_k_with_every_algorithm(tmp_path, tiny_splade, postings):
     from engine.neural import ImpactSearcher
-    from indexers.neural import build_impact
+    from indexers.writer import build_impact
 
     vocabulary, table = tiny_splade
     rng = np.random.default_rng(2)
@@ -303,7 +303,7 @@ def test_impact_index_finds_the_brute_force_top_k_with_every_algorithm(tmp_path,
 
 def test_impact_and_dense_indexes_live_side_by_side(tmp_path, tiny_model, tiny_splade):
     from engine.neural import ImpactSearcher
-    from indexers.neural import build_impact
+    from indexers.writer import build_impact
 
     _, index_dir = build_corpus_index(tmp_path)
     build_impact(index_dir, "tiny-splade")

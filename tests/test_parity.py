@@ -6,7 +6,7 @@ from conftest import DATA
 from engine.evaluation import evaluate
 from engine.index import open_index
 from indexers.corpus import CorpusReader, open_source, read_qrels, read_queries
-from indexers.inverted import build_index
+from indexers.writer import build_index
 
 # ../shared/data/README.md: pyserini 1.6.0, default English analyzer, title + text, k1=0.9, b=0.4, top 1000
 LUCENE = {

@@ -13,7 +13,6 @@ from engine.analysis import Analyzer
 from engine.evaluation import Evaluation, equivalence
 from engine.index import open_index
 from indexers.corpus import CorpusReader, Document, open_source
-from indexers.inverted import build_index
 from indexers.quality import (
     CorpusPassages,
     PruneSpec,
@@ -23,6 +22,7 @@ from indexers.quality import (
     pruned_keys,
     score_passages,
 )
+from indexers.writer import build_index
 from sift.cli import main
 from tests.conftest import random_documents, write_jsonl
 

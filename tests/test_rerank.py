@@ -12,7 +12,8 @@ from engine import models
 from engine.index import open_index
 from engine.pipeline import Pipeline, PipelineError, parse
 from indexers.corpus import CorpusReader, open_source
-from indexers.inverted import BuildOptions, build_index
+from indexers.inverted import BuildOptions
+from indexers.writer import build_index
 
 onnx = pytest.importorskip("onnx")
 WORDS = [f"w{i}" for i in range(40)]

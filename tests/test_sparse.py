@@ -23,7 +23,8 @@ from engine.sparse import (
     top_k,
 )
 from indexers.corpus import CorpusReader, open_source
-from indexers.inverted import BuildOptions, build_index
+from indexers.inverted import BuildOptions
+from indexers.writer import build_index
 
 
 def test_lucene_length_table_matches_smallfloat():

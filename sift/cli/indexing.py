@@ -96,12 +96,16 @@ def register(commands) -> None:
 
 def _cmd_index(args) -> int:
     from engine.analysis import AnalyzerConfig
+    from engine.encoders import BiEncoder, SpladeEncoder
     from engine.sparse import BM25Params
     from indexers.corpus import CorpusReader, open_source
-    from indexers.inverted import BuildOptions, build_index
+    from indexers.inverted import BuildOptions
+    from indexers.quality import ESTIMATOR_MODELS
+    from indexers.writer import IndexWriter
     from sift.cli.modeling import ensure_installed
 
-    for model in (args.dense, args.splade):
+    estimator = args.prune.partition(":")[0] if args.prune else None
+    for model in (args.dense, args.splade, ESTIMATOR_MODELS.get(estimator)):
         if model:
             ensure_installed(model)
     text_fields = tuple(f.strip() for f in args.text_fields.split(",") if f.strip())
@@ -126,35 +130,23 @@ def _cmd_index(args) -> int:
         postings=args.postings,
         overwrite=args.overwrite,
     )
-    recorded = {"path": str(source.path), "format": source.format, "id_field": args.id_field,
+    recorded = {"path": str(Path(source.path).resolve()), "format": source.format, "id_field": args.id_field,
                 "text_fields": list(text_fields)}  # fmt: skip
-    pruned, pruning = _plan_pruning(args, source, options)
     reader = CorpusReader(source, skip_bad=args.skip_bad)
-    progress = Progress(source.size_bytes, reader, enabled=not args.quiet)
-    with progress:
-        report = build_index(reader, args.index_dir, options, source=recorded, on_progress=progress.update,
-                             pruned=pruned, pruning=pruning)  # fmt: skip
-    summary = {**report.to_dict(), **reader.skipped.to_dict()}
-    if pruning:
-        summary["pruning"] = pruning
-    if args.dense:
-        from tqdm import tqdm
-
-        from indexers.neural import build_dense
-
-        with tqdm(total=report.passages, unit="passages", desc="encoding", file=sys.stderr,
-                  disable=True if args.quiet else None) as bar:  # fmt: skip
-            dense = build_dense(args.index_dir, args.dense, args.faiss, on_progress=bar.update)
-        summary["dense"] = dense.to_dict()
-    if args.splade:
-        from tqdm import tqdm
-
-        from indexers.neural import build_impact
-
-        with tqdm(total=report.passages, unit="passages", desc="encoding (SPLADE)", file=sys.stderr,
-                  disable=True if args.quiet else None) as bar:  # fmt: skip
-            impact = build_impact(args.index_dir, args.splade, on_progress=bar.update)
-        summary["splade"] = impact.to_dict()
+    with IndexWriter(args.index_dir, create=True, overwrite=args.overwrite) as writer:
+        pruned, pruning = _plan_pruning(args, source, options)
+        with Progress(source.size_bytes, reader, enabled=not args.quiet) as progress:
+            report = writer.build_inverted(reader, options, recorded, progress.update, pruned, pruning)
+        summary = {**report.to_dict(), **reader.skipped.to_dict()}
+        if pruning:
+            summary["pruning"] = pruning
+        if args.dense:
+            with _bar(args, report.passages, "encoding") as bar:
+                summary["dense"] = writer.add_dense(BiEncoder(args.dense), args.faiss, on_progress=bar.update).to_dict()
+        if args.splade:
+            with _bar(args, report.passages, "encoding (SPLADE)") as bar:
+                summary["splade"] = writer.add_impact(SpladeEncoder(args.splade), on_progress=bar.update).to_dict()
+        summary["generation"] = report.generation = writer.commit()
     if args.json:
         print(json.dumps(summary))
     else:
@@ -179,6 +171,12 @@ def _cmd_index(args) -> int:
 
 
 
+def _bar(args, total: int, description: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="passages", desc=description, file=sys.stderr, disable=True if args.quiet else None)
+
+
 def _plan_pruning(args, source, options) -> tuple[set[str], dict | None]:
     """--prune: every passage scored (or read from the index's score cache) before anything is indexed."""
     if not args.prune:
@@ -201,7 +199,11 @@ def _plan_pruning(args, source, options) -> tuple[set[str], dict | None]:
 def _cmd_prune(args) -> int:
     from tqdm import tqdm
 
-    from indexers.quality import PruneSpec, reprune
+    from indexers.quality import ESTIMATOR_MODELS, PruneSpec, reprune
+    from sift.cli.modeling import ensure_installed
+
+    if args.estimator in ESTIMATOR_MODELS:
+        ensure_installed(ESTIMATOR_MODELS[args.estimator])
 
     if (args.rate is None) == (args.threshold is None):
         raise ValueError("give one of --rate (a share of passages) or --threshold (a score)")
