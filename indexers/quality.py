@@ -422,7 +422,8 @@ def plan_pruning(passages: Iterable[Passage], spec: PruneSpec, cache: ScoreCache
     return pruned, record
 
 
-def reprune(index_dir: str | os.PathLike, spec: PruneSpec, on_progress: Callable[[int], None] | None = None):
+def reprune(index_dir: str | os.PathLike, spec: PruneSpec, on_progress: Callable[[int], None] | None = None,
+            memory_mb: int = 512):
     """Rebuilds an index from its recorded source with another pruning, scores taken from the cache (only passages
     it lacks are scored), re-encodes its dense and impact indexes with the same models, and commits all of it at
     once: a failure anywhere leaves the previous commit whole. Returns the build report, the pruning record and the
@@ -452,7 +453,8 @@ def reprune(index_dir: str | os.PathLike, spec: PruneSpec, on_progress: Callable
         packed = all(Segment(index_dir / s["name"]).packed for s in manifest["segments"])
         build_options = BuildOptions(analyzer=analyzer, bm25=BM25Params(k1=bm25["k1"], b=bm25["b"],
                                      length_norm=bm25.get("length_norm", "lucene")), passage_window=window,
-                                     passage_stride=stride, postings="packed" if packed else "raw")  # fmt: skip
+                                     passage_stride=stride, postings="packed" if packed else "raw",
+                                     memory_mb=memory_mb)  # fmt: skip
         report = writer.build_inverted(CorpusReader(source, skip_bad=True), build_options, recorded,
                                        pruned=pruned, pruning=record)  # fmt: skip
         neural = {}

@@ -429,3 +429,58 @@ def test_pseudo_perplexity_masks_every_token_once_as_the_definition_does(tmp_pat
     strided = PseudoPerplexityEstimator("tiny-mlm", passes=2).score(list("abcdef"), texts)
     assert np.allclose(strided[[1, 4]], exact[[1, 4]], atol=1e-5)  # one token or none: nothing else to mask
     assert not np.allclose(strided[[0, 2, 3]], exact[[0, 2, 3]], atol=1e-3)  # two masked at once see less context
+
+
+PRUNE_FAILPOINTS = ["after-flush", "merge", "after-dense", "after-impact", "before-commit", "before-manifest-rename"]
+
+
+@pytest.mark.slow
+def test_sigkill_at_every_failpoint_of_prune_leaves_the_previous_commit_whole(tmp_path, tiny_model, tiny_splade,
+                                                                              model_home):  # fmt: skip
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from engine.neural import DenseSearcher, ImpactSearcher
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "SIFT_MODELS": str(model_home)}
+    rng = np.random.default_rng(7)
+    records = [{"_id": f"d{i}", "text": " ".join(rng.choice(WORDS, size=rng.integers(3, 40)))} for i in range(4000)]
+    write_jsonl(tmp_path / "c.jsonl", records)
+    index_dir = tmp_path / "idx"
+
+    def sift(*args, failpoint=None, cwd=tmp_path):
+        return subprocess.run([sys.executable, "-m", "sift", *args], capture_output=True, text=True,
+                              env={**env, "SIFT_FAILPOINT": failpoint or ""}, cwd=cwd)  # fmt: skip
+
+    def state():
+        index = open_index(index_dir)
+        queries = ["w1 w2", "w30 w31 w32", "w59"]
+        return (index.manifest["generation"], index.passages, [index.search(q, 20).pairs() for q in queries],
+                [DenseSearcher(index).search(q, 20).pairs() for q in queries],
+                [ImpactSearcher(index).search(q, 20).pairs() for q in queries])  # fmt: skip
+
+    built = sift("index", "c.jsonl", "idx", "--dense", "tiny", "--splade", "tiny-splade", "--prune", "random:0.1",
+                 "--quiet")  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    before = state()
+    assert before[1] == 3600
+    for failpoint in PRUNE_FAILPOINTS:
+        killed = sift("prune", str(index_dir), "--estimator", "length", "--rate", "0.3", "--memory-mb", "1", "--quiet",
+                      failpoint=failpoint)  # fmt: skip
+        assert killed.returncode == -signal.SIGKILL, (failpoint, killed.stderr)
+        assert state() == before, failpoint
+    # the corpus was named by a relative path: prune works from any directory
+    done = sift("prune", str(index_dir), "--estimator", "length", "--rate", "0.3", "--memory-mb", "1", "--quiet",
+                cwd=tmp_path.parent)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    generation, passages, *_ = state()
+    assert (generation, passages) == (before[0] + 1, 2800)
+    index = open_index(index_dir)
+    assert index.manifest["dense"]["tiny"]["passages"] == index.manifest["impact"]["tiny-splade"]["passages"] == 2800
+    assert not [p for p in index_dir.iterdir() if p.name.startswith(".staging")]
+    assert {p.name for p in index_dir.iterdir() if p.is_dir()} == {"quality", *(s["name"] for s in
+            index.manifest["segments"]), index.manifest["dense"]["tiny"]["folder"],
+            index.manifest["impact"]["tiny-splade"]["folder"]}  # fmt: skip

@@ -88,6 +88,7 @@ def register(commands) -> None:
     prune.add_argument("--rate", type=float, help="share of passages to leave out, 0 to below 1")
     prune.add_argument("--threshold", type=float, help="leave out passages scoring below this instead")
     prune.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    prune.add_argument("--memory-mb", type=positive_int, default=512, help="as for sift index (512)")
     prune.add_argument("--quiet", action="store_true", help="no progress bar")
 
     index.set_defaults(handler=_cmd_index)
@@ -211,7 +212,7 @@ def _cmd_prune(args) -> int:
                            else f"{args.estimator}:>={args.threshold}")  # fmt: skip
     with tqdm(unit="passages", desc=f"quality ({spec.estimator})", file=sys.stderr,
               disable=True if args.quiet else None) as bar:  # fmt: skip
-        report, record, neural = reprune(args.index_dir, spec, bar.update)
+        report, record, neural = reprune(args.index_dir, spec, bar.update, memory_mb=args.memory_mb)
     summary = {**report.to_dict(), "pruning": record, **neural}
     if args.json:
         print(json.dumps(summary))
