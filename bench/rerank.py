@@ -22,8 +22,9 @@ import numpy as np
 
 from bench.harness import DATA, publish
 from engine.evaluation import compare, evaluate
-from engine.index import Index, Results, open_index
+from engine.index import Index, open_index
 from engine.pipeline import Pipeline, parse
+from engine.reader import Results
 from engine.rerank import Reranker
 from indexers.corpus import read_qrels, read_queries
 

@@ -28,7 +28,8 @@ from engine.codec import decode_all, encode, packed_postings, raw_postings
 from engine.errors import SiftError
 
 FORMAT_NAME = "sift-index"
-FORMAT_VERSION = 2  # 2: narrow integer files, document store blocks as JSON arrays
+# 2: narrow integer files, document store blocks as JSON arrays; 3: document ids findable, a deletions slot
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 LOCK = "write.lock"
 STAGING_PREFIX = ".staging-"
@@ -75,6 +76,7 @@ _STORED_TYPES = {
     "blocks.min_length.npy": (np.uint16, np.uint32),
     "lengths.npy": (np.uint16, np.uint32),
     "passages.part.npy": (np.uint8, np.uint32),
+    "docids.order.npy": (np.uint32, np.int64),
 }
 
 
@@ -123,8 +125,9 @@ def write_json(path: Path, data: dict) -> None:
 # --- string tables -------------------------------------------------------------------------------------------------
 
 
-def write_strings(directory: Path, name: str, strings: Sequence[str]) -> None:
-    """Strings as one UTF-8 blob plus offsets: memory-mapped, no load cost on open."""
+def write_strings(directory: Path, name: str, strings: Sequence[str], findable: bool = False) -> None:
+    """Strings as one UTF-8 blob plus offsets: memory-mapped, no load cost on open. findable: also their order
+    sorted by UTF-8 bytes (NAME.order.npy), so that StringTable.find_many finds unsorted strings."""
     encoded = [s.encode("utf-8") for s in strings]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in encoded], out=offsets[1:])
@@ -133,12 +136,18 @@ def write_strings(directory: Path, name: str, strings: Sequence[str]) -> None:
         f.flush()
         os.fsync(f.fileno())
     write_array(directory / f"{name}.offsets.npy", offsets)
+    if findable:
+        order = sorted(range(len(encoded)), key=encoded.__getitem__)
+        write_array(directory / f"{name}.order.npy", np.asarray(order, dtype=np.uint32))
 
 
 class StringTable(Sequence[str]):
-    def __init__(self, directory: Path, name: str) -> None:
+    """Sorted (terms) or findable through an order file (document ids)."""
+
+    def __init__(self, directory: Path, name: str, findable: bool = False) -> None:
         self._offsets = open_array(directory / f"{name}.offsets.npy")
         self._blob = _map_bytes(directory / f"{name}.blob")
+        self._order = open_array(directory / f"{name}.order.npy") if findable else np.zeros(0, dtype=np.uint32)
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
@@ -165,12 +174,12 @@ class StringTable(Sequence[str]):
         return np.frombuffer(self._blob, dtype=np.uint8)
 
     def find_many(self, keys: Sequence[str]) -> np.ndarray:
-        """Indexes of keys in a sorted table (-1 where absent): one compiled binary search for all of them."""
+        """Indexes of keys (-1 where absent): one compiled binary search for all of them."""
         encoded = [k.encode("utf-8") for k in keys]
         bounds = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=bounds[1:])
         joined = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-        return _find_sorted(self._bytes, self._offsets, joined, bounds)
+        return _find_sorted(self._bytes, self._offsets, self._order, joined, bounds)
 
     def find(self, key: str) -> int:
         """Index of key in a sorted table (sorted by UTF-8 bytes), or -1."""
@@ -208,26 +217,31 @@ def _bytes_less(blob, start, end, keys, key_start, key_end):
 
 
 @numba.njit(nogil=True, cache=True)
-def _find_sorted(blob, offsets, keys, key_bounds):
+def _find_sorted(blob, offsets, order, keys, key_bounds):
+    """Binary search of each key among the strings taken in `order` (the strings' own order if it is empty)."""
     n = len(offsets) - 1
+    ordered = len(order) > 0
     found = np.full(len(key_bounds) - 1, -1, dtype=np.int64)
     for j in range(len(key_bounds) - 1):
         ks, ke = key_bounds[j], key_bounds[j + 1]
         lo, hi = 0, n
         while lo < hi:
             mid = (lo + hi) // 2
-            if _bytes_less(blob, offsets[mid], offsets[mid + 1], keys, ks, ke):
+            at = order[mid] if ordered else mid
+            if _bytes_less(blob, offsets[at], offsets[at + 1], keys, ks, ke):
                 lo = mid + 1
             else:
                 hi = mid
-        if lo < n and offsets[lo + 1] - offsets[lo] == ke - ks:
-            same = True
-            for i in range(ke - ks):
-                if blob[offsets[lo] + i] != keys[ks + i]:
-                    same = False
-                    break
-            if same:
-                found[j] = lo
+        if lo < n:
+            at = order[lo] if ordered else lo
+            if offsets[at + 1] - offsets[at] == ke - ks:
+                same = True
+                for i in range(ke - ks):
+                    if blob[offsets[at] + i] != keys[ks + i]:
+                        same = False
+                        break
+                if same:
+                    found[j] = at
     return found
 
 
@@ -240,6 +254,7 @@ def sort_terms(terms: Iterable[str]) -> list[str]:
 
 
 STORE_FIELDS = ("id", "part", "title", "text")
+_STORE_POSITION = {name: i for i, name in enumerate(STORE_FIELDS)}
 
 
 class DocStoreWriter:
@@ -306,6 +321,11 @@ class DocStore:
 
     def __getitem__(self, passage: int) -> dict:
         return dict(zip(STORE_FIELDS, self.row(passage)))
+
+    def fields(self, passage: int, *names: str) -> list:
+        """The named fields of a passage's record (of STORE_FIELDS), in the order asked."""
+        row = self.row(passage)
+        return [row[_STORE_POSITION[name]] for name in names]
 
 
 # --- segments ------------------------------------------------------------------------------------------------------
@@ -452,8 +472,12 @@ class Segment(PostingLists):
         self.lengths = open_array(directory / "lengths.npy")
         self.passage_doc = open_array(directory / "passages.doc.npy")
         self.passage_part = open_array(directory / "passages.part.npy")
-        self.doc_ids = StringTable(directory, "docids")
+        self.doc_ids = StringTable(directory, "docids", findable=True)
         self.store = DocStore(directory)
+
+    def find_documents(self, doc_ids: Sequence[str]) -> np.ndarray:
+        """Each document's number in this segment, or -1: the document id -> segment map."""
+        return self.doc_ids.find_many(doc_ids)
 
     @property
     def passages(self) -> int:
@@ -497,7 +521,7 @@ def merge_segments(segments: Sequence[Segment], directory: Path) -> dict:
     write_array(directory / "lengths.npy", lengths)
     write_array(directory / "passages.doc.npy", passage_doc.astype(np.uint32))
     write_array(directory / "passages.part.npy", np.concatenate([s.passage_part for s in segments]))
-    write_strings(directory, "docids", [d for s in segments for d in s.doc_ids])
+    write_strings(directory, "docids", [d for s in segments for d in s.doc_ids], findable=True)
     store = DocStoreWriter(directory)
     for s in segments:
         if store.aligned and (s.passages % STORE_BLOCK == 0 or s is segments[-1]):

@@ -11,14 +11,15 @@ import numpy as np
 from engine.encoders import BiEncoder, SpladeEncoder
 from engine.errors import SiftError
 from engine.format import PostingLists
-from engine.index import ALGORITHMS, Index, Results, term_ranges, top_postings
+from engine.reader import IndexReader, Results
+from engine.sparse import ALGORITHMS, term_ranges, top_postings
 
 
 class NeuralSearchError(SiftError):
     pass
 
 
-def _choose_model(index: Index, kind: str, model: str | None, build_flag: str) -> tuple[str, dict]:
+def _choose_model(index: IndexReader, kind: str, model: str | None, build_flag: str) -> tuple[str, dict]:
     """The manifest entry of kind's index of model (the first one if model is None), or an error saying what to do."""
     built = index.manifest.get(kind, {})
     if not built:
@@ -30,10 +31,26 @@ def _choose_model(index: Index, kind: str, model: str | None, build_flag: str) -
     return model, built[model]
 
 
+def rank_documents(reader: IndexReader, top, queries: int, k: int, total: int) -> list[Results]:
+    """k results per query whenever the index has them: top(rows, depth) gives the rows' best `depth` passages; in a
+    split index, a query whose passages hold fewer than k documents is searched again four times deeper."""
+    depth = min(k * (4 if reader.split_passages else 1), total)
+    found: list = [None] * queries
+    rows = np.arange(queries)
+    while len(rows):
+        short = []
+        for row, (passages, scores) in zip(rows.tolist(), top(rows, depth)):
+            found[row] = (passages, scores)
+            if depth < total and len(passages) == depth and reader.distinct_documents(passages) < k:
+                short.append(row)
+        rows, depth = np.array(short, dtype=np.int64), min(depth * 4, total)
+    return [reader.rank(passages, scores, k) for passages, scores in found]
+
+
 class DenseSearcher:
     """One model's dense index inside a Sift index; scores are inner products (cosine for unit vectors)."""
 
-    def __init__(self, index: Index, model: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, index: IndexReader, model: str | None = None, threads: int | None = None) -> None:
         import faiss
 
         model, entry = _choose_model(index, "dense", model, "--dense")
@@ -48,14 +65,13 @@ class DenseSearcher:
         """Top-k passages per query (documents: a split document counts by its best passage)."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        vectors = self.encoder.encode(list(queries), query=True)
-        depth = min(k * (4 if self.index.split_passages else 1), self.faiss.ntotal)
-        scores, passages = self.faiss.search(np.ascontiguousarray(vectors), depth)
-        found = []
-        for row_scores, row_passages in zip(scores, passages):
-            keep = row_passages >= 0
-            found.append(self.index.rank(row_passages[keep].astype(np.int64), row_scores[keep], k))
-        return found
+        vectors = np.ascontiguousarray(self.encoder.encode(list(queries), query=True))
+
+        def top(rows: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
+            scores, passages = self.faiss.search(vectors[rows], depth)
+            return [(p[p >= 0].astype(np.int64), s[p >= 0]) for s, p in zip(scores, passages)]
+
+        return rank_documents(self.index, top, len(vectors), k, self.faiss.ntotal)
 
     def search(self, query: str, k: int = 10) -> Results:
         return self.search_many([query], k)[0]
@@ -66,7 +82,7 @@ class ImpactSearcher:
     terms of the query weight times the passage's impact, divided by the quantization scale: the model's dot
     product, up to the quantization of passage weights. Exact: MaxScore and the exhaustive kernel agree."""
 
-    def __init__(self, index: Index, model: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, index: IndexReader, model: str | None = None, threads: int | None = None) -> None:
         model, entry = _choose_model(index, "impact", model, "--splade")
         self.index = index
         self.model = model
@@ -111,12 +127,12 @@ class ImpactSearcher:
 
     def search_many(self, queries: Sequence[str], k: int = 10, algorithm: str = "auto") -> list[Results]:
         """Top-k passages per query (documents: a split document counts by its best passage)."""
-        depth = k * (4 if self.index.split_passages else 1)
-        found = []
-        for weights in self.encoder.encode(list(queries)):
-            passages, scores = self.search_weights(weights, depth, algorithm)
-            found.append(self.index.rank(passages, scores, k))
-        return found
+        encoded = self.encoder.encode(list(queries))
+
+        def top(rows: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
+            return [self.search_weights(encoded[row], depth, algorithm) for row in rows.tolist()]
+
+        return rank_documents(self.index, top, len(encoded), k, self.index.passages)
 
     def search(self, query: str, k: int = 10) -> Results:
         return self.search_many([query], k)[0]

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import SiftError
-from engine.index import Index, Results
+from engine.index import Index
+from engine.reader import Results
 
 BUILT_IN = ("bm25", "dense", "splade", "hybrid")
 _NEURAL = ("dense", "splade")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from engine.analysis import Analyzer
 from engine.errors import SiftError
+from engine.reader import indexed_text
 
 FORMATS = ("beir", "jsonl", "tsv", "trec")
 DEFAULT_ID_FIELDS = ("_id", "id", "docid", "doc_id", "docno")
@@ -54,7 +55,7 @@ class Passage:
 
     @property
     def indexed_text(self) -> str:
-        return f"{self.title} {self.text}" if self.title else self.text
+        return indexed_text(self.title, self.text)
 
 
 @dataclass

@@ -275,7 +275,7 @@ class _PendingSegment:
         write_array(self.directory / "lengths.npy", lengths)
         write_array(self.directory / "passages.doc.npy", np.frombuffer(self.passage_doc, dtype=np.uint32))
         write_array(self.directory / "passages.part.npy", np.frombuffer(self.passage_part, dtype=np.uint32))
-        write_strings(self.directory, "docids", self.doc_ids)
+        write_strings(self.directory, "docids", self.doc_ids, findable=True)
         write_postings(self.directory, terms, offsets, passages, tfs, lengths)
         finish_segment(self.directory, self.meta(len(terms), int(offsets[-1])))
         return self.directory

@@ -27,7 +27,7 @@ from engine.format import (
     write_json,
     write_postings,
 )
-from engine.index import indexed_text
+from engine.reader import indexed_text
 from indexers.inverted import group_by_term
 
 FAISS_KINDS = ("auto", "flat", "hnsw", "ivfpq")
@@ -90,8 +90,7 @@ def _passage_texts(segments: Sequence[Segment]) -> Iterator[str]:
     """Each passage's indexed text (title and text, as BM25 saw it), in internal passage order."""
     for segment in segments:
         for number in range(segment.passages):
-            row = segment.store.row(number)
-            yield indexed_text(row[2], row[3])
+            yield indexed_text(*segment.store.fields(number, "title", "text"))
 
 
 def _passage_count(segments: Sequence[Segment]) -> int:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.models import ModelError, package_path
+from engine.reader import indexed_text
 from engine.rerank import MONOT5_TEMPLATE, QUALITY_TEMPLATE, encode_cross, encode_template
 
 KINDS = ("cross-encoder", "seq2seq")
@@ -183,13 +184,15 @@ def mine_title_examples(index_dir: Path, pipeline: str, pool: int, exclude: set[
     from engine.pipeline import Pipeline
 
     index = open_index(index_dir)
-    rows = [segment.store.row(n) for segment in index.segments for n in range(segment.passages)]
-    bodies = {row[0]: row[3] for row in rows}
-    titled = [row for row in rows if row[2].strip() and row[3].strip() and row[0] not in exclude]
-    found = Pipeline(index, pipeline).search([row[2] for row in titled], pool + 1)
-    return [{"query": row[2], "positives": [row[3]],
-             "negatives": [bodies[d] for d in results.doc_ids if d != row[0]][:pool]}
-            for row, results in zip(titled, found)]  # fmt: skip
+    rows = [segment.store.fields(n, "id", "title", "text") for segment in index.segments
+            for n in range(segment.passages)]  # fmt: skip
+    bodies = {doc_id: text for doc_id, _, text in rows}
+    titled = [(doc_id, title, text) for doc_id, title, text in rows
+              if title.strip() and text.strip() and doc_id not in exclude]  # fmt: skip
+    found = Pipeline(index, pipeline).search([title for _, title, _ in titled], pool + 1)
+    return [{"query": title, "positives": [text],
+             "negatives": [bodies[d] for d in results.doc_ids if d != doc_id][:pool]}
+            for (doc_id, title, text), results in zip(titled, found)]  # fmt: skip
 
 
 def _texts_by_id(index) -> dict[str, str]:
@@ -197,8 +200,8 @@ def _texts_by_id(index) -> dict[str, str]:
     texts: dict[str, str] = {}
     for segment in index.segments:
         for number in range(segment.passages):
-            row = segment.store.row(number)
-            texts.setdefault(row[0], f"{row[2]} {row[3]}" if row[2] else row[3])
+            doc_id, title, text = segment.store.fields(number, "id", "title", "text")
+            texts.setdefault(doc_id, indexed_text(title, text))
     return texts
 
 

@@ -49,6 +49,16 @@ def test_string_table_takes_any_strings_in_any_order(tmp_path_factory, strings, 
     assert table.take(picks) == [strings[i] for i in picks]  # NUL inside a string takes the slow path
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(max_size=8), max_size=40, unique=True), st.lists(st.text(max_size=8), max_size=10))
+def test_findable_string_table_finds_unsorted_ids(tmp_path_factory, ids, probes):
+    directory = tmp_path_factory.mktemp("ids")
+    write_strings(directory, "docids", ids, findable=True)
+    table = StringTable(directory, "docids", findable=True)
+    assert table[:] == ids
+    assert table.find_many([*ids, *probes]).tolist() == [ids.index(p) if p in ids else -1 for p in [*ids, *probes]]
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.text(max_size=30), max_size=100))
 def test_document_store_round_trip(tmp_path_factory, texts):

@@ -45,6 +45,34 @@ def test_reopen_gives_identical_results_and_fetch_returns_text(tmp_path, corpus_
         )
     with pytest.raises(IndexError):
         index.fetch(300)
+    assert index.fetch(originals[31]["_id"]) == index.fetch(31)  # by document id as well
+
+
+def test_fetch_by_document_id_in_a_split_index_across_segments(tmp_path):
+    documents = random_documents(1500, seed=8, min_words=5, max_words=120)
+    corpus = write_jsonl(tmp_path / "c.jsonl", documents)
+    build(corpus, tmp_path / "idx", passage_window=20, passage_stride=20, memory_mb=1, merge=False)
+    index = open_index(tmp_path / "idx")
+    assert len(index.segments) > 1
+    for passage in range(0, index.passages, 97):
+        record = index.fetch(passage)
+        assert index.fetch(f"{record['id']}#{record['part']}") == record
+        first = index.fetch(record["id"])
+        assert (first["id"], first["part"]) == (record["id"], 0)
+        assert index.document_passages(record["id"]).tolist().count(passage) == 1
+    with pytest.raises(KeyError, match="no document or passage 'nope'"):
+        index.fetch("nope")
+
+
+def test_a_small_term_cache_refills_instead_of_failing(tmp_path, corpus_file):
+    from engine.sparse import BM25Searcher
+
+    build(corpus_file, tmp_path / "idx")
+    index = open_index(tmp_path / "idx")
+    small = BM25Searcher(index, term_cache_size=3)
+    for query in [*QUERIES, "search engine index query passage", *QUERIES]:
+        assert small.search(query, 10) == index.search(query, 10)
+    assert len(small._term_cache) <= 3
 
 
 def test_existing_index_needs_overwrite(tmp_path, corpus_file):

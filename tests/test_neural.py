@@ -484,3 +484,31 @@ def test_sigkill_at_every_failpoint_of_prune_leaves_the_previous_commit_whole(tm
     assert {p.name for p in index_dir.iterdir() if p.is_dir()} == {"quality", *(s["name"] for s in
             index.manifest["segments"]), index.manifest["dense"]["tiny"]["folder"],
             index.manifest["impact"]["tiny-splade"]["folder"]}  # fmt: skip
+
+
+def test_dense_and_impact_document_ranking_return_k_documents_when_the_index_has_them(tmp_path, tiny_model,
+                                                                                       tiny_splade):  # fmt: skip
+    from engine.neural import ImpactSearcher
+    from indexers.writer import build_impact
+
+    vocabulary, table = tiny_model
+    rng = np.random.default_rng(9)
+    records = [{"_id": f"d{i}", "text": " ".join(rng.choice(WORDS, size=int(rng.integers(8, 60))))} for i in range(40)]
+    corpus = write_jsonl(tmp_path / "c.jsonl", records)
+    build_index(CorpusReader(open_source(corpus)), tmp_path / "idx", BuildOptions(passage_window=4))
+    build_dense(tmp_path / "idx", "tiny", faiss_kind="flat")
+    build_impact(tmp_path / "idx", "tiny-splade")
+    index = open_index(tmp_path / "idx")
+    assert index.passages > 4 * index.documents
+    texts = index.texts(np.arange(index.passages))
+    passage_scores = reference_vectors(texts, vocabulary, table) @ reference_vectors(["w1 w2 w3"], vocabulary, table)[0]
+    _, doc_ids = index.ids(np.arange(index.passages))
+    best: dict[str, float] = {}
+    for doc_id, score in zip(doc_ids, passage_scores.tolist()):
+        best[doc_id] = max(best.get(doc_id, -np.inf), score)
+    expected = sorted(best, key=lambda d: -best[d])
+    for k in (5, 30, 40, 60):
+        found = DenseSearcher(index).search("w1 w2 w3", k)
+        assert found.ids == expected[:k]  # ties are unlikely with random vectors
+        splade = ImpactSearcher(index).search("w1 w2 w3", k)
+        assert len(splade) == min(k, index.documents) and len(set(splade.ids)) == len(splade)

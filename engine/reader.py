@@ -1,0 +1,230 @@
+"""Reading one commit of an index: its manifest, global statistics, ids, stored fields and result lists.
+
+An IndexReader is bound to the commit it opened: it memory-maps that generation's segments and never sees a later
+one. The searchers (engine/sparse.py, engine/neural.py) take a reader; engine/index.py puts them together.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import cached_property
+from itertools import repeat
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from engine.analysis import AnalyzerConfig
+from engine.errors import SiftError
+from engine.format import Segment, read_manifest
+
+
+class DocumentNotFoundError(SiftError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def indexed_text(title: str, text: str) -> str:
+    """A passage as BM25 indexed it and as models read it: title and text. The one place this rule lives."""
+    return f"{title} {text}" if title else text
+
+
+class Hit(NamedTuple):
+    """One search result: a passage, or a document scored by its best passage. (A tuple: cheap to make by the
+    thousand.)"""
+
+    id: str  # external id: the document's, or "docid#n" for passage n of a split document
+    doc_id: str
+    score: float
+    rank: int
+    passage: int  # internal passage number (global across segments)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "doc_id": self.doc_id, "score": self.score, "rank": self.rank}
+
+
+class Results(Sequence[Hit]):
+    """One query's hits, held as columns (ids, doc_ids, scores, passages); a Hit is made only when one is asked for.
+    Compares equal to another Results or a list holding the same hits."""
+
+    __slots__ = ("doc_ids", "ids", "passages", "scores", "timings")
+
+    def __init__(self, ids: list[str], doc_ids: list[str], scores: np.ndarray, passages: np.ndarray) -> None:
+        self.ids, self.doc_ids, self.scores, self.passages = ids, doc_ids, scores, passages
+        self.timings: dict[str, float] = {}  # seconds per pipeline stage, for this query (set by pipelines)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return self.hits()[i]
+        i = range(len(self))[i]
+        return Hit(self.ids[i], self.doc_ids[i], float(self.scores[i]), i + 1, int(self.passages[i]))
+
+    def __iter__(self):
+        return iter(self.hits())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Results | list) and self.hits() == list(other)
+
+    def __repr__(self) -> str:
+        return f"Results({self.hits()!r})"
+
+    def pairs(self) -> list[tuple[str, float]]:
+        """(id, score) per hit: what most callers want, without making Hits."""
+        return list(zip(self.ids, self.scores.tolist()))
+
+    def hits(self) -> list[Hit]:
+        # tuple.__new__ builds the named tuples in C; Hit(...) would run a Python-level __new__ per hit (4x slower)
+        fields = zip(self.ids, self.doc_ids, self.scores.tolist(), range(1, len(self) + 1), self.passages.tolist())
+        return list(map(tuple.__new__, repeat(Hit, len(self)), fields))
+
+
+class IndexReader:
+    """A committed generation of an index, memory-mapped. Safe to use from many threads."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        self.analyzer_config = AnalyzerConfig.from_dict(self.manifest["analyzer"])
+        self.segments = [Segment(self.path / s["name"]) for s in self.manifest["segments"]]
+        self.bases = np.cumsum([0] + [s.passages for s in self.segments])
+        self.split_passages = bool(self.manifest.get("passages", {}).get("window"))
+
+    # -- statistics, global across segments so scores do not depend on segmentation
+
+    @property
+    def passages(self) -> int:
+        return int(self.bases[-1])
+
+    @cached_property
+    def scored_passages(self) -> int:
+        """Lucene's docCount: passages with at least one term."""
+        return int(sum(s.meta["scored_passages"] for s in self.segments))
+
+    @cached_property
+    def avgdl(self) -> float:
+        tokens = sum(s.total_tokens for s in self.segments)
+        return float(np.float32(tokens / max(self.scored_passages, 1)))
+
+    @cached_property
+    def documents(self) -> int:
+        return int(sum(len(s.doc_ids) for s in self.segments))
+
+    def stats(self) -> dict:
+        return {
+            "passages": self.passages,
+            "documents": self.documents,
+            "terms_per_segment": [int(s.meta["terms"]) for s in self.segments],
+            "avgdl": self.avgdl,
+            "segments": len(self.segments),
+            "generation": self.manifest["generation"],
+        }
+
+    # -- ids
+
+    def _locate(self, passages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(segment number, passage number within it) of global passage numbers."""
+        passages = np.asarray(passages, dtype=np.int64)
+        if len(passages) and (passages.min() < 0 or passages.max() >= self.passages):
+            raise IndexError(f"passage numbers must be in [0, {self.passages})")
+        segments = np.searchsorted(self.bases, passages, side="right") - 1
+        return segments, passages - self.bases[segments]
+
+    def document_keys(self, passages: np.ndarray) -> np.ndarray:
+        """A number per document, equal for passages of the same document."""
+        segments, local = self._locate(passages)
+        keys = np.empty(len(passages), dtype=np.int64)
+        for i in np.unique(segments):
+            mask = segments == i
+            keys[mask] = self.segments[i].passage_doc[local[mask]].astype(np.int64) + (i << 40)
+        return keys
+
+    def ids(self, passages: np.ndarray) -> tuple[list[str], list[str]]:
+        """External (passage ids, document ids) of global passage numbers."""
+        segments, local = self._locate(passages)
+        return self._ids(segments, local)
+
+    def _ids(self, segments: np.ndarray | None, local: np.ndarray) -> tuple[list[str], list[str]]:
+        """segments None: one segment, local numbers known to be in range (the kernels' results)."""
+        if segments is None or len(self.segments) == 1:
+            segment = self.segments[0]
+            doc_ids = segment.doc_ids.take(segment.passage_doc[local])
+            parts = segment.passage_part[local].tolist() if self.split_passages else None
+        else:
+            doc_ids = [""] * len(local)
+            parts = [0] * len(local)
+            for i in np.unique(segments):
+                segment = self.segments[i]
+                where = np.flatnonzero(segments == i)
+                chosen = local[where]
+                for j, doc, part in zip(
+                    where.tolist(),
+                    segment.doc_ids.take(segment.passage_doc[chosen]),
+                    segment.passage_part[chosen].tolist(),
+                ):
+                    doc_ids[j], parts[j] = doc, part
+        if not self.split_passages:
+            return doc_ids, doc_ids
+        return [f"{doc}#{part}" for doc, part in zip(doc_ids, parts)], doc_ids
+
+    def document_passages(self, doc_id: str) -> np.ndarray:
+        """Global numbers of a document's passages, in order (empty if the index does not hold it)."""
+        for i, segment in enumerate(self.segments):
+            local = segment.find_documents([doc_id])[0]
+            if local >= 0:
+                first, end = np.searchsorted(segment.passage_doc, [local, local + 1])
+                return np.arange(first, end, dtype=np.int64) + self.bases[i]
+        return np.zeros(0, dtype=np.int64)
+
+    def passage_number(self, passage_id: str) -> int:
+        """The global number of an external id: a document id (its first passage) or "docid#n" (passage n)."""
+        found = self.document_passages(passage_id)
+        if len(found):
+            return int(found[0])
+        doc_id, _, part = passage_id.rpartition("#")
+        if doc_id and part.isdigit():
+            found = self.document_passages(doc_id)
+            segments, local = self._locate(found)
+            for number, segment, at in zip(found.tolist(), segments.tolist(), local.tolist()):
+                if int(self.segments[segment].passage_part[at]) == int(part):
+                    return number
+        raise DocumentNotFoundError(f"{self.path}: no document or passage {passage_id!r}")
+
+    # -- stored fields
+
+    def fetch(self, passage: int | str) -> dict:
+        """A passage's stored record (id, part, title, text), O(1) from the compressed store; `passage` is its
+        number, a document id (the document's first passage) or "docid#n"."""
+        number = self.passage_number(passage) if isinstance(passage, str) else passage
+        segments, local = self._locate(np.array([number]))
+        return self.segments[int(segments[0])].store[int(local[0])]
+
+    def texts(self, passages: np.ndarray) -> list[str]:
+        """What the models read of each passage: its title and text, as BM25 indexed them."""
+        segments, local = self._locate(np.asarray(passages, dtype=np.int64))
+        return [indexed_text(*self.segments[s].store.fields(n, "title", "text"))
+                for s, n in zip(segments.tolist(), local.tolist())]  # fmt: skip
+
+    # -- results
+
+    def rank(self, passages: np.ndarray, scores: np.ndarray, k: int, documents: bool = True) -> Results:
+        """Results of any first stage from passages ranked best first; in a split index, documents=True ranks
+        documents by their best passage."""
+        if not documents or not self.split_passages:
+            return self.hits(passages[:k], scores[:k], as_documents=False)
+        _, first = np.unique(self.document_keys(passages), return_index=True)
+        best = np.sort(first)[:k]
+        return self.hits(passages[best], scores[best], as_documents=True)
+
+    def distinct_documents(self, passages: np.ndarray) -> int:
+        return len(np.unique(self.document_keys(passages))) if self.split_passages else len(passages)
+
+    def hits(self, passages: np.ndarray, scores: np.ndarray, as_documents: bool) -> Results:
+        if len(self.segments) == 1:
+            passage_ids, doc_ids = self._ids(None, passages)
+        else:
+            passage_ids, doc_ids = self.ids(passages)
+        return Results(doc_ids if as_documents else passage_ids, doc_ids, scores, passages)
