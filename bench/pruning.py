@@ -29,7 +29,8 @@ from bench.harness import DATA, RESULTS, WORK, directory_bytes, publish
 from engine.analysis import AnalyzerConfig
 from engine.evaluation import equivalence, evaluate
 from engine.index import open_index
-from engine.pipeline import Pipeline, Stage, parse
+from engine.pipeline import Pipeline, Spec, parse
+from engine.rerank import CachedScorer
 from indexers.corpus import CorpusReader, open_source, read_qrels, read_queries
 from indexers.quality import ESTIMATORS, CorpusPassages, PruneSpec, ScoreCache, pruned_keys, score_passages
 from indexers.writer import build_dense, build_index
@@ -69,39 +70,27 @@ def encode_once(work: Path, model: str, texts: list[str]) -> tuple[CachedEncoder
     return CachedEncoder(model, dict(zip(texts, vectors))), seconds
 
 
-class CachedReranker:
-    """A reranker's score per (query, passage text), kept in work/pairs-MODEL.json across runs: pruned indexes
-    share most of their candidates, so only pairs never seen before reach the model."""
+class LazyReranker:
+    """A reranking model loaded only when a pair its cache lacks must be scored."""
 
-    def __init__(self, model: str, path: Path) -> None:
-        self.model, self.path, self.reranker, self.scored = model, path, None, 0
-        self.known: dict[str, float] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    def __init__(self, model: str) -> None:
+        self.name, self._scorer = model, None
 
-    @staticmethod
-    def key(query: str, text: str) -> str:
-        return hashlib.blake2b(f"{query}\0{text}".encode(), digest_size=12).hexdigest()
+    def score(self, query: str, passages) -> np.ndarray:
+        from engine.rerank import load_reranker
 
-    def score(self, query: str, passages, keys=None) -> np.ndarray:
-        from engine.rerank import Reranker
-
-        wanted = [self.key(query, text) for text in passages]
-        missing = [i for i, key in enumerate(wanted) if key not in self.known]
-        if missing:
-            self.reranker = self.reranker or Reranker(self.model, cache_size=0)
-            values = self.reranker.score(query, [passages[i] for i in missing])
-            self.known.update((wanted[i], float(v)) for i, v in zip(missing, values))
-            self.scored += len(missing)
-        return np.array([self.known[key] for key in wanted], dtype=np.float32)
-
-    def save(self) -> None:
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(self.known), encoding="utf-8")
-        temporary.replace(self.path)
+        self._scorer = self._scorer or load_reranker(self.name)
+        return self._scorer.score(query, passages)
 
 
-def _rerank_models(stage: Stage) -> list[str]:
-    later = stage.arguments[1:] if stage.name == "chain" else ()
-    return [s.arguments[0] for s in later]
+def cached_reranker(model: str, path: Path) -> CachedScorer:
+    """A reranker's score per (query, passage text), kept in a file across runs: pruned indexes share most of their
+    candidates, so only pairs never seen before reach the model."""
+    return CachedScorer(LazyReranker(model), path=path)
+
+
+def _rerank_models(spec: Spec) -> list[str]:
+    return [s.arguments[0] for s in spec.later]
 
 
 def _collection(path: str) -> Path:
@@ -123,7 +112,7 @@ def run(collection: Path, estimators: list[str], rates: list[float], pipelines: 
     full_encode_seconds = 0.0
     if dense:
         encoder, full_encode_seconds = encode_once(work, model, texts)
-    rerankers = {name: CachedReranker(name, work / f"pairs-{name}.json")
+    rerankers = {name: cached_reranker(name, work / f"pairs-{name}.json")
                  for expression in pipelines for name in _rerank_models(parse(expression))}  # fmt: skip
     cache = ScoreCache(work / "quality")
     throughput = {}
@@ -149,7 +138,7 @@ def run(collection: Path, estimators: list[str], rates: list[float], pipelines: 
                 index_seconds += full_encode_seconds * kept / len(passages)
             index = open_index(index_dir)
             for expression in pipelines:
-                found = Pipeline(index, parse(expression), rerankers=rerankers).search([t for _, t in queries], 1000)
+                found = Pipeline(index, parse(expression), scorers=rerankers).search([t for _, t in queries], 1000)
                 evaluation = evaluate({q: dict(zip(r.ids, r.scores.tolist())) for (q, _), r in zip(queries, found)},
                                       qrels)  # fmt: skip
                 row = {"estimator": name, "pipeline": expression, "rate": rate, "passages": kept,

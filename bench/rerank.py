@@ -23,22 +23,22 @@ import numpy as np
 from bench.harness import DATA, publish
 from engine.evaluation import compare, evaluate
 from engine.index import Index, open_index
-from engine.pipeline import Pipeline, parse
+from engine.pipeline import Pipeline, Rerank, parse
 from engine.reader import Results
-from engine.rerank import Reranker
+from engine.rerank import PairScorer, load_reranker
 from indexers.corpus import read_qrels, read_queries
 
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 class ScoredPairs:
-    """A reranker's scores computed elsewhere, looked up by (query, passage number)."""
+    """A reranker's scores computed elsewhere, looked up by (query, passage text)."""
 
-    def __init__(self, scores: dict[tuple[str, int], float]) -> None:
+    def __init__(self, scores: dict[tuple[str, str], float]) -> None:
         self.scores = scores
 
-    def score(self, query: str, passages, keys) -> np.ndarray:
-        return np.array([self.scores[(query, int(k))] for k in keys], dtype=np.float32)
+    def score(self, query: str, passages) -> np.ndarray:
+        return np.array([self.scores[(query, text)] for text in passages], dtype=np.float32)
 
 
 def _first_stages(index: Index, queries: list[str], firsts: list[str], depth: int) -> dict[str, list[Results]]:
@@ -77,17 +77,17 @@ def _query_sets(indexes: dict[str, Path], validation: dict):
 def _load_pairs(directory: Path, name: str, model: str) -> ScoredPairs:
     record = json.loads((directory / f"{name}.json").read_text(encoding="utf-8"))
     scores = np.load(directory / f"{name}.{model}.npy")
-    keys = [(record["queries"][qi], p) for qi, p in record["pairs"]]
+    keys = [(record["queries"][qi], record["passages"][str(p)]) for qi, p in record["pairs"]]
     return ScoredPairs(dict(zip(keys, scores.tolist())))
 
 
-def _check_sample(pairs: ScoredPairs, reranker: Reranker, index: Index, count: int = 64) -> float:
+def _check_sample(pairs: ScoredPairs, reranker: PairScorer, count: int = 64) -> float:
     """Largest |precomputed - ONNX Runtime| over a fixed sample of the pairs."""
     keys = sorted(pairs.scores)[:: max(1, len(pairs.scores) // count)][:count]
     worst = 0.0
-    for query, passage in keys:
-        here = reranker.score(query, index.texts(np.array([passage])), [passage])[0]
-        worst = max(worst, abs(float(here) - pairs.scores[(query, passage)]))
+    for query, text in keys:
+        here = reranker.score(query, [text])[0]
+        worst = max(worst, abs(float(here) - pairs.scores[(query, text)]))
     return worst
 
 
@@ -95,7 +95,7 @@ def run(indexes: dict[str, Path], firsts: list[str], rerankers: list[str], depth
         pairs_dir: Path | None) -> dict:  # fmt: skip
     rows, checks = [], {}
     tried: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (first, reranker) -> (mix, validation nDCG@10)
-    onnx = {name: Reranker(name) for name in rerankers}
+    onnx = {name: load_reranker(name) for name in rerankers}
     for name, queries, qrels, index in _query_sets(indexes, validation):
         texts = [t for _, t in queries]
         first = _first_stages(index, texts, firsts, depth)
@@ -107,17 +107,16 @@ def run(indexes: dict[str, Path], firsts: list[str], rerankers: list[str], depth
                 scorer = onnx[model]
                 if pairs_dir is not None:
                     scorer = _load_pairs(pairs_dir, name, model)
-                    checks.setdefault(model, _check_sample(scorer, onnx[model], index))
-                pipeline = Pipeline(index, first_name)
+                    checks.setdefault(model, _check_sample(scorer, onnx[model]))
                 validating = name.endswith("-validation")
                 grid = MIX_GRID if validating else (0.0, _chosen(tried, first_name, model))
                 for mix in dict.fromkeys(grid):
-                    reranked = [pipeline.rerank(scorer, q, r, depth, mix or None) for q, r in zip(texts, found)]
+                    stage = Rerank(index, scorer, depth, mix or None, model)
+                    reranked = [stage.rerank(q, r) for q, r in zip(texts, found)]
                     evaluation = evaluate(_run(reranked, queries), qrels)
                     if validating:
                         tried.setdefault((first_name, model), []).append((mix, evaluation.means["nDCG@10"]))
                         continue
-                    stage = f"rerank:{model}@{depth}" + (f"(mix={mix})" if mix else "")
                     rows.append({"collection": name, "pipeline": f"{first_name} >> {stage}", **evaluation.to_dict(),
                                  "vs_first": compare(base, evaluation).to_dict()})  # fmt: skip
                     print(json.dumps({"collection": name, "pipeline": rows[-1]["pipeline"],

@@ -20,7 +20,7 @@ import numpy as np
 from bench.harness import DATA, publish
 from engine import models
 from engine.index import open_index
-from engine.rerank import Reranker
+from engine.rerank import load_reranker
 from indexers.corpus import read_qrels, read_queries
 
 
@@ -77,9 +77,9 @@ def run(index_dir: Path, model: str, count: int, depth: int, threads_list: list[
                                  max_length=config.max_length, activation_fn=torch.nn.Identity())  # fmt: skip
         systems = {
             "sentence-transformers CrossEncoder (PyTorch fp32)": partial(_predict, reference),
-            "Sift fp32 (fused, length-bucketed)": Reranker(model, threads=threads, cache_size=0).score,
-            "Sift fp32, no length bucketing": Reranker(model, threads=threads, cache_size=0, bucketing=False).score,
-            "Sift int8 (fused, length-bucketed)": Reranker(int8, threads=threads, cache_size=0).score,
+            "Sift fp32 (fused, length-bucketed)": load_reranker(model, threads=threads).score,
+            "Sift fp32, no length bucketing": load_reranker(model, threads=threads, bucketing=False).score,
+            "Sift int8 (fused, length-bucketed)": load_reranker(int8, threads=threads).score,
         }  # fmt: skip
         baseline_scores = None
         for system, score in systems.items():
@@ -104,7 +104,7 @@ def run(index_dir: Path, model: str, count: int, depth: int, threads_list: list[
                 "nDCG@10": round(float(np.mean(quality)), 4),
             })  # fmt: skip
             print(rows[-1], flush=True)
-        tokenizer_reranker = Reranker(model, threads=threads, cache_size=0)
+        tokenizer_reranker = load_reranker(model, threads=threads)
         started = time.perf_counter()
         for _, text, _, texts in work:
             tokenizer_reranker.encode_pairs(text, texts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,31 @@ def onnx_session(path: Path, threads: int | None):
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_batches(session, sequences: Sequence[tuple[Sequence[int], Sequence[int] | None]], batch_size: int,
+                bucketing: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The one pad-and-run loop every model shares: sequences of (token ids, type ids or None) are padded per batch
+    and fed to the session (only the inputs it has); yields (the batch's sequence numbers, its first output, its
+    attention mask). bucketing: longest first, so that a batch holds similar lengths (little padding) and the
+    first batch shows the peak memory."""
+    inputs = {i.name for i in session.get_inputs()}
+    lengths = np.fromiter((len(ids) for ids, _ in sequences), dtype=np.int64, count=len(sequences))
+    order = np.argsort(-lengths, kind="stable") if bucketing else np.arange(len(sequences))
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
+        width = max(int(lengths[chosen].max()), 1)
+        ids = np.zeros((len(chosen), width), dtype=np.int64)
+        types = np.zeros((len(chosen), width), dtype=np.int64)
+        mask = np.zeros((len(chosen), width), dtype=np.int64)
+        for row, i in enumerate(chosen.tolist()):
+            token_ids, type_ids = sequences[i]
+            ids[row, : len(token_ids)] = token_ids
+            if type_ids is not None:
+                types[row, : len(token_ids)] = type_ids
+            mask[row, : len(token_ids)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        yield chosen, session.run(None, {k: v for k, v in feeds.items() if k in inputs})[0], mask
 
 
 def _tokenizer(path: Path, max_length: int):
@@ -43,7 +68,6 @@ class BiEncoder:
             raise ModelError(f"model {self.config.name!r} is a {self.config.kind}, not a bi-encoder")
         self.session = onnx_session(self.directory / "model.onnx", threads)
         self.tokenizer = _tokenizer(self.directory / "tokenizer.json", self.config.max_length)
-        self._inputs = {i.name for i in self.session.get_inputs()}
 
     @property
     def name(self) -> str:
@@ -61,23 +85,9 @@ class BiEncoder:
         unit_length overrides the model's normalization (the magnitude before it is a quality signal)."""
         prefix = self.config.query_prefix if query else self.config.passage_prefix
         encodings = self.tokenizer.encode_batch([prefix + t for t in texts] if prefix else list(texts))
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        order = np.argsort(-lengths, kind="stable")  # longest first: the first batch shows the peak memory
         vectors: np.ndarray | None = None
-        for start in range(0, len(order), batch_size):
-            chosen = order[start : start + batch_size]
-            width = int(lengths[chosen].max())
-            ids = np.zeros((len(chosen), width), dtype=np.int64)
-            mask = np.zeros((len(chosen), width), dtype=np.int64)
-            types = np.zeros((len(chosen), width), dtype=np.int64)
-            for row, i in enumerate(chosen.tolist()):
-                encoding = encodings[i]
-                n = len(encoding.ids)
-                ids[row, :n] = encoding.ids
-                mask[row, :n] = 1
-                types[row, :n] = encoding.type_ids
-            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-            hidden = self.session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        sequences = [(e.ids, e.type_ids) for e in encodings]
+        for chosen, hidden, mask in run_batches(self.session, sequences, batch_size):
             pooled = self._pool(hidden, mask, self.config.normalize if unit_length is None else unit_length)
             if vectors is None:
                 vectors = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
@@ -112,7 +122,6 @@ class SpladeEncoder:
             raise ModelError(f"model {self.config.name!r} is a {self.config.kind}, not a SPLADE model")
         self.session = onnx_session(self.directory / "model.onnx", threads)
         self.tokenizer = _tokenizer(self.directory / "tokenizer.json", self.config.max_length)
-        self._inputs = {i.name for i in self.session.get_inputs()}
 
     def encode(self, texts: Sequence[str], batch_size: int = 8) -> list[dict[str, float]]:
         """One {token: weight} per text, tokens as the tokenizer's vocabulary spells them."""
@@ -129,20 +138,9 @@ class SpladeEncoder:
         log(1 + relu(x)) is increasing, so the maximum over tokens is taken on the logits first and the logarithm
         on one row per text: the logits of a batch (tokens x vocabulary) are the bulk of the work otherwise."""
         encodings = self.tokenizer.encode_batch(list(texts))
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        order = np.argsort(-lengths, kind="stable")
         empty = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
         found: list[tuple[np.ndarray, np.ndarray]] = [empty] * len(texts)
-        for start in range(0, len(order), batch_size):
-            chosen = order[start : start + batch_size]
-            width = max(int(lengths[chosen].max()), 1)
-            ids = np.zeros((len(chosen), width), dtype=np.int64)
-            mask = np.zeros((len(chosen), width), dtype=np.int64)
-            for row, i in enumerate(chosen.tolist()):
-                ids[row, : lengths[i]] = encodings[i].ids
-                mask[row, : lengths[i]] = 1
-            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            logits = self.session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        for chosen, logits, mask in run_batches(self.session, [(e.ids, None) for e in encodings], batch_size):
             logits[mask == 0] = -np.inf
             weights = np.log1p(np.maximum(logits.max(axis=1), 0)).astype(np.float32)
             for row, i in enumerate(chosen.tolist()):

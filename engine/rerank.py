@@ -8,18 +8,21 @@
   Ranking with a Pretrained Sequence-to-Sequence Model"). Template and target tokens come from the model's config.
 
 The query is kept whole and the passage truncated to the model's max length. Pairs are batched by length (little
-padding) and scores cached per (query, passage), so a cascade or a repeated query scores each pair once.
+padding); CachedScorer keeps scores per (query, passage), so a cascade or a repeated query scores each pair once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from engine.encoders import onnx_session
+from engine.encoders import onnx_session, run_batches
 from engine.models import ModelConfig, ModelError, read_config, resolve
 
 MONOT5_TEMPLATE = "Query: {query} Document: {passage} Relevant:"
@@ -27,48 +30,83 @@ QUALITY_TEMPLATE = "Document: {passage} Relevant:"  # QualT5: the monoT5 input w
 TARGET_TOKENS = {"true": ("▁true", "true"), "false": ("▁false", "false")}  # T5 sentencepiece, then WordPiece
 
 
-class Reranker:
-    """Scores (query, passage) pairs with a cross-encoder or seq2seq model directory."""
+class PairScorer:
+    """Scores (query, passage) pairs with a reranking model directory on ONNX Runtime. Its subclasses say how a pair
+    is tokenized and how the model's output becomes a relevance score; the batching loop is the one every model
+    shares (engine.encoders.run_batches). Not cached: wrap it in CachedScorer."""
 
-    def __init__(
-        self,
-        model: str | os.PathLike,
-        threads: int | None = None,
-        batch_size: int = 32,
-        bucketing: bool = True,
-        cache_size: int = 200_000,
-    ) -> None:
+    kind = ""
+
+    def __init__(self, directory: Path, config: ModelConfig, threads: int | None = None, batch_size: int = 32,
+                 bucketing: bool = True) -> None:  # fmt: skip
         from tokenizers import Tokenizer
 
-        self.directory = resolve(str(model))
-        self.config: ModelConfig = read_config(self.directory)
-        if self.config.kind not in ("cross-encoder", "seq2seq"):
-            raise ModelError(f"model {self.config.name!r} is a {self.config.kind}, not a reranker "
-                             "(cross-encoder or seq2seq)")  # fmt: skip
-        self.session = onnx_session(self.directory / "model.onnx", threads)
-        self._inputs = {i.name for i in self.session.get_inputs()}
-        self.tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
+        self.directory, self.config = directory, config
+        self.session = onnx_session(directory / "model.onnx", threads)
+        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.tokenizer.no_padding()
-        self.max_length = self.config.max_length
+        self.max_length = config.max_length
         self.batch_size = batch_size
         self.bucketing = bucketing
-        self._cache: OrderedDict = OrderedDict()
-        self._cache_size = cache_size
-        extra = self.config.extra
-        if self.config.kind == "seq2seq":
-            self.tokenizer.no_truncation()
-            self.template = extra.get("template", MONOT5_TEMPLATE)
-            if "{passage}" not in self.template:  # {query} may be absent: a quality model scores passages alone
-                raise ModelError(f"model {self.config.name!r}: template {self.template!r} needs {{passage}}")
-            self.targets = (self._token_id(extra.get("true_token"), "true"),
-                            self._token_id(extra.get("false_token"), "false"))  # fmt: skip
-        else:
-            self.tokenizer.enable_truncation(self.max_length, strategy="only_second")
-            self.positive_class = int(extra.get("positive_class", 1))
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        """float32 scores, one per passage (higher: more relevant)."""
+        encoded = self.encode_pairs(query, list(passages))
+        scores = np.empty(len(encoded), dtype=np.float32)
+        for chosen, logits, _ in run_batches(self.session, encoded, self.batch_size, self.bucketing):
+            scores[chosen] = self.relevance(np.asarray(logits, dtype=np.float32))
+        return scores
+
+    def encode_pairs(self, query: str, passages: list[str]) -> list[tuple[list[int], list[int]]]:
+        """Token ids and type ids per pair, the passage truncated so the pair fits max_length."""
+        raise NotImplementedError
+
+    def relevance(self, logits: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class CrossEncoder(PairScorer):
+    """[CLS] query [SEP] passage [SEP] -> one relevance logit, or classes of which the positive one's
+    log-probability is the score (monoBERT)."""
+
+    kind = "cross-encoder"
+
+    def __init__(self, directory: Path, config: ModelConfig, **options) -> None:
+        super().__init__(directory, config, **options)
+        self.tokenizer.enable_truncation(self.max_length, strategy="only_second")
+        self.positive_class = int(config.extra.get("positive_class", 1))
+
+    def encode_pairs(self, query: str, passages: list[str]) -> list[tuple[list[int], list[int]]]:
+        return encode_cross(self.tokenizer, query, passages, self.name)
+
+    def relevance(self, logits: np.ndarray) -> np.ndarray:
+        if logits.ndim == 1 or logits.shape[1] == 1:
+            return logits.reshape(-1)
+        wide = logits.astype(np.float64)
+        top = wide.max(axis=1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(wide - top).sum(axis=1))
+        return (wide[:, self.positive_class] - log_norm).astype(np.float32)
+
+
+class Seq2SeqRanker(PairScorer):
+    """The model's template filled with query and passage -> one decoder step; the score is log P("true") under a
+    softmax over the "true" and "false" target tokens' logits (monoT5)."""
+
+    kind = "seq2seq"
+
+    def __init__(self, directory: Path, config: ModelConfig, **options) -> None:
+        super().__init__(directory, config, **options)
+        self.tokenizer.no_truncation()
+        extra = config.extra
+        self.template = extra.get("template", MONOT5_TEMPLATE)
+        if "{passage}" not in self.template:  # {query} may be absent: a quality model scores passages alone
+            raise ModelError(f"model {config.name!r}: template {self.template!r} needs {{passage}}")
+        self.targets = (self._token_id(extra.get("true_token"), "true"),
+                        self._token_id(extra.get("false_token"), "false"))  # fmt: skip
 
     def _token_id(self, configured: str | None, word: str) -> int:
         for token in (configured,) if configured else TARGET_TOKENS[word]:
@@ -78,66 +116,72 @@ class Reranker:
         raise ModelError(f"model {self.config.name!r}: its vocabulary has no {configured or word!r} token; set "
                          f"{word}_token in {self.directory / 'sift-model.json'}")  # fmt: skip
 
-    def score(self, query: str, passages: Sequence[str], keys: Sequence[Hashable] | None = None) -> np.ndarray:
-        """float32 scores, one per passage (higher: more relevant). keys name the passages for the score cache (by
-        default the text itself)."""
-        keys = list(passages) if keys is None else list(keys)
-        scores = np.empty(len(passages), dtype=np.float32)
-        missing = []
-        for i, key in enumerate(keys):
-            cached = self._cache.get((query, key))
-            if cached is None:
-                missing.append(i)
-            else:
-                scores[i] = cached
-                self._cache.move_to_end((query, key))
-        if missing:
-            fresh = self._score_pairs(query, [passages[i] for i in missing])
-            scores[missing] = fresh
-            for i, value in zip(missing, fresh.tolist()):
-                self._cache[(query, keys[i])] = value
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return scores
-
-    def _score_pairs(self, query: str, passages: list[str]) -> np.ndarray:
-        encoded = self.encode_pairs(query, passages)
-        lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=len(encoded))
-        order = np.argsort(-lengths, kind="stable") if self.bucketing else np.arange(len(encoded))
-        scores = np.empty(len(encoded), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            chosen = order[start : start + self.batch_size]
-            width = int(lengths[chosen].max())
-            ids = np.zeros((len(chosen), width), dtype=np.int64)
-            types = np.zeros((len(chosen), width), dtype=np.int64)
-            mask = np.zeros((len(chosen), width), dtype=np.int64)
-            for row, i in enumerate(chosen.tolist()):
-                token_ids, type_ids = encoded[i]
-                ids[row, : len(token_ids)] = token_ids
-                types[row, : len(token_ids)] = type_ids
-                mask[row, : len(token_ids)] = 1
-            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-            logits = self.session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
-            scores[chosen] = self._relevance(np.asarray(logits, dtype=np.float32))
-        return scores
-
     def encode_pairs(self, query: str, passages: list[str]) -> list[tuple[list[int], list[int]]]:
-        """Token ids and type ids per pair, the passage truncated so the pair fits max_length."""
-        if self.config.kind == "cross-encoder":
-            return encode_cross(self.tokenizer, query, passages, self.name)
         return [(ids, [0] * len(ids)) for ids in encode_template(self.tokenizer, self.template, query, passages,
                                                                   self.max_length, self.name)]  # fmt: skip
 
-    def _relevance(self, logits: np.ndarray) -> np.ndarray:
-        if self.config.kind == "seq2seq":
-            two = logits[:, list(self.targets)].astype(np.float64)
-            return (two[:, 0] - np.logaddexp(two[:, 0], two[:, 1])).astype(np.float32)
-        if logits.ndim == 1 or logits.shape[1] == 1:
-            return logits.reshape(-1)
-        wide = logits.astype(np.float64)
-        top = wide.max(axis=1, keepdims=True)
-        log_norm = top[:, 0] + np.log(np.exp(wide - top).sum(axis=1))
-        return (wide[:, self.positive_class] - log_norm).astype(np.float32)
+    def relevance(self, logits: np.ndarray) -> np.ndarray:
+        two = logits[:, list(self.targets)].astype(np.float64)
+        return (two[:, 0] - np.logaddexp(two[:, 0], two[:, 1])).astype(np.float32)
+
+
+SCORERS = {scorer.kind: scorer for scorer in (CrossEncoder, Seq2SeqRanker)}
+
+
+def load_reranker(model: str | os.PathLike, threads: int | None = None, batch_size: int = 32,
+                  bucketing: bool = True) -> PairScorer:  # fmt: skip
+    """The scorer for a reranking model (a name or a directory): a CrossEncoder or a Seq2SeqRanker by its kind."""
+    directory = resolve(str(model))
+    config = read_config(directory)
+    if config.kind not in SCORERS:
+        raise ModelError(f"model {config.name!r} is a {config.kind}, not a reranker (cross-encoder or seq2seq)")
+    return SCORERS[config.kind](directory, config, threads=threads, batch_size=batch_size, bucketing=bucketing)
+
+
+class CachedScorer:
+    """Any scorer's scores kept per (query, passage text), so that a cascade, a repeated query or pruned indexes
+    sharing candidates score each pair once. The one score cache: in memory (the most recent `capacity` pairs),
+    and in a JSON file if `path` is given (`save()` writes it; benchmarks keep scores across runs)."""
+
+    def __init__(self, scorer, capacity: int = 200_000, path: str | os.PathLike | None = None) -> None:
+        self.scorer, self.capacity = scorer, capacity
+        self.path = Path(path) if path else None
+        self.known: OrderedDict[str, float] = OrderedDict()
+        if self.path and self.path.exists():
+            self.known.update(json.loads(self.path.read_text(encoding="utf-8")))
+        self.scored = 0  # pairs that reached the scorer
+
+    @property
+    def name(self) -> str:
+        return self.scorer.name
+
+    @staticmethod
+    def key(query: str, text: str) -> str:
+        return hashlib.blake2b(f"{query}\0{text}".encode(), digest_size=12).hexdigest()
+
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        wanted = [self.key(query, text) for text in passages]
+        missing = [i for i, key in enumerate(wanted) if key not in self.known]
+        fresh = {}
+        if missing:
+            values = self.scorer.score(query, [passages[i] for i in missing])
+            fresh = {wanted[i]: float(v) for i, v in zip(missing, values.tolist())}
+            self.scored += len(missing)
+        scores = np.array([fresh[k] if k in fresh else self.known[k] for k in wanted], dtype=np.float32)
+        for key in wanted:
+            if key in self.known:
+                self.known.move_to_end(key)
+        self.known.update(fresh)
+        while self.path is None and len(self.known) > self.capacity:
+            self.known.popitem(last=False)
+        return scores
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(json.dumps(self.known), encoding="utf-8")
+        temporary.replace(self.path)
 
 
 def encode_cross(tokenizer, query: str, passages: list[str], name: str = "the model") -> list[tuple[list, list]]:

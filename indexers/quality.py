@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.analysis import Analyzer, AnalyzerConfig
+from engine.encoders import run_batches
 from engine.errors import SiftError
 from engine.format import MANIFEST, QUALITY_FOLDER, Segment
 from indexers.corpus import CorpusReader, Document, Passage, open_source, split_passages
@@ -182,7 +183,6 @@ class PseudoPerplexityEstimator(Estimator):
         if self.mask_id is None:
             raise QualityError(f"model {self.model!r}: its tokenizer has no [MASK] token, so it is no masked LM")
         self.session = onnx_session(directory / "model.onnx", None)
-        self.inputs = {i.name for i in self.session.get_inputs()}
 
     def score(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
         if self.session is None:
@@ -192,24 +192,19 @@ class PseudoPerplexityEstimator(Estimator):
             ids = np.array(encoding.ids, dtype=np.int64)
             positions = np.flatnonzero(np.array(encoding.special_tokens_mask) == 0)
             runs += [(number, ids, positions[j :: self.passes]) for j in range(min(self.passes, len(positions)))]
-        runs.sort(key=lambda run: len(run[1]))
+        sequences = []
+        for _, ids, masked in runs:
+            masked_ids = ids.copy()
+            masked_ids[masked] = self.mask_id
+            sequences.append((masked_ids, None))
         totals, counts = np.zeros(len(texts)), np.zeros(len(texts))
-        for start in range(0, len(runs), self.batch_size):
-            chunk = runs[start : start + self.batch_size]
-            width = max(len(ids) for _, ids, _ in chunk)
-            batch = np.zeros((len(chunk), width), dtype=np.int64)
-            mask = np.zeros_like(batch)
-            for row, (_, ids, masked) in enumerate(chunk):
-                batch[row, : len(ids)] = ids
-                batch[row, masked] = self.mask_id
-                mask[row, : len(ids)] = 1
-            feeds = {"input_ids": batch, "attention_mask": mask, "token_type_ids": np.zeros_like(batch)}
-            logits = self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})[0]
-            for row, (number, ids, masked) in enumerate(chunk):
-                chosen = logits[row, masked].astype(np.float64)
-                top = chosen.max(axis=1)
-                normalizer = top + np.log(np.exp(chosen - top[:, None]).sum(axis=1))
-                totals[number] += float((chosen[np.arange(len(masked)), ids[masked]] - normalizer).sum())
+        for chosen, logits, _ in run_batches(self.session, sequences, self.batch_size):
+            for row, run in enumerate(chosen.tolist()):
+                number, ids, masked = runs[run]
+                predicted = logits[row, masked].astype(np.float64)
+                top = predicted.max(axis=1)
+                normalizer = top + np.log(np.exp(predicted - top[:, None]).sum(axis=1))
+                totals[number] += float((predicted[np.arange(len(masked)), ids[masked]] - normalizer).sum())
                 counts[number] += len(masked)
         # a passage with no token is as unlikely as a uniform guess over the vocabulary
         floor = -math.log(self.tokenizer.get_vocab_size())
@@ -224,9 +219,9 @@ class ModelQualityEstimator(Estimator):
         self.reranker = None
 
     def score(self, keys: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-        from engine.rerank import Reranker
+        from engine.rerank import load_reranker
 
-        self.reranker = self.reranker or Reranker(self.name, cache_size=0)
+        self.reranker = self.reranker or load_reranker(self.name)
         return self.reranker.score("", list(texts)).astype(np.float64)
 
 

@@ -512,3 +512,25 @@ def test_dense_and_impact_document_ranking_return_k_documents_when_the_index_has
         assert found.ids == expected[:k]  # ties are unlikely with random vectors
         splade = ImpactSearcher(index).search("w1 w2 w3", k)
         assert len(splade) == min(k, index.documents) and len(set(splade.ids)) == len(splade)
+
+
+def test_stages_compose_in_python_as_expressions_build_them(tmp_path, tiny_model):
+    from engine.pipeline import BM25, STAGES, CoRT, Dense, Interpolate, register_stage
+
+    _, index_dir = build_corpus_index(tmp_path)
+    build_dense(index_dir, "tiny")
+    index = open_index(index_dir)
+    queries = ["w1 w2 w3", "w40", "w7 w7 w59 w13"]
+    bm25, dense = BM25(index), Dense(index)
+    assert (bm25 + dense).search(queries, 20) == Pipeline(index, "hybrid").search(queries, 20)
+    assert (bm25 | dense).search(queries, 20) == Pipeline(index, "rrf(bm25,dense)").search(queries, 20)
+    assert ((bm25 + dense) % 5).search(queries, 20) == Pipeline(index, "hybrid").search(queries, 5)
+    assert CoRT(bm25, dense).search(queries, 9) == Pipeline(index, "cort").search(queries, 9)
+    assert str(Interpolate(bm25, dense, 0.3)) == str(parse("hybrid(bm25,dense,alpha=0.3)"))
+    register_stage("lexical", lambda spec, context: BM25(context.index))  # a new stage name: one registration
+    try:
+        assert Pipeline(index, "hybrid(lexical,dense)").search(queries, 20) == (bm25 + dense).search(queries, 20)
+    finally:
+        del STAGES["lexical"]
+    with pytest.raises(PipelineError, match="unknown stage 'lexical'"):
+        parse("lexical")

@@ -77,7 +77,7 @@ def additive_score(weights, query, passage, max_length=32):
 
 
 def test_cross_encoder_scores_follow_the_model_and_truncate_only_the_passage(tmp_path, model_home):
-    from engine.rerank import Reranker
+    from engine.rerank import load_reranker
 
     weights = additive_model(tmp_path, "add", seed=0)
     rng = np.random.default_rng(1)
@@ -85,7 +85,7 @@ def test_cross_encoder_scores_follow_the_model_and_truncate_only_the_passage(tmp
     query = "w1 w2 w3 w4 w5"
     expected = [additive_score(weights, query, p) for p in passages]
     for batch_size, bucketing in ((1, True), (7, False), (64, True)):
-        reranker = Reranker("add", batch_size=batch_size, bucketing=bucketing)
+        reranker = load_reranker("add", batch_size=batch_size, bucketing=bucketing)
         np.testing.assert_allclose(reranker.score(query, passages), expected, atol=1e-5)
     ids, types = reranker.encode_pairs(query, ["w9 " * 100])[0]
     assert len(ids) == 32 and ids[1:6] == [VOCABULARY[w] for w in query.split()]  # the query kept whole
@@ -93,15 +93,16 @@ def test_cross_encoder_scores_follow_the_model_and_truncate_only_the_passage(tmp
 
 
 def test_the_score_cache_scores_each_pair_once(tmp_path, model_home, monkeypatch):
-    from engine.rerank import Reranker
+    from engine.rerank import CachedScorer, load_reranker
 
     additive_model(tmp_path, "add", seed=0)
-    reranker = Reranker("add")
+    model = load_reranker("add")
     scored = []
-    original = reranker._score_pairs
-    monkeypatch.setattr(reranker, "_score_pairs", lambda q, p: scored.extend(p) or original(q, p))
-    first = reranker.score("w1", ["w2", "w3"], keys=[2, 3])
-    again = reranker.score("w1", ["w3", "w2", "w4"], keys=[3, 2, 4])
+    original = model.score
+    monkeypatch.setattr(model, "score", lambda q, p: scored.extend(p) or original(q, p))
+    reranker = CachedScorer(model)
+    first = reranker.score("w1", ["w2", "w3"])
+    again = reranker.score("w1", ["w3", "w2", "w4"])
     assert scored == ["w2", "w3", "w4"]
     assert again[:2].tolist() == first[::-1].tolist()
 
@@ -160,14 +161,14 @@ def test_pipelines_with_reranking_print_as_they_parse():
 
 
 def test_only_reranking_models_rerank(tmp_path, model_home):
-    from engine.rerank import Reranker
+    from engine.rerank import load_reranker
 
     source = tmp_path / "bi"
     save_tokenizer(source)
     (source / "model.onnx").write_bytes(b"")
     models.register(source, "bi", "bi-encoder")
     with pytest.raises(models.ModelError, match="not a reranker"):
-        Reranker("bi")
+        load_reranker("bi")
 
 
 # --- models users bring: exported from PyTorch, scored as PyTorch scores them -------------------------------------
@@ -199,7 +200,7 @@ def sample_pairs():
 @pytest.mark.parametrize("labels", [1, 2])
 def test_monobert_scores_equal_pytorch(tmp_path, model_home, labels):
     torch, transformers = torch_modules()
-    from engine.rerank import Reranker
+    from engine.rerank import load_reranker
 
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=len(VOCABULARY), hidden_size=32, num_hidden_layers=2,
@@ -208,7 +209,7 @@ def test_monobert_scores_equal_pytorch(tmp_path, model_home, labels):
     model = transformers.BertForSequenceClassification(config).eval()
     export_and_register(tmp_path, model, "mono-bert", "cross-encoder")
     query, passages = sample_pairs()
-    got = Reranker("mono-bert", batch_size=8).score(query, passages)
+    got = load_reranker("mono-bert", batch_size=8).score(query, passages)
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tmp_path / "mono-bert-checkpoint" / "tokenizer.json"))
@@ -225,7 +226,7 @@ def test_monobert_scores_equal_pytorch(tmp_path, model_home, labels):
 @pytest.mark.slow
 def test_monot5_scores_equal_pytorch(tmp_path, model_home):
     torch, transformers = torch_modules()
-    from engine.rerank import Reranker
+    from engine.rerank import load_reranker
 
     torch.manual_seed(0)
     config = transformers.T5Config(vocab_size=len(VOCABULARY), d_model=32, d_kv=16, d_ff=64, num_layers=2,
@@ -234,7 +235,7 @@ def test_monot5_scores_equal_pytorch(tmp_path, model_home):
     model = transformers.T5ForConditionalGeneration(config).eval()
     export_and_register(tmp_path, model, "mono-t5", "seq2seq", seq2seq=True)
     query, passages = sample_pairs()
-    got = Reranker("mono-t5", batch_size=8).score(query, passages)
+    got = load_reranker("mono-t5", batch_size=8).score(query, passages)
     true, false = VOCABULARY["▁true"], VOCABULARY["▁false"]
     expected = []
     with torch.no_grad():
@@ -244,7 +245,7 @@ def test_monot5_scores_equal_pytorch(tmp_path, model_home):
             logits = model(input_ids=ids, decoder_input_ids=torch.tensor([[0]])).logits[0, 0]
             expected.append(float(torch.log_softmax(logits[[true, false]], -1)[0]))
     np.testing.assert_allclose(got, expected, atol=1e-4)
-    reranker = Reranker("mono-t5")
+    reranker = load_reranker("mono-t5")
     reranker.max_length = 12
     ids, _ = reranker.encode_pairs(query, ["w9 " * 30])[0]
     assert ids == [VOCABULARY[w] for w in ["Query:", "w1", "w7", "w30", "Document:", "w9", "w9", "w9", "w9", "w9",
@@ -287,7 +288,7 @@ def test_rerank_benchmark_agrees_with_the_pipeline_and_with_precomputed_scores(t
     elsewhere and read back give the same table."""
     import bench.rerank as bench_rerank
     from engine.evaluation import evaluate
-    from engine.rerank import Reranker
+    from engine.rerank import load_reranker
 
     additive_model(tmp_path, "add", seed=0)
     _, index = corpus_index(tmp_path)
@@ -310,7 +311,7 @@ def test_rerank_benchmark_agrees_with_the_pipeline_and_with_precomputed_scores(t
     assert row["nDCG@10"] == round(expected.means["nDCG@10"], 4)
     bench_rerank.export_pairs({"tiny": tmp_path / "idx"}, ["bm25"], 20, {}, tmp_path / "pairs")
     record = json.loads((tmp_path / "pairs" / "tiny.json").read_text())
-    reranker = Reranker("add")
+    reranker = load_reranker("add")
     scores = [reranker.score(record["queries"][qi], [record["passages"][str(p)]])[0] for qi, p in record["pairs"]]
     np.save(tmp_path / "pairs" / "tiny.add.npy", np.array(scores, dtype=np.float32))
     again = bench_rerank.run({"tiny": tmp_path / "idx"}, ["bm25"], ["add"], 20, {}, tmp_path / "pairs")
@@ -321,17 +322,17 @@ def test_rerank_benchmark_agrees_with_the_pipeline_and_with_precomputed_scores(t
 def test_a_pipeline_reranks_with_pair_scores_cached_across_runs(tmp_path, model_home):
     """bench.pruning's cache: the same ranking as the model itself, and a second run from the saved file scores
     only pairs it has not seen."""
-    from bench.pruning import CachedReranker
+    from bench.pruning import cached_reranker
 
     additive_model(tmp_path, "small", seed=3)
     _, index = corpus_index(tmp_path)
     queries = ["w3 w17 w22", "w5 w6"]
     expected = Pipeline(index, "bm25 >> rerank:small@20").search(queries, 30)
-    cached = CachedReranker("small", tmp_path / "pairs.json")
-    found = Pipeline(index, "bm25 >> rerank:small@20", rerankers={"small": cached}).search(queries, 30)
+    cached = cached_reranker("small", tmp_path / "pairs.json")
+    found = Pipeline(index, "bm25 >> rerank:small@20", scorers={"small": cached}).search(queries, 30)
     assert [r.ids for r in found] == [r.ids for r in expected] and cached.scored == 40
     cached.save()
-    again = CachedReranker("small", tmp_path / "pairs.json")
-    found = Pipeline(index, "bm25 >> rerank:small@25", rerankers={"small": again}).search(queries, 30)
+    again = cached_reranker("small", tmp_path / "pairs.json")
+    found = Pipeline(index, "bm25 >> rerank:small@25", scorers={"small": again}).search(queries, 30)
     assert again.scored == 10 and [r.ids for r in found] == [
         r.ids for r in Pipeline(index, "bm25 >> rerank:small@25").search(queries, 30)]

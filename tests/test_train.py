@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("onnx")
 
-from engine.rerank import Reranker  # noqa: E402
+from engine.rerank import load_reranker  # noqa: E402
 from indexers.train import Recipe, train, train_and_register, write_examples  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(40)]
@@ -72,7 +72,7 @@ def test_trained_rerankers_learn_export_and_register(tmp_path, model_home, tiny_
     assert report["parity_max_abs_difference"] < 1e-4
     config = json.loads((target / "sift-model.json").read_text())
     assert config["kind"] == kind and config["extra"]["training"]["queries"] == 60
-    reranker = Reranker("tiny-ranker")
+    reranker = load_reranker("tiny-ranker")
     held_out = examples(40, seed=2)
     wins = 0
     for example in held_out:
