@@ -99,11 +99,14 @@ def write_array(path: Path, array: np.ndarray) -> None:
 def open_array(path: Path) -> np.ndarray:
     """Memory-mapped, as a plain ndarray view: np.memmap's per-slice overhead dominates small reads."""
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
-    except ValueError:  # an empty array cannot be memory-mapped
-        return np.load(path, allow_pickle=False)
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
+        except ValueError:  # an empty array cannot be memory-mapped
+            return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise IndexFormatError(f"{path}: missing index file; the index is damaged") from None
+    except (ValueError, EOFError, OSError) as e:
+        raise IndexFormatError(f"{path}: damaged index file ({e})") from None
 
 
 def _map_bytes(path: Path) -> bytes | mmap.mmap:
@@ -306,8 +309,9 @@ class DocStore:
     """O(1) access to a passage record by its number within a segment: one block read and decompressed."""
 
     def __init__(self, directory: Path) -> None:
+        self.path = directory / "store.zst"
         self.offsets = open_array(directory / "store.offsets.npy")
-        self.blob = _map_bytes(directory / "store.zst")
+        self.blob = _map_bytes(self.path)
         self._cached_block: tuple[int, list[list]] = (-1, [])
 
     def row(self, passage: int) -> list:
@@ -315,9 +319,15 @@ class DocStore:
         cached_id, rows = self._cached_block
         if cached_id != block:
             raw = self.blob[self.offsets[block] : self.offsets[block + 1]]
-            rows = json.loads(zstandard.ZstdDecompressor().decompress(raw))
+            try:
+                rows = json.loads(zstandard.ZstdDecompressor().decompress(raw))
+            except (zstandard.ZstdError, ValueError) as e:
+                raise IndexFormatError(f"{self.path}: damaged document store block {block} ({e})") from None
             self._cached_block = (block, rows)
-        return rows[within]
+        try:
+            return rows[within]
+        except IndexError:
+            raise IndexFormatError(f"{self.path}: damaged document store (block {block} is short)") from None
 
     def __getitem__(self, passage: int) -> dict:
         return dict(zip(STORE_FIELDS, self.row(passage)))
@@ -433,6 +443,8 @@ class PostingLists:
             self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise IndexFormatError(f"{meta_path}: missing; the index is damaged") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise IndexFormatError(f"{meta_path}: damaged ({e})") from None
         self.terms = StringTable(directory, "terms")
         self.offsets = open_array(directory / "postings.offsets.npy")
         self.packed = self.meta.get("postings") == "packed"

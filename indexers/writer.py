@@ -119,6 +119,10 @@ class IndexWriter:
         this writer are dropped at commit (their passage numbers would no longer match)."""
         options = options or BuildOptions()
         folders, report = write_segments(documents, self.staging / "inverted", options, on_progress, pruned)
+        if not report.passages:
+            where = (source or {}).get("path", "the corpus")
+            raise SiftError(f"{where}: nothing to index (no document with text" + (", or every passage pruned)"
+                            if pruned else ")"))  # fmt: skip
         settings = {
             "analyzer": options.analyzer.to_dict(),
             "bm25": {"k1": options.bm25.k1, "b": options.bm25.b, "length_norm": options.bm25.length_norm},

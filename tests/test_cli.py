@@ -39,17 +39,22 @@ def test_eval_json_run_file_and_baseline(tmp_path, index_dir, capsys):
     (tmp_path / "qrels.txt").write_text("1 0 d1 1\n1 0 d5 1\n2 0 d7 2\n")
     args = ["eval", str(index_dir), "--queries", str(tmp_path / "q.tsv"), "--qrels", str(tmp_path / "qrels.txt")]
     assert main([*args, "--run", str(tmp_path / "run.trec"), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"nDCG@10", "RR@10", "R@100", "R@1000", "AP", "queries"} <= set(report)
     assert report["queries"] == 2
     assert (tmp_path / "run.trec").read_text().startswith("1 Q0 ")
     assert main([*args, "--baseline", str(tmp_path / "run.trec"), "--json", "--k1", "1.2"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["k1"] == 1.2 and "p_value" in report["baseline"]
-    assert main(["compare", str(tmp_path / "run.trec"), str(tmp_path / "run.trec"), "--qrels",
+    assert main([*args, "--run", str(tmp_path / "other.trec"), "--json", "--k1", "3", "--b", "1"]) == 0
+    other = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["compare", str(tmp_path / "run.trec"), str(tmp_path / "other.trec"), "--qrels",
                  str(tmp_path / "qrels.txt"), "--json"]) == 0  # fmt: skip
-    comparisons = json.loads(capsys.readouterr().out.strip())["comparisons"]
-    assert {c["measure"] for c in comparisons} >= {"nDCG@10", "AP"} and all(c["delta"] == 0 for c in comparisons)
+    comparisons = {c["measure"]: c for c in json.loads(capsys.readouterr().out.strip())["comparisons"]}
+    assert {"nDCG@10", "AP"} <= set(comparisons)
+    for measure in ("nDCG@10", "AP", "RR@10"):
+        assert (comparisons[measure]["a"], comparisons[measure]["b"]) == (first[measure], other[measure])
+        assert comparisons[measure]["delta"] == round(comparisons[measure]["b"] - comparisons[measure]["a"], 4)
 
 
 def test_info(index_dir, capsys):
@@ -71,18 +76,36 @@ def test_info(index_dir, capsys):
             "unknown stage 'bm26'",
         ),
         (["search", "{tmp}/idx", "q", "--b", "2"], "b must be between 0 and 1"),
+        (["index", "{tmp}/empty.jsonl", "{tmp}/new"], "empty.jsonl: nothing to index"),
     ],
 )
 def test_errors_are_one_line_with_non_zero_exit(tmp_path, args, message):
     write_jsonl(tmp_path / "good.jsonl", random_documents(20))
     (tmp_path / "bad.jsonl").write_text('{"_id": "a", "text": "x"}\n{"_id": \n')
     (tmp_path / "q.tsv").write_text("1\tquery\n")
+    (tmp_path / "empty.jsonl").write_text("")
     assert sift("index", str(tmp_path / "good.jsonl"), str(tmp_path / "idx"), "--quiet").returncode == 0
     result = sift(*[a.format(tmp=tmp_path) for a in args])
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sift: error:") and message in lines[0], result.stderr
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    ("damaged", "how"),
+    [("manifest.json", "garbage"), ("SEGMENT/segment.json", "truncate"), ("SEGMENT/lengths.npy", "truncate"),
+     ("SEGMENT/postings.words.npy", "truncate"), ("SEGMENT/store.zst", "garbage")],
+)  # fmt: skip
+def test_a_damaged_index_is_a_one_line_error_naming_the_file(tmp_path, corpus_file, damaged, how):
+    assert sift("index", str(corpus_file), str(tmp_path / "idx"), "--quiet").returncode == 0
+    segment = json.loads((tmp_path / "idx" / "manifest.json").read_text())["segments"][0]["name"]
+    path = tmp_path / "idx" / damaged.replace("SEGMENT", segment)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3] if how == "truncate" else b"\x00garbage" * (len(data) // 8 + 1))
+    result = sift("search", str(tmp_path / "idx"), "quick fox", "--text")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and str(path) in lines[0], result.stderr
 
 
 def test_skip_bad_reports_a_summary(tmp_path):

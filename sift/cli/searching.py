@@ -201,8 +201,12 @@ def _cmd_info(args) -> int:
     from engine.index import open_index
 
     index = open_index(args.index_dir)
+    manifest = index.manifest
     size = sum(f.stat().st_size for f in Path(args.index_dir).rglob("*") if f.is_file())
-    info = {**index.stats(), "bytes": size, "analyzer": index.manifest["analyzer"], "bm25": index.manifest["bm25"]}
+    info = {**index.stats(), "bytes": size, "analyzer": manifest["analyzer"], "bm25": manifest["bm25"],
+            "passage_split": manifest["passages"], "source": manifest.get("source", {}),
+            "dense": manifest.get("dense", {}), "splade": manifest.get("impact", {}),
+            "pruning": manifest.get("pruning")}  # fmt: skip
     if args.json:
         print(json.dumps(info))
     else:
