@@ -173,7 +173,7 @@ class Analyzer:
         long_words = [t for t in words if len(t) >= shortest]
         stems = self._stem.stemWords(long_words)
         if self.config.stemmer == "porter":
-            stems = [lucene_porter_departures(stem) for stem in stems]
+            stems = [lucene_porter_departures(stem, word) for stem, word in zip(stems, long_words)]
         cache.update(zip(long_words, stems))
         cache.update((t, t) for t in words if len(t) < shortest)
 
@@ -280,11 +280,14 @@ def _ends_cvc(word: str) -> bool:
     )
 
 
-def lucene_porter_departures(stem: str) -> str:
+def lucene_porter_departures(stem: str, word: str) -> str:
     """Applies the two rules by which Lucene's PorterStemmer (Porter's own C version) departs from the published
     algorithm that Snowball's "porter" implements: step 2 maps "bli" to "ble" (not only "abli" to "able") and "logi"
-    to "log"; a "ble" then goes through steps 4 and 5 as Lucene would take it.
+    to "log"; a "ble" then goes through steps 4 and 5 as Lucene would take it. Step 2 sees the word after step 1,
+    so a stem whose final "e" step 5 removed later ("pharmacologie" -> "pharmacologi") keeps its "logi"/"bli".
     """
+    if word.endswith(("logie", "blie")):
+        return stem
     if stem.endswith("logi") and _measure(stem[:-4]) > 0:
         return stem[:-1]
     if stem.endswith("bli") and not stem.endswith("abli") and _measure(stem[:-3]) > 0:
