@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sift.cli.common import Progress, add_bm25_options, positive_int
 
-DEFAULT_DENSE_MODEL = "all-minilm-l6-v2"
+DEFAULT_DENSE_MODEL = "all-minilm-l6-v2-onnx-int8"  # ONNX as shipped: no torch needed
 DEFAULT_SPLADE_MODEL = "splade-tiny"
 
 
