@@ -20,7 +20,8 @@ def test_first_stage_json_contract(tmp_path):
     rows = {(r["system"], r["k"], r["threads"]) for r in report["results"]}
     assert rows == {("sift", 10, 1), ("sift", 10, 2), ("sift", 100, 1), ("sift", 100, 2)}
     single = next(r for r in report["results"] if r["threads"] == 1)
-    assert {"qps", "p50_ms", "p95_ms", "p99_ms", "agreement"} <= set(single) and single["qps"] > 0
+    assert {"qps", "p50_ms", "p95_ms", "p99_ms", "agreement"} <= set(single)
+    assert single["p50_ms"] <= single["p95_ms"] <= single["p99_ms"] and single["agreement"] is None  # no peer
     assert report["pruning_verified_queries"] == 2 * report["queries"]
     assert (tmp_path / "results" / "first-stage-synthetic-3000.md").exists()
 

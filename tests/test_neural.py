@@ -342,10 +342,16 @@ def test_cli_contract_for_models_dense_indexing_and_pipelines(tmp_path, tiny_mod
     assert report["splade"]["model"] == "tiny-splade" and report["splade"]["passages"] == 50
     (tmp_path / "q.tsv").write_text("q1\tw1 w2\nq2\tw3\n")
     (tmp_path / "qrels.txt").write_text("q1 0 d1 1\nq2 0 d2 1\n")
+    from engine.evaluation import evaluate
+
+    index = open_index(tmp_path / "idx")
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
     for pipeline in ("dense", "splade", "hybrid", "rrf(bm25,dense(tiny))", "cort(bm25,dense)", "hybrid(bm25,splade)"):
         measured = sift("eval", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.tsv"), "--qrels",
                         str(tmp_path / "qrels.txt"), "--pipeline", pipeline, "--json")  # fmt: skip
-        assert measured["queries"] == 2 and 0 <= measured["nDCG@10"] <= 1
+        found = Pipeline(index, pipeline).search(["w1 w2", "w3"], 1000)
+        expected = evaluate({q: dict(zip(r.ids, r.scores.tolist())) for q, r in zip(("q1", "q2"), found)}, qrels)
+        assert {k: measured[k] for k in expected.to_dict()} == expected.to_dict(), pipeline
     found = sift("search", str(tmp_path / "idx"), "w1 w2", "--pipeline", "dense", "-k", "3", "--json")
     assert len(found["results"]) == 3
 
