@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("SHARED_DATA") or ROOT.parent / "shared" / "data")  # as the tests find it
 # SIFT_BENCH_DIR moves results and scratch elsewhere (the tests use it to keep bench/results untouched).
 _OUTPUT = Path(os.environ.get("SIFT_BENCH_DIR", ROOT / "bench"))
 RESULTS = _OUTPUT / "results"

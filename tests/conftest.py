@@ -1,4 +1,5 @@
 import json
+import os
 import random
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from hypothesis import settings
 settings.register_profile("sift", deadline=None)
 settings.load_profile("sift")
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# the shared collections: $SHARED_DATA, else ../shared/data beside the checkout, wherever the checkout is
+DATA = Path(os.environ.get("SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 WORDS = (
     "search engine index query passage document ranking retrieval score term frequency inverse length "
