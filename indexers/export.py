@@ -29,7 +29,7 @@ def _torch():
     return torch, transformers
 
 
-def _wrapped(kind: str, checkpoint: Path):
+def torch_module(kind: str, checkpoint: Path):
     """The PyTorch module to export, with plain tensor inputs and one output."""
     torch, transformers = _torch()
     loaders = {
@@ -72,7 +72,7 @@ def export_onnx(
     if not (checkpoint / "config.json").exists():
         raise ModelError(f"{checkpoint}: not a Hugging Face checkpoint directory (no config.json)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    module, config = _wrapped(kind, checkpoint)
+    module, config = torch_module(kind, checkpoint)
     names = ["input_ids", "attention_mask"] + ([] if kind == "seq2seq" else ["token_type_ids"])
     vocab_size = _vocab_size(config)
     sample = _sample_inputs(vocab_size, names)

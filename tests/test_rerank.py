@@ -336,3 +336,40 @@ def test_a_pipeline_reranks_with_pair_scores_cached_across_runs(tmp_path, model_
     found = Pipeline(index, "bm25 >> rerank:small@25", scorers={"small": again}).search(queries, 30)
     assert again.scored == 10 and [r.ids for r in found] == [
         r.ids for r in Pipeline(index, "bm25 >> rerank:small@25").search(queries, 30)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["cross-encoder", "seq2seq"])
+def test_pair_scores_from_the_pytorch_checkpoint_equal_the_onnx_rerankers(tmp_path, model_home, kind):
+    """bench.score_pairs, the GPU step behind bench.rerank --pairs, run here on the CPU."""
+    import json
+    import shutil
+
+    torch, transformers = torch_modules()
+    from bench.score_pairs import main as score_pairs
+    from engine.rerank import load_reranker
+
+    torch.manual_seed(0)
+    if kind == "seq2seq":
+        config = transformers.T5Config(vocab_size=len(VOCABULARY), d_model=32, d_kv=16, d_ff=64, num_layers=2,
+                                       num_heads=2, decoder_start_token_id=0, pad_token_id=0,
+                                       eos_token_id=VOCABULARY["</s>"])  # fmt: skip
+        model = transformers.T5ForConditionalGeneration(config).eval()
+    else:
+        config = transformers.BertConfig(vocab_size=len(VOCABULARY), hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                         num_labels=2)  # fmt: skip
+        model = transformers.BertForSequenceClassification(config).eval()
+    export_and_register(tmp_path, model, "ranker", kind, seq2seq=kind == "seq2seq")
+    shutil.copytree(tmp_path / "ranker-checkpoint", model_home / "ranker" / "checkpoint")
+    query, passages = sample_pairs()
+    queries = [query, "w2 w3"]
+    pairs = [[q, p] for q in range(2) for p in range(0, len(passages), 1 + q)]
+    record = {"queries": queries, "passages": {str(i): t for i, t in enumerate(passages)}, "pairs": pairs}
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "c.json").write_text(json.dumps(record))
+    score_pairs(["--pairs", str(tmp_path / "pairs"), "--model", "ranker", "--device", "cpu", "--batch-size", "4"])
+    found = np.load(tmp_path / "pairs" / "c.ranker.npy")
+    onnx = load_reranker("ranker")
+    expected = [onnx.score(queries[q], [passages[p]])[0] for q, p in pairs]
+    np.testing.assert_allclose(found, expected, atol=1e-4)
