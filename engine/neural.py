@@ -11,7 +11,7 @@ import numpy as np
 from engine.encoders import BiEncoder, SpladeEncoder
 from engine.errors import SiftError
 from engine.format import PostingLists
-from engine.reader import IndexReader, Results
+from engine.reader import IndexReader, Results, rank_documents
 from engine.sparse import ALGORITHMS, term_ranges, top_postings
 
 
@@ -29,22 +29,6 @@ def _choose_model(index: IndexReader, kind: str, model: str | None, build_flag: 
     if model not in built:
         raise NeuralSearchError(f"{index.path}: no {kind} index for {model!r}; it has: {', '.join(built)}")
     return model, built[model]
-
-
-def rank_documents(reader: IndexReader, top, queries: int, k: int, total: int) -> list[Results]:
-    """k results per query whenever the index has them: top(rows, depth) gives the rows' best `depth` passages; in a
-    split index, a query whose passages hold fewer than k documents is searched again four times deeper."""
-    depth = min(k * (4 if reader.split_passages else 1), total)
-    found: list = [None] * queries
-    rows = np.arange(queries)
-    while len(rows):
-        short = []
-        for row, (passages, scores) in zip(rows.tolist(), top(rows, depth)):
-            found[row] = (passages, scores)
-            if depth < total and len(passages) == depth and reader.distinct_documents(passages) < k:
-                short.append(row)
-        rows, depth = np.array(short, dtype=np.int64), min(depth * 4, total)
-    return [reader.rank(passages, scores, k) for passages, scores in found]
 
 
 class DenseSearcher:

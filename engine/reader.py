@@ -228,3 +228,19 @@ class IndexReader:
         else:
             passage_ids, doc_ids = self.ids(passages)
         return Results(doc_ids if as_documents else passage_ids, doc_ids, scores, passages)
+
+
+def rank_documents(reader: IndexReader, top, queries: int, k: int, total: int) -> list[Results]:
+    """k results per query whenever the index has them: top(rows, depth) gives the rows' best `depth` passages; in a
+    split index, a query whose passages hold fewer than k documents is searched again four times deeper."""
+    depth = min(k * (4 if reader.split_passages else 1), total)
+    found: list = [None] * queries
+    rows = np.arange(queries)
+    while len(rows):
+        short = []
+        for row, (passages, scores) in zip(rows.tolist(), top(rows, depth)):
+            found[row] = (passages, scores)
+            if depth < total and len(passages) == depth and reader.distinct_documents(passages) < k:
+                short.append(row)
+        rows, depth = np.array(short, dtype=np.int64), min(depth * 4, total)
+    return [reader.rank(passages, scores, k) for passages, scores in found]

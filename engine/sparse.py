@@ -28,7 +28,7 @@ from numba import njit
 from engine.analysis import Analyzer
 from engine.codec import BLOCK, decode_block
 from engine.format import PostingLists
-from engine.reader import IndexReader, Results
+from engine.reader import IndexReader, Results, rank_documents
 
 DEFAULT_K1 = 0.9
 DEFAULT_B = 0.4
@@ -672,19 +672,7 @@ class BM25Searcher:
         algorithm: str = "auto",
     ) -> Results:
         """BM25 top-k. documents=True ranks documents by their best passage (the default for split indexes)."""
-        if not documents or not self.reader.split_passages:
-            docs, scores = self.search_passages(query, k, params, algorithm)
-            return self.reader.hits(docs, scores, as_documents=False)
-        depth = k
-        while True:
-            docs, scores = self.search_passages(query, depth, params, algorithm)
-            keys = self.reader.document_keys(docs)
-            _, first = np.unique(keys, return_index=True)  # a document's first passage is its best
-            if len(first) >= k or len(docs) < depth:
-                break
-            depth *= 4
-        best = np.sort(first)[:k]
-        return self.reader.hits(docs[best], scores[best], as_documents=True)
+        return self.batch_search([query], k, params, documents, 1, algorithm)[0]
 
     def batch_search(
         self,
@@ -700,11 +688,15 @@ class BM25Searcher:
         _check(k, algorithm)
         threads = threads or os.cpu_count() or 1
         params = params or self.default_params
-        if documents and self.reader.split_passages:
-            return self._map(threads, lambda q: self.search(q, k, params, True, algorithm), queries)
         plans = [self.plan(q) for q in queries]
-        found = self._map(threads, lambda plan: self._top_passages(plan, k, params, algorithm), plans)
-        return [self.reader.hits(docs, scores, as_documents=False) for docs, scores in found]
+
+        def top(rows: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
+            return self._map(threads, lambda row: self._top_passages(plans[row], depth, params, algorithm),
+                             rows.tolist())  # fmt: skip
+
+        if documents and self.reader.split_passages:
+            return rank_documents(self.reader, top, len(plans), k, self.reader.passages)
+        return [self.reader.hits(docs, scores, as_documents=False) for docs, scores in top(np.arange(len(plans)), k)]
 
     def _map(self, threads: int, function, items: Sequence) -> list:
         """function over items on a persistent pool, one contiguous chunk per thread (a future per item costs
