@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_first_stage_json_contract(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SIFT_BENCH_DIR": str(tmp_path)}
     command = [sys.executable, "-m", "sift", "bench", "first-stage", "--corpus", "synthetic:3000",

@@ -125,6 +125,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "index" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 @requires_data("scifact")
 @pytest.mark.data
 def test_cli_eval_on_scifact_matches_lucene(tmp_path):

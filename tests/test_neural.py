@@ -317,6 +317,7 @@ def test_impact_and_dense_indexes_live_side_by_side(tmp_path, tiny_model, tiny_s
     assert fused.ids[:3] == splade.ids[:3]  # alpha weighs the second input
 
 
+@pytest.mark.slow
 def test_cli_contract_for_models_dense_indexing_and_pipelines(tmp_path, tiny_model, tiny_splade, model_home):
     import os
     import subprocess

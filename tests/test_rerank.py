@@ -252,6 +252,7 @@ def test_monot5_scores_equal_pytorch(tmp_path, model_home):
                                            "Relevant:", "</s>"]]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_runs_reranking_pipelines(tmp_path, model_home):
     import json
     import os

@@ -133,6 +133,7 @@ def brute_force_bm25(documents: list[dict], query: str, k1=0.9, b=0.4, k=10):
 QUERIES = ["search engine", "quick brown fox fox", "the dog", "money bank river", "runs running ran", "zebra"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("postings", ["raw", "packed"])
 @pytest.mark.parametrize("memory_mb", [512, 1])
 @pytest.mark.parametrize("merge", [True, False])
@@ -164,6 +165,7 @@ def test_query_time_parameters_change_scores_as_formula_says(tmp_path):
         np.testing.assert_allclose([h.score for h in hits], want_scores, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("postings", ["raw", "packed"])
 def test_every_algorithm_returns_the_same_hits(tmp_path, postings):
     documents = random_documents(30000, seed=6, max_words=80)
@@ -225,6 +227,7 @@ def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params, linear=
     return pruned, exhaustive
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(
     random_postings(), st.integers(1, 70), st.sampled_from(["lucene", "exact"]), st.floats(0.01, 3), st.floats(0, 1),
