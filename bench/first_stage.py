@@ -174,6 +174,7 @@ def run(corpus: str, peers: list[str], ks: list[int], threads: int, max_queries:
             verified += verify_pruning(sift, query_tokens, k)
         for engine in engines:
             single = latencies(engine.search, query_tokens, k)
+            engine.batch(query_tokens, k, threads)  # warm-up: a peer's parallel path may compile on first use
             started = time.perf_counter()
             engine.batch(query_tokens, k, threads)
             many = len(query_tokens) / (time.perf_counter() - started)
