@@ -198,3 +198,20 @@ def test_results_are_a_sequence_of_hits(tmp_path):
     assert all(isinstance(h.score, float) and isinstance(h.passage, int) for h in hits)
     with pytest.raises(IndexError):
         results[7]
+
+
+def test_a_writer_closed_without_commit_changes_nothing(tmp_path, corpus_file):
+    from indexers.writer import IndexWriter
+
+    with IndexWriter(tmp_path / "new", create=True) as writer:
+        writer.build_inverted(CorpusReader(open_source(corpus_file)))
+    assert not (tmp_path / "new").exists()  # a first build that never committed leaves nothing
+    build(corpus_file, tmp_path / "idx")
+    before = results(tmp_path / "idx")
+    other = write_jsonl(tmp_path / "other.jsonl", random_documents(50, seed=9))
+    writer = IndexWriter(tmp_path / "idx", create=True, overwrite=True)
+    with pytest.raises(RuntimeError, match="stop"), writer:
+        writer.build_inverted(CorpusReader(open_source(other)))
+        raise RuntimeError("stop")
+    assert results(tmp_path / "idx") == before and open_index(tmp_path / "idx").manifest["generation"] == 1
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir() if p.name.startswith(".staging")) == []
