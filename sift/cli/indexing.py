@@ -34,7 +34,7 @@ def register(commands) -> None:
     index.add_argument("--passage-stride", type=int, default=0, metavar="TOKENS", help="default: the window")
     index.add_argument("--memory-mb", type=positive_int, default=512,
                        help="postings held in memory before a segment is flushed (512). The build's own memory "
-                       "peaks at about 2.3x this (10M passages at 1024: 2.3 GiB, while merging); merging also "
+                       "peaks at about 2.5x this (10M passages at 1024: 2.3-2.5 GiB, while merging); merging also "
                        "memory-maps the index files, whose pages the OS counts as resident until it reclaims them "
                        "(peak resident 10 GiB there)")  # fmt: skip
     index.add_argument(
