@@ -152,6 +152,7 @@ def _cmd_index(args) -> int:
             with _bar(args, report.passages, "encoding (SPLADE)") as bar:
                 summary["splade"] = writer.add_impact(SpladeEncoder(args.splade), on_progress=bar.update).to_dict()
         summary["generation"] = report.generation = writer.commit()
+    _warm_query_kernels(args.index_dir)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -174,6 +175,18 @@ def _cmd_index(args) -> int:
     return 0
 
 
+
+
+def _warm_query_kernels(index_dir) -> None:
+    """Runs one search per algorithm, so that numba compiles the kernels this index's searches need into its cache
+    now (seconds, once per installation) rather than in the first `sift search` (which then takes about a second)."""
+    from engine.index import open_index
+
+    index = open_index(index_dir)
+    segment = next((s for s in index.segments if len(s.terms)), None)
+    if segment is not None:
+        for algorithm in ("exhaustive", "maxscore"):
+            index.search([segment.terms[0]], 1, algorithm=algorithm)
 
 
 def _bar(args, total: int, description: str):
