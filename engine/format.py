@@ -454,26 +454,27 @@ class PostingLists:
             open_array(directory / "blocks.min_length.npy"),
             open_array(directory / "blocks.last_doc.npy"),
         )
-
-    @cached_property
-    def postings(self) -> tuple:
-        """The kernels' view of the postings (engine.codec.raw_postings or packed_postings)."""
+        # Every file is mapped now, at open: a later commit may delete this generation's files, and a reader must
+        # keep answering from the commit it opened (mapped files outlive their names).
         if self.packed:
-            return packed_postings(*(open_array(self.directory / f"{name}.npy") for name in PACKED_FILES))
-        return raw_postings(self.docs, self.tfs)
+            self._raw = None
+            self.postings = packed_postings(*(open_array(directory / f"{name}.npy") for name in PACKED_FILES))
+        else:
+            self._raw = (open_array(directory / "postings.docs.npy"), open_array(directory / "postings.tfs.npy"))
+            self.postings = raw_postings(*self._raw)  # the kernels' view (engine.codec)
 
     @cached_property
+    def _decoded(self) -> tuple[np.ndarray, np.ndarray]:
+        return decode_all(self.postings, self.offsets, self.blocks.last_doc)
+
+    @property
     def docs(self) -> np.ndarray:
         """Passage ids of all postings; decoded in full for a packed segment (merges only)."""
-        if self.packed:
-            return decode_all(self.postings, self.offsets, self.blocks.last_doc)[0]
-        return open_array(self.directory / "postings.docs.npy")
+        return self._decoded[0] if self._raw is None else self._raw[0]
 
-    @cached_property
+    @property
     def tfs(self) -> np.ndarray:
-        if self.packed:
-            return decode_all(self.postings, self.offsets, self.blocks.last_doc)[1]
-        return open_array(self.directory / "postings.tfs.npy")
+        return self._decoded[1] if self._raw is None else self._raw[1]
 
 
 class Segment(PostingLists):
@@ -498,6 +499,69 @@ class Segment(PostingLists):
     @cached_property
     def total_tokens(self) -> int:
         return int(self.meta["tokens"])
+
+
+@dataclass(frozen=True)
+class Deletions:
+    """A segment's deleted passages as of one commit, and what they take from the index statistics: written as a
+    folder of its own for each generation that changes them (the segment itself never changes, as Lucene's .liv),
+    so that N, average length and every df count live passages only."""
+
+    passages: np.ndarray  # int64, sorted: the segment's deleted passage numbers
+    term_ids: np.ndarray  # int64, sorted: the segment's term ids occurring in deleted passages
+    term_counts: np.ndarray  # int64: deleted passages holding each of those terms (df to take away)
+    tokens: int
+    scored_passages: int
+    documents: int
+
+    def mask(self, passages: int) -> np.ndarray:
+        """uint8 per passage of the segment: 1 live, 0 deleted (the kernels' mask)."""
+        live = np.ones(passages, dtype=np.uint8)
+        live[self.passages] = 0
+        return live
+
+    def df_taken(self, term_ids: np.ndarray) -> np.ndarray:
+        """Per term id (-1: absent), the deleted passages that hold it."""
+        term_ids = np.asarray(term_ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.term_ids, term_ids), max(len(self.term_ids) - 1, 0))
+        hit = (term_ids >= 0) & (len(self.term_ids) > 0)
+        if len(self.term_ids):
+            hit &= self.term_ids[at] == term_ids
+        return np.where(hit, self.term_counts[at] if len(self.term_counts) else 0, 0)
+
+
+def write_deletions(directory: Path, deletions: Deletions) -> None:
+    directory.mkdir(parents=True)
+    write_array(directory / "deleted.npy", deletions.passages.astype(np.int64))
+    write_array(directory / "deleted.terms.npy", deletions.term_ids.astype(np.int64))
+    write_array(directory / "deleted.counts.npy", deletions.term_counts.astype(np.int64))
+    meta = {"passages": len(deletions.passages), "tokens": deletions.tokens,
+            "scored_passages": deletions.scored_passages, "documents": deletions.documents}  # fmt: skip
+    write_json(directory / "deletions.json", meta)
+    fsync_path(directory)
+
+
+def read_deletions(directory: Path) -> Deletions:
+    path = directory / "deletions.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IndexFormatError(f"{path}: missing; the index is damaged") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise IndexFormatError(f"{path}: damaged ({e})") from None
+    passages = np.asarray(open_array(directory / "deleted.npy"), dtype=np.int64)
+    if len(passages) != meta.get("passages"):
+        raise IndexFormatError(f"{directory / 'deleted.npy'}: holds {len(passages)} passages, "
+                               f"{path.name} says {meta.get('passages')}; the index is damaged")  # fmt: skip
+    return Deletions(
+        passages,
+        np.asarray(open_array(directory / "deleted.terms.npy"), dtype=np.int64),
+        np.asarray(open_array(directory / "deleted.counts.npy"), dtype=np.int64),
+        int(meta["tokens"]), int(meta["scored_passages"]), int(meta["documents"]),
+    )  # fmt: skip
+
+
+NO_DELETIONS = Deletions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0, 0)
 
 
 def merge_segments(segments: Sequence[Segment], directory: Path) -> dict:
@@ -592,20 +656,28 @@ def commit_manifest(index_dir: Path, manifest: dict) -> None:
 
 
 class WriteLock:
-    """One writer per index at a time (advisory flock; released by the OS if the process dies)."""
+    """One writer per index at a time (advisory flock; released by the OS if the process dies). timeout: seconds to
+    wait for another writer to finish (0: fail at once)."""
 
-    def __init__(self, index_dir: Path) -> None:
+    def __init__(self, index_dir: Path, timeout: float = 0) -> None:
         self.index_dir = index_dir
+        self.timeout = timeout
         self._fd: int | None = None
 
     def __enter__(self) -> WriteLock:
         self._fd = os.open(self.index_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise IndexLockedError(f"{self.index_dir}: another process is writing to this index") from None
-        return self
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(self._fd)
+                    waited = f" (waited {self.timeout:g} s)" if self.timeout else ""
+                    message = f"{self.index_dir}: another process is writing to this index{waited}"
+                    raise IndexLockedError(message) from None
+                time.sleep(0.02)
 
     def __exit__(self, *exc) -> None:
         assert self._fd is not None
@@ -617,9 +689,10 @@ NEURAL_KINDS = ("dense", "impact")  # manifest sections naming one folder per mo
 
 
 def live_folders(manifest: dict) -> list[str]:
-    """Every folder a manifest names: its segments, its dense indexes and its impact indexes."""
+    """Every folder a manifest names: its segments and their deletions, its dense and its impact indexes."""
     neural = [entry["folder"] for kind in NEURAL_KINDS for entry in manifest.get(kind, {}).values()]
-    return [s["name"] for s in manifest.get("segments", [])] + neural
+    segments = manifest.get("segments", [])
+    return [s["name"] for s in segments] + [s["deletions"] for s in segments if s.get("deletions")] + neural
 
 
 def collect_garbage(index_dir: Path, live_segments: Iterable[str]) -> None:

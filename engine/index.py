@@ -12,6 +12,7 @@ from functools import cached_property
 
 import numpy as np
 
+from engine.format import read_manifest
 from engine.reader import Hit, IndexReader, Results, indexed_text
 from engine.sparse import BM25Params, BM25Searcher
 
@@ -38,6 +39,13 @@ class Index(IndexReader):
                      documents: bool = False, threads: int | None = None, algorithm: str = "auto") -> list[Results]:
         """Many queries at once, in order, scored on a pool of threads; results equal single searches."""
         return self.bm25.batch_search(queries, k, params, documents, threads, algorithm)
+
+    def refresh(self) -> Index:
+        """The newest commit: self when nothing newer was committed, else a new Index sharing this one's memory maps
+        of the segments both commits hold. This one keeps answering from its own commit until it is dropped."""
+        if read_manifest(self.path)["generation"] == self.manifest["generation"]:
+            return self
+        return type(self)(self.path, reuse=self.segments)
 
     def search_passages(self, query: str | Sequence[str], k: int = 10, params: BM25Params | None = None,
                         algorithm: str = "auto") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip

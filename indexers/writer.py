@@ -10,25 +10,43 @@ commit whole; what a dead writer left behind is garbage the next one removes.
         writer.build_inverted(documents, options, source=...)
         writer.add_dense(BiEncoder("all-minilm-l6-v2-onnx-int8"))
         writer.commit()
+
+Live changes to a committed index go through the same writer: `add` (an id that exists is replaced: upsert),
+`delete`, `compact`. Added documents become new segments; deletions become per-segment files of the next
+generation that also record what the deleted passages took from the statistics (engine/format.py: Deletions), so
+that BM25 over the live passages equals a fresh build's. A tiered merge policy rewrites small or mostly deleted
+segments at commit.
+
+    with IndexWriter(path, timeout=5) as writer:
+        writer.add(documents)
+        writer.delete(["doc-7"])
+        writer.commit()
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
+
+from engine.analysis import Analyzer, AnalyzerConfig
 from engine.encoders import BiEncoder, SpladeEncoder
 from engine.errors import SiftError
 from engine.format import (
     MANIFEST,
     NEURAL_KINDS,
+    NO_DELETIONS,
     QUALITY_FOLDER,
     SEGMENT_PREFIX,
     STAGING_PREFIX,
+    Deletions,
     Segment,
     WriteLock,
     collect_garbage,
@@ -36,9 +54,12 @@ from engine.format import (
     failpoint,
     live_folders,
     read_manifest,
+    write_deletions,
 )
-from indexers.corpus import Document
-from indexers.inverted import BuildOptions, BuildReport, write_segments
+from engine.reader import IndexReader, indexed_text
+from engine.sparse import BM25Params
+from indexers.corpus import Document, Passage, split_passages
+from indexers.inverted import BuildOptions, BuildReport, write_passages, write_segments
 from indexers.neural import NeuralReport, encode_dense, encode_impact
 
 
@@ -51,7 +72,10 @@ class IndexWriter:
     replaces one already there at commit); otherwise the index must exist and its components are kept unless
     rebuilt."""
 
-    def __init__(self, index_dir: str | os.PathLike, create: bool = False, overwrite: bool = False) -> None:
+    def __init__(self, index_dir: str | os.PathLike, create: bool = False, overwrite: bool = False,
+                 timeout: float = 0, merge_policy: MergePolicy | None = None, commit_on_exit: bool = False) -> None:
+        """timeout: seconds to wait for another writer (0: fail at once). commit_on_exit: a `with` block that ends
+        without an exception commits what is staged (an exception always rolls back)."""
         self.index_dir = Path(index_dir)
         self.create = create
         self._created = False
@@ -59,12 +83,23 @@ class IndexWriter:
             self._created = self._prepare_new(overwrite)
         elif not (self.index_dir / MANIFEST).exists():
             read_manifest(self.index_dir)  # raises the error that says what is missing
-        self._lock = WriteLock(self.index_dir)
+        self._lock = WriteLock(self.index_dir, timeout)
         self.staging = self.index_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+        self.merge_policy = merge_policy or MergePolicy()
+        self.commit_on_exit = commit_on_exit
         self.base: dict = {}
+        self.committed: int | None = None
+        self._reader: IndexReader | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forgets everything staged: what a commit published or a rollback drops."""
         self._inverted: tuple[list[Path], dict] | None = None
         self._neural: dict[str, dict[str, tuple[Path, dict]]] = {kind: {} for kind in NEURAL_KINDS}
-        self.committed: int | None = None
+        self._added: dict[str, Document] = {}  # upserts, by id, in the order given
+        self._deleted: dict[int, set[int]] = {}  # base segment -> its passages deleted since the last commit
+        self._compact_to: int | None = None
+        self._segment_number = 0
 
     def _prepare_new(self, overwrite: bool) -> bool:
         """Checks a new index may be written here; returns whether the directory was created."""
@@ -95,7 +130,14 @@ class IndexWriter:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, value, traceback) -> None:
+        try:
+            if kind is None and self.commit_on_exit and self.pending:
+                self.commit()
+        finally:
+            self._close(kind, value, traceback)
+
+    def _close(self, *exc) -> None:
         try:
             shutil.rmtree(self.staging, ignore_errors=True)
             if self._created and self.committed is None and not (self.index_dir / QUALITY_FOLDER).exists():
@@ -162,6 +204,181 @@ class IndexWriter:
         self._neural["impact"][report.model] = (folder, entry)
         return report
 
+    # -- live changes
+
+    @property
+    def reader(self) -> IndexReader:
+        """The last commit, as this writer changes it."""
+        if self._reader is None:
+            if not self.base:
+                raise SiftError(f"{self.index_dir}: no committed index to change; build it first (sift index)")
+            self._reader = IndexReader(self.index_dir)
+        return self._reader
+
+    @property
+    def pending(self) -> bool:
+        """Whether anything is staged that a commit would publish."""
+        return bool(self._inverted or any(self._neural.values()) or self._added or self._deleted
+                    or self._compact_to is not None)  # fmt: skip
+
+    def _check_live(self) -> None:
+        if self._inverted is not None:
+            raise SiftError("this writer is rebuilding the whole index; commit it before adding or deleting")
+        neural = [f"{kind} ({', '.join(self.base[kind])})" for kind in NEURAL_KINDS if self.base.get(kind)]
+        if neural:
+            raise SiftError(f"{self.index_dir}: has {' and '.join(neural)} parts, which do not follow added and "
+                            "deleted documents yet; rebuild it with sift index to change it")  # fmt: skip
+
+    def _live_passages(self, doc_id: str) -> list[tuple[int, np.ndarray]]:
+        """(base segment, local passage numbers) of a committed document not deleted since."""
+        reader = self.reader
+        found = []
+        for i, segment in enumerate(reader.segments):
+            local = int(segment.find_documents([doc_id])[0])
+            if local < 0:
+                continue
+            first, end = np.searchsorted(segment.passage_doc, [local, local + 1])
+            live = reader.live[i] is None or reader.live[i][first]
+            if live and int(first) not in self._deleted.get(i, ()):
+                found.append((i, np.arange(first, end, dtype=np.int64)))
+        return found
+
+    def _delete_committed(self, doc_id: str) -> bool:
+        found = self._live_passages(doc_id)
+        for segment, passages in found:
+            self._deleted.setdefault(segment, set()).update(passages.tolist())
+        return bool(found)
+
+    def add(self, documents: Iterable[Document]) -> tuple[int, int]:
+        """Stages documents; one whose id the index (or this writer) already holds replaces it. Returns (added,
+        replaced)."""
+        self._check_live()
+        added = replaced = 0
+        for doc in documents:
+            if not (doc.text.strip() or doc.title.strip()):
+                where = f"{doc.source}: " if doc.source else ""
+                raise ValueError(f"{where}document {doc.id!r} has no title or text; nothing to index")
+            existed = self._added.pop(doc.id, None) is not None
+            existed = self._delete_committed(doc.id) or existed
+            self._added[doc.id] = doc
+            replaced += existed
+            added += not existed
+        return added, replaced
+
+    def delete(self, ids: Iterable[str]) -> list[str]:
+        """Stages the deletion of documents (all their passages); returns the ids found nowhere."""
+        self._check_live()
+        missing = []
+        for doc_id in ids:
+            pending = self._added.pop(doc_id, None) is not None
+            if not self._delete_committed(doc_id) and not pending:
+                missing.append(doc_id)
+        return missing
+
+    def compact(self, max_segments: int = 1) -> None:
+        """Stages merging the index down to at most max_segments segments, dropping deleted passages."""
+        if max_segments < 1:
+            raise ValueError(f"max_segments must be at least 1, got {max_segments}")
+        self._check_live()
+        self._compact_to = max_segments
+
+    def rollback(self) -> None:
+        """Drops everything staged since the last commit."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir()
+        self._reset()
+
+    def _options(self) -> BuildOptions:
+        """The committed index's settings, for the segments this writer adds."""
+        manifest = self.base
+        packed = all(Segment(self.index_dir / s["name"]).packed for s in manifest["segments"][:1])
+        return BuildOptions(
+            analyzer=AnalyzerConfig.from_dict(manifest["analyzer"]), bm25=BM25Params(**manifest["bm25"]),
+            passage_window=manifest["passages"]["window"], passage_stride=manifest["passages"]["stride"],
+            postings="packed" if packed else "raw",
+        )  # fmt: skip
+
+    def _deletions(self, segment: int, analyzer: Analyzer) -> Deletions:
+        """A base segment's deletions after this commit: the committed ones plus those staged, with what the newly
+        deleted passages take from the statistics (their stored text analyzed again, as indexing analyzed it)."""
+        reader = self.reader
+        before = reader.deletions[segment]
+        seg = reader.segments[segment]
+        new = np.array(sorted(self._deleted[segment]), dtype=np.int64)
+        taken: dict[str, int] = {}
+        for passage in new.tolist():
+            for term in set(analyzer.analyze(indexed_text(*seg.store.fields(passage, "title", "text")))):
+                taken[term] = taken.get(term, 0) + 1
+        terms = list(taken)
+        ids = seg.terms.find_many(terms).astype(np.int64)
+        if len(ids) and ids.min() < 0:
+            raise SiftError(f"{seg.directory}: a stored passage holds terms its postings lack; the index is damaged")
+        counts = np.zeros(len(seg.terms), dtype=np.int64)
+        counts[before.term_ids] += before.term_counts
+        counts[ids] += np.array([taken[t] for t in terms], dtype=np.int64)
+        touched = np.flatnonzero(counts)
+        lengths = np.asarray(seg.lengths)[new]
+        return Deletions(
+            np.union1d(before.passages, new), touched, counts[touched], before.tokens + int(lengths.sum()),
+            before.scored_passages + int(np.count_nonzero(lengths)),
+            before.documents + len(np.unique(np.asarray(seg.passage_doc)[new])),
+        )  # fmt: skip
+
+    def _commit_live(self, generation: int) -> list[dict]:
+        """Stages the next commit's segment list: base segments with their deletions, the added documents as new
+        segments, and the merges the policy (or compact) asks for; moves them into place and returns their
+        manifest entries (nothing is visible before the manifest names them)."""
+        reader = self.reader
+        options = self._options()
+        analyzer = Analyzer(options.analyzer)
+        planned: list[_Planned] = []
+        for i, (entry, segment) in enumerate(zip(self.base["segments"], reader.segments)):
+            deletions = reader.deletions[i]
+            if i in self._deleted:
+                deletions = self._deletions(i, analyzer)
+                entry = {**entry, "deletions": f"{entry['name']}.del{generation:06d}"}
+                write_deletions(self.staging / entry["deletions"], deletions)
+            if segment.passages > len(deletions.passages):  # a wholly deleted segment leaves the index
+                planned.append(_Planned(entry, segment, deletions, staged=False))
+        if self._added:
+            stride = options.passage_stride or options.passage_window
+            documents = (split_passages(doc, analyzer, options.passage_window, stride) for doc in self._added.values())
+            planned += self._stage_segments(documents, options, analyzer, generation)
+        failpoint("after-add")
+        sizes = [(plan.live, plan.segment.passages) for plan in planned]
+        groups = (self.merge_policy.compact(sizes, self._compact_to) if self._compact_to is not None
+                  else self.merge_policy.choose(sizes))  # fmt: skip
+        merged = {i for group in groups for i in group}
+        kept = [plan for i, plan in enumerate(planned) if i not in merged]
+        for group in groups:
+            documents = _live_documents([planned[i] for i in group])
+            kept += self._stage_segments(documents, options, analyzer, generation)
+        if groups:
+            failpoint("merge")
+        for plan in kept:
+            if plan.staged:
+                os.replace(plan.segment.directory, self.index_dir / plan.entry["name"])
+            staged_deletions = self.staging / (plan.entry.get("deletions") or "-")
+            if staged_deletions.exists():
+                os.replace(staged_deletions, self.index_dir / plan.entry["deletions"])
+        return [plan.entry for plan in kept]
+
+    def _stage_segments(self, documents: Iterable[list[Passage]], options: BuildOptions, analyzer: Analyzer,
+                        generation: int) -> list[_Planned]:  # fmt: skip
+        folders, _ = write_passages(documents, self.staging / f"part-{uuid.uuid4().hex[:8]}",
+                                    dataclasses.replace(options, merge=True), analyzer=analyzer)  # fmt: skip
+        planned = []
+        for folder in folders:
+            segment = Segment(folder)
+            if not segment.passages:
+                continue
+            self._segment_number += 1
+            name = f"{SEGMENT_PREFIX}{generation:06d}_{self._segment_number:04d}"
+            entry = {"name": name, "passages": segment.passages, "documents": segment.meta["documents"],
+                     "deletions": None}  # fmt: skip
+            planned.append(_Planned(entry, segment, NO_DELETIONS, staged=True))
+        return planned
+
     # -- the one commit
 
     def commit(self) -> int:
@@ -180,6 +397,8 @@ class IndexWriter:
                 live.append({"name": name, "passages": meta["passages"], "documents": meta["documents"],
                              "deletions": None})  # fmt: skip
             manifest = {**settings, "segments": live}
+        elif self._added or self._deleted or self._compact_to is not None:
+            manifest["segments"] = self._commit_live(generation)
         for kind in NEURAL_KINDS:
             section = {} if self._inverted is not None else dict(manifest.get(kind, {}))
             for name, (folder, entry) in self._neural[kind].items():
@@ -195,6 +414,9 @@ class IndexWriter:
         self.committed = generation
         failpoint("after-commit")
         collect_garbage(self.index_dir, live_folders(manifest))
+        self.base = read_manifest(self.index_dir)
+        self._reader = None
+        self._reset()
         return generation
 
 
@@ -234,3 +456,87 @@ def build_impact(index_dir: str | os.PathLike, model: str = "splade-tiny", batch
         report = writer.add_impact(SpladeEncoder(model, threads=threads), batch_size, on_progress)
         writer.commit()
     return report
+
+
+@dataclasses.dataclass
+class _Planned:
+    """A segment of the commit being prepared: its manifest entry, its files (in place or staged), its deletions."""
+
+    entry: dict
+    segment: Segment
+    deletions: Deletions
+    staged: bool
+
+    @property
+    def live(self) -> int:
+        return self.segment.passages - len(self.deletions.passages)
+
+
+def _live_documents(plans: list[_Planned]) -> Iterator[list[Passage]]:
+    """The live passages of segments, read back from their stores and grouped by document, in order: a merge
+    rewrites them through the indexer, so the merged segment equals a fresh build of the same documents."""
+    for plan in plans:
+        segment = plan.segment
+        deleted = set(plan.deletions.passages.tolist())
+        passage_doc = np.asarray(segment.passage_doc)
+        parts: list[Passage] = []
+        for n in range(segment.passages):
+            if n in deleted:
+                continue
+            if parts and passage_doc[n] != passage_doc[n - 1]:
+                yield parts
+                parts = []
+            doc_id, part, title, text = segment.store.fields(n, "id", "part", "title", "text")
+            parts.append(Passage(doc_id, part, title, text))
+        if parts:
+            yield parts
+
+
+@dataclasses.dataclass(frozen=True)
+class MergePolicy:
+    """Tiered merging, after Lucene's TieredMergePolicy: segments are grouped in tiers of similar size (powers of
+    `segments_per_tier` above `floor_passages`); a tier holding `segments_per_tier` segments is merged into one,
+    and a segment whose deleted share passes `max_deleted_share` is rewritten without them. A commit never rewrites
+    more than `max_merge_passages` live passages (bigger merges are compact()'s)."""
+
+    segments_per_tier: int = 10
+    floor_passages: int = 2_000
+    max_merge_passages: int = 2_000_000
+    max_deleted_share: float = 0.3
+
+    def choose(self, sizes: list[tuple[int, int]]) -> list[list[int]]:
+        """sizes: (live, total passages) per segment; returns groups of segment numbers to merge."""
+        expunge = [i for i, (live, total) in enumerate(sizes)
+                   if total and (total - live) / total > self.max_deleted_share and live <= self.max_merge_passages]
+        groups = [[i] for i in expunge]
+        tiers: dict[int, list[int]] = {}
+        for i, (live, _) in enumerate(sizes):
+            if i not in expunge:
+                size = max(live, self.floor_passages)
+                tier = int(math.log(size / self.floor_passages, self.segments_per_tier) + 1e-9)
+                tiers.setdefault(tier, []).append(i)
+        for members in tiers.values():
+            members.sort(key=lambda i: sizes[i][0])
+            while len(members) >= self.segments_per_tier:
+                group, members = members[: self.segments_per_tier], members[self.segments_per_tier :]
+                if sum(sizes[i][0] for i in group) <= self.max_merge_passages:
+                    groups.append(sorted(group))
+        return groups
+
+    @staticmethod
+    def compact(sizes: list[tuple[int, int]], max_segments: int) -> list[list[int]]:
+        """Groups of consecutive segments, at most max_segments of them and of similar live size; every segment
+        with deletions is rewritten."""
+        total = sum(live for live, _ in sizes)
+        groups: list[list[int]] = []
+        current: list[int] = []
+        filled = 0
+        for i, (live, _) in enumerate(sizes):
+            current.append(i)
+            filled += live
+            if filled >= total * (len(groups) + 1) / max_segments and len(groups) < max_segments - 1:
+                groups.append(current)
+                current = []
+        if current:
+            groups.append(current)
+        return [g for g in groups if len(g) > 1 or sizes[g[0]][0] < sizes[g[0]][1]]

@@ -6,7 +6,14 @@ from hypothesis import strategies as st
 
 from engine.codec import BLOCK, decode_block, encode, packed_postings, raw_postings
 from engine.format import compute_blocks
-from engine.sparse import BM25Params, bm25_exhaustive, bm25_exhaustive_packed, lucene_norm_bytes, norm_inverse_table
+from engine.sparse import (
+    NO_MASK,
+    BM25Params,
+    bm25_exhaustive,
+    bm25_exhaustive_packed,
+    lucene_norm_bytes,
+    norm_inverse_table,
+)
 
 
 @st.composite
@@ -57,13 +64,14 @@ def test_compressed_scores_equal_raw():
     table = norm_inverse_table(BM25Params(), float(lengths.mean()), 255)
     query = np.arange(len(dfs))
     weights = np.array([0.3, 1.2, 3.1, 6.0], dtype=np.float32)
-    for k in (1, 10, 1000):
+    deleted = (np.random.default_rng(1).random(n_docs) < 0.3).astype(np.uint8) ^ 1
+    for k, mask in ((1, NO_MASK), (10, NO_MASK), (1000, NO_MASK), (10, deleted), (1000, deleted)):
         accumulator, touched = np.zeros(n_docs, dtype=np.float32), np.empty(n_docs, dtype=np.int64)
         raw = bm25_exhaustive(docs, tfs, offsets[query], offsets[query + 1], weights, norm_index, table, k,
-                              accumulator, touched)  # fmt: skip
+                              accumulator, touched, False, mask)  # fmt: skip
         for postings in (packed_postings(words, block_word, doc_width, tf_width), raw_postings(docs, tfs)):
             found = bm25_exhaustive_packed(
                 postings, offsets[query], offsets[query + 1], blocks.offsets[query], blocks.last_doc, weights,
-                norm_index, table, k, accumulator, touched,
+                norm_index, table, k, accumulator, touched, False, mask,
             )  # fmt: skip
             assert raw[0].tolist() == found[0].tolist() and raw[1].tolist() == found[1].tolist()

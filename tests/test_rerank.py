@@ -374,3 +374,44 @@ def test_pair_scores_from_the_pytorch_checkpoint_equal_the_onnx_rerankers(tmp_pa
     onnx = load_reranker("ranker")
     expected = [onnx.score(queries[q], [passages[p]])[0] for q, p in pairs]
     np.testing.assert_allclose(found, expected, atol=1e-4)
+
+
+def test_a_bundled_model_installs_from_sift_itself_without_any_package(tmp_path, model_home, monkeypatch):
+    shipped = tmp_path / "bundled" / "shipped-ce"
+    save_tokenizer(shipped)
+    additive_model(tmp_path, "reference", seed=3)
+    (shipped / "model.onnx").write_bytes((model_home / "reference" / "model.onnx").read_bytes())
+    models.write_config(shipped, models.ModelConfig(name="shipped-ce", kind="cross-encoder", max_length=32))
+    monkeypatch.setattr(models, "BUNDLED_DIR", tmp_path / "bundled")
+    monkeypatch.setitem(models.CATALOG, "shipped-ce", models.CatalogEntry("test", {"kind": "cross-encoder"},
+                                                                          bundled=True))
+    monkeypatch.setattr(models, "_ensure_packages", lambda entry: pytest.fail("a bundled model needs no package"))
+    target = models.install("shipped-ce")
+    assert sorted(p.name for p in target.iterdir()) == ["model.onnx", models.CONFIG_FILE, "tokenizer.json"]
+    assert models.resolve("shipped-ce") == target
+    from engine.rerank import load_reranker
+
+    pairs = ["w1 w2", "w3 w4 w5"]
+    assert np.array_equal(load_reranker("shipped-ce").score("w7", pairs), load_reranker("reference").score("w7", pairs))
+    monkeypatch.setitem(models.CATALOG, "lost-ce", models.CatalogEntry("test", {"kind": "cross-encoder"}, bundled=True))
+    with pytest.raises(models.ModelError, match="should ship with Sift"):
+        models.install("lost-ce")
+
+
+@pytest.mark.slow
+def test_the_shipped_cross_encoder_prefers_the_passage_that_answers(model_home):
+    """The model in engine/bundled, as a fresh installation gets it: relevant passages over BM25-similar ones."""
+    from engine.rerank import load_reranker
+
+    models.install("scifact-ce")
+    reranker = load_reranker("scifact-ce")
+    query = "Vitamin D deficiency is associated with an increased risk of tuberculosis."
+    passages = [
+        "We measured serum 25-hydroxyvitamin D in 300 patients with active pulmonary tuberculosis and 300 matched "
+        "controls. Low vitamin D concentrations were associated with a higher risk of active tuberculosis.",
+        "Vitamin D is a fat-soluble vitamin. Tuberculosis is a disease. This editorial announces the journal's new "
+        "section on vitamins and on infectious diseases, and invites submissions.",
+        "The risk of hip fracture in elderly women was studied in a cohort from Sweden over twenty years.",
+    ]
+    scores = reranker.score(query, passages)
+    assert scores[0] > scores[1] > scores[2]

@@ -14,6 +14,7 @@ from engine.format import compute_blocks
 from engine.index import open_index
 from engine.sparse import (
     LUCENE_LENGTH_TABLE,
+    NO_MASK,
     BM25Params,
     bm25_exhaustive,
     bm25_maxscore,
@@ -73,10 +74,11 @@ def random_postings(draw):
 @settings(max_examples=300, deadline=None)
 @given(
     random_postings(), st.integers(1, 70), st.sampled_from(["lucene", "exact"]), st.floats(0, 3), st.floats(0, 1),
-    st.booleans(),
+    st.booleans(), st.sampled_from([None, 0.0, 0.3, 0.9]),
 )  # fmt: skip
-def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b, linear):
+def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b, linear, masked_share):
     docs, tfs, offsets, lengths, query, weights = postings
+    mask = random_mask(len(lengths), masked_share)
     params = BM25Params(k1=k1, b=b, length_norm=length_norm)
     avgdl = float(max(lengths.mean(), 1))
     if length_norm == "lucene":
@@ -87,9 +89,10 @@ def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b, linear):
     accumulator = np.zeros(len(lengths), dtype=np.float32)
     touched = np.empty(len(lengths), dtype=np.int64)
     got_docs, got_scores = bm25_exhaustive(
-        docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched, linear
+        docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched, linear, mask
     )
-    want_docs, want_scores = bm25_reference(docs, tfs, starts, ends, weights, norm_index, table, k, linear)
+    want_docs, want_scores = bm25_reference(docs, tfs, starts, ends, weights, norm_index, table, k, linear, mask)
+    assert all(mask[got_docs]) if len(mask) else True
     np.testing.assert_allclose(got_scores, want_scores, rtol=0, atol=1e-6)
     assert got_docs.tolist() == want_docs.tolist()
     assert not accumulator.any(), "the kernel must leave its scratch space zeroed"
@@ -200,7 +203,14 @@ def test_bad_parameters_are_rejected():
         BM25Params(k1=-1)
 
 
-def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params, linear=False):
+def random_mask(passages: int, masked_share: float | None) -> np.ndarray:
+    """A kernel mask hiding about masked_share of the passages (deletions, filters); None: the empty mask."""
+    if masked_share is None:
+        return NO_MASK
+    return (np.random.default_rng(passages).random(passages) >= masked_share).astype(np.uint8)
+
+
+def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params, linear=False, mask=NO_MASK):
     avgdl = float(max(lengths.mean(), 1))
     if params.length_norm == "lucene":
         norm_index, table = lucene_norm_bytes(lengths), norm_inverse_table(params, avgdl, 255)
@@ -213,17 +223,18 @@ def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params, linear=
     starts, ends = offsets[query], offsets[query + 1]
     pruned = bm25_maxscore(
         raw_postings(docs, tfs), starts, ends, weights, norm_index, table, norm_lengths, blocks.offsets[query],
-        blocks.max_tf, blocks.min_length, blocks.last_doc, k, linear,
+        blocks.max_tf, blocks.min_length, blocks.last_doc, k, linear, mask,
     )  # fmt: skip
     packed = bm25_maxscore(
         packed_postings(*encode(docs, tfs, offsets)), starts, ends, weights,
         norm_index, table, norm_lengths, blocks.offsets[query], blocks.max_tf, blocks.min_length, blocks.last_doc, k,
-        linear,
+        linear, mask,
     )  # fmt: skip
     assert packed[0].tolist() == pruned[0].tolist() and packed[1].tolist() == pruned[1].tolist()
     accumulator = np.zeros(len(lengths), dtype=np.float32)
     touched = np.empty(len(lengths), dtype=np.int64)
-    exhaustive = bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched, linear)
+    exhaustive = bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched, linear,
+                                 mask)  # fmt: skip
     return pruned, exhaustive
 
 
@@ -231,12 +242,13 @@ def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params, linear=
 @settings(max_examples=400, deadline=None)
 @given(
     random_postings(), st.integers(1, 70), st.sampled_from(["lucene", "exact"]), st.floats(0.01, 3), st.floats(0, 1),
-    st.booleans(),
+    st.booleans(), st.sampled_from([None, 0.0, 0.3, 0.9]),
 )  # fmt: skip
-def test_maxscore_returns_exactly_the_exhaustive_top_k(postings, k, length_norm, k1, b, linear):
+def test_maxscore_returns_exactly_the_exhaustive_top_k(postings, k, length_norm, k1, b, linear, masked_share):
     docs, tfs, offsets, lengths, query, weights = postings
     (got_docs, got_scores), (want_docs, want_scores) = run_maxscore(
-        docs, tfs, offsets, lengths, query, weights, k, BM25Params(k1=k1, b=b, length_norm=length_norm), linear
+        docs, tfs, offsets, lengths, query, weights, k, BM25Params(k1=k1, b=b, length_norm=length_norm), linear,
+        random_mask(len(lengths), masked_share),
     )
     assert got_docs.tolist() == want_docs.tolist()
     assert got_scores.tolist() == want_scores.tolist()  # bit-identical: summed in the same order

@@ -13,7 +13,7 @@ EXIT_ERROR = 1
 
 def build_parser() -> argparse.ArgumentParser:
     from sift import demo
-    from sift.cli import benchmarks, indexing, modeling, searching
+    from sift.cli import benchmarks, indexing, modeling, searching, updating
 
     parser = argparse.ArgumentParser(
         prog="sift",
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate runs.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (indexing, searching, modeling, benchmarks, demo):
+    for group in (indexing, updating, searching, modeling, benchmarks, demo):
         group.register(commands)
     return parser
 

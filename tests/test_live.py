@@ -1,0 +1,289 @@
+"""The live index: adds, upserts, deletes, merges and compaction, against a fresh build of the live documents.
+
+After any sequence of changes, BM25 over the index must equal a fresh `build_index` of the documents it holds:
+the same statistics, the same scores to the bit, the same ids (up to exact score ties at the cut-off)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import WORDS, write_jsonl
+from engine.format import IndexLockedError, read_manifest
+from engine.index import open_index
+from indexers.corpus import Document
+from indexers.inverted import BuildOptions
+from indexers.writer import IndexWriter, MergePolicy, build_index
+
+QUERIES = ["fox river", "search engine index query", "money water stream", "cat", "runs running", "zebra"]
+
+
+def document(doc_id: str, words: list[str], title: str = "") -> Document:
+    return Document(doc_id, " ".join(words), title)
+
+
+def assert_same_ranking(live, fresh) -> None:
+    """Equal scores rank by rank; the ids above the last (possibly tied) score are the same set."""
+    assert live.scores.tolist() == fresh.scores.tolist()
+    if len(live):
+        cut = live.scores[-1]
+        assert {i for i, s in live.pairs() if s > cut} == {i for i, s in fresh.pairs() if s > cut}
+
+
+def assert_equals_fresh_build(index_dir, documents: dict[str, Document], tmp_path, options=None) -> None:
+    live = open_index(index_dir)
+    fresh_dir = tmp_path / f"fresh-{os.urandom(4).hex()}"
+    if not documents:
+        assert live.documents == 0 and live.search("fox", 10) == []
+        return
+    build_index(list(documents.values()), fresh_dir, options)
+    fresh = open_index(fresh_dir)
+    assert live.documents == fresh.documents == len(documents)
+    assert live.live_passages == fresh.live_passages
+    assert live.scored_passages == fresh.scored_passages
+    assert live.avgdl == fresh.avgdl
+    for query in QUERIES:
+        for k in (1, 3, 10, 1000):
+            for algorithm in ("exhaustive", "maxscore"):
+                assert_same_ranking(live.search(query, k, algorithm=algorithm), fresh.search(query, k))
+    for doc_id, doc in list(documents.items())[:5]:
+        assert doc.text.startswith(live.fetch(doc_id)["text"])  # the document's first passage
+
+
+words = st.lists(st.sampled_from(WORDS), min_size=1, max_size=25)
+titles = st.sampled_from(["", "A title"])
+doc_ids = st.sampled_from([f"d{i}" for i in range(40)])
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.lists(st.tuples(doc_ids, words, titles), min_size=1, max_size=8)),
+        st.tuples(st.just("delete"), st.lists(doc_ids, min_size=1, max_size=5, unique=True)),
+        st.tuples(st.just("commit"), st.none()),
+        st.tuples(st.just("compact"), st.integers(1, 3)),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(initial=st.lists(st.tuples(words, st.sampled_from(["", "A title"])), min_size=1, max_size=20),
+       steps=operations, packed=st.booleans(), window=st.sampled_from([0, 6]))  # fmt: skip
+def test_any_sequence_of_changes_equals_a_fresh_build(tmp_path_factory, initial, steps, packed, window):
+    tmp_path = tmp_path_factory.mktemp("live")
+    options = BuildOptions(postings="packed" if packed else "raw", passage_window=window)
+    documents = {f"d{i}": document(f"d{i}", w, title) for i, (w, title) in enumerate(initial)}
+    build_index(list(documents.values()), tmp_path / "live", options)
+    small_tiers = MergePolicy(segments_per_tier=2, floor_passages=4)  # merges happen often on small corpora
+    with IndexWriter(tmp_path / "live", merge_policy=small_tiers) as writer:
+        for operation, argument in steps:
+            if operation == "add":
+                for doc_id, w, title in argument:
+                    documents.pop(doc_id, None)
+                    documents[doc_id] = document(doc_id, w, title)
+                writer.add(document(doc_id, w, title) for doc_id, w, title in argument)
+            elif operation == "delete":
+                gone = [d for d in argument if d not in documents]
+                for doc_id in argument:
+                    documents.pop(doc_id, None)
+                assert writer.delete(argument) == gone
+            elif operation == "compact":
+                writer.compact(argument)
+            if operation in ("commit", "compact"):
+                writer.commit()
+                assert_equals_fresh_build(tmp_path / "live", documents, tmp_path, options)
+        writer.commit()
+    assert_equals_fresh_build(tmp_path / "live", documents, tmp_path, options)
+
+
+def test_upsert_replaces_and_delete_reports_missing_ids(tmp_path):
+    build_index([document("a", ["fox", "river"]), document("b", ["cat"])], tmp_path / "idx")
+    with IndexWriter(tmp_path / "idx") as writer:
+        assert writer.add([document("a", ["dog"]), document("c", ["dog", "cat"])]) == (1, 1)
+        assert writer.delete(["b", "nope"]) == ["nope"]
+        generation = writer.commit()
+    index = open_index(tmp_path / "idx")
+    assert generation == 2 and index.documents == 2
+    assert index.search("fox", 10) == [] and {h.id for h in index.search("dog", 10)} == {"a", "c"}
+    assert index.fetch("a")["text"] == "dog"
+    with pytest.raises(KeyError):
+        index.fetch("b")
+
+
+def test_a_document_without_text_is_refused_as_the_corpus_reader_refuses_it(tmp_path):
+    build_index([document("a", ["fox"])], tmp_path / "idx")
+    with IndexWriter(tmp_path / "idx") as writer, pytest.raises(ValueError, match="'b' has no title or text"):
+        writer.add([document("b", [])])
+
+
+def test_rollback_and_an_exception_leave_the_last_commit(tmp_path):
+    build_index([document("a", ["fox"])], tmp_path / "idx")
+    with IndexWriter(tmp_path / "idx") as writer:
+        writer.add([document("b", ["fox"])])
+        writer.rollback()
+        writer.delete(["a"])
+        writer.rollback()
+        assert not writer.pending
+    with pytest.raises(RuntimeError), IndexWriter(tmp_path / "idx", commit_on_exit=True) as writer:
+        writer.delete(["a"])
+        raise RuntimeError("stop")
+    assert read_manifest(tmp_path / "idx")["generation"] == 1
+    with IndexWriter(tmp_path / "idx", commit_on_exit=True) as writer:
+        writer.delete(["a"])
+    assert read_manifest(tmp_path / "idx")["generation"] == 2 and open_index(tmp_path / "idx").documents == 0
+
+
+def test_a_second_writer_fails_at_once_or_waits(tmp_path):
+    build_index([document("a", ["fox"])], tmp_path / "idx")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from engine.format import WriteLock; from pathlib import Path\n"
+         "with WriteLock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(1.0)", str(tmp_path / "idx")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(IndexLockedError, match="another process"):
+        IndexWriter(tmp_path / "idx").__enter__()
+    with IndexWriter(tmp_path / "idx", timeout=30) as writer:
+        writer.add([document("b", ["fox"])])
+        writer.commit()
+    holder.wait()
+    assert open_index(tmp_path / "idx").documents == 2
+
+
+def test_merge_policy_merges_full_tiers_and_expunges_deletions():
+    policy = MergePolicy(segments_per_tier=3, floor_passages=10)
+    assert policy.choose([(5, 5), (6, 6), (100, 100)]) == []
+    assert policy.choose([(5, 5), (6, 6), (7, 7), (100, 100)]) == [[0, 1, 2]]
+    assert policy.choose([(60, 100), (50, 50)]) == [[0]]  # 40% deleted
+    assert MergePolicy.compact([(5, 5), (5, 5), (5, 5), (5, 5)], 2) == [[0, 1], [2, 3]]
+    assert MergePolicy.compact([(5, 5), (4, 5)], 2) == [[1]]  # only the one with deletions is rewritten
+
+
+def test_an_index_with_dense_parts_refuses_live_changes_clearly(tmp_path):
+    build_index([document("a", ["fox"])], tmp_path / "idx")
+    manifest = read_manifest(tmp_path / "idx")
+    manifest["dense"] = {"some-model": {"folder": "x"}}
+    from engine.format import commit_manifest
+
+    commit_manifest(tmp_path / "idx", {k: v for k, v in manifest.items() if k not in ("format", "format_version")})
+    with IndexWriter(tmp_path / "idx") as writer, pytest.raises(Exception, match="do not follow"):
+        writer.add([document("b", ["fox"])])
+
+
+def test_cli_add_delete_compact_and_info(tmp_path):
+    import json
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": f"d{i}", "text": f"fox river {i}"} for i in range(20)])
+    more = write_jsonl(tmp_path / "m.jsonl", [{"_id": "d1", "text": "changed"}, {"_id": "x", "text": "fox new"}])
+    run = [sys.executable, "-m", "sift"]
+    subprocess.run([*run, "index", str(corpus), str(tmp_path / "idx")], check=True, capture_output=True)
+    out = subprocess.run([*run, "add", str(tmp_path / "idx"), str(more), "--json"], check=True, capture_output=True,
+                         text=True).stdout.strip().splitlines()[-1]  # fmt: skip
+    assert json.loads(out) == {"added": 1, "replaced": 1, "generation": 2}
+    ids = tmp_path / "ids.txt"
+    ids.write_text("d2\nd3\n")
+    out = subprocess.run([*run, "delete", str(tmp_path / "idx"), "d4", "nope", "--ids-file", str(ids), "--json"],
+                         check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]  # fmt: skip
+    assert json.loads(out) == {"deleted": 3, "missing": ["nope"], "generation": 3}
+    info = json.loads(subprocess.run([*run, "info", str(tmp_path / "idx"), "--json"], check=True,
+                                     capture_output=True, text=True).stdout)  # fmt: skip
+    assert (info["documents"], info["deleted_documents"], info["segments"]) == (18, 4, 2)
+    subprocess.run([*run, "compact", str(tmp_path / "idx")], check=True, capture_output=True)
+    info = json.loads(subprocess.run([*run, "info", str(tmp_path / "idx"), "--json"], check=True,
+                                     capture_output=True, text=True).stdout)  # fmt: skip
+    assert (info["documents"], info["deleted_documents"], info["segments"]) == (18, 0, 1)
+    assert np.isclose(info["avgdl"], open_index(tmp_path / "idx").avgdl)
+
+
+def test_the_embedding_api_writes_and_refreshes_while_old_readers_keep_their_commit(tmp_path):
+    import sift
+
+    build_index([document("a", ["fox"]), document("b", ["fox", "river"])], tmp_path / "idx", BuildOptions(merge=True))
+    old = sift.open_index(tmp_path / "idx")
+    before = old.search("fox", 10)
+    with old.writer() as writer:
+        writer.add([document("c", ["fox", "fox"])])
+        writer.delete(["a"])
+    with old.writer() as writer:
+        writer.compact()  # the first generation's files are deleted now
+    assert old.search("fox", 10) == before and old.fetch("a")["text"] == "fox"
+    new = old.refresh()
+    assert new is not old and new.refresh() is new
+    assert {h.id for h in new.search("fox", 10)} == {"b", "c"}
+    build_index([document("z", ["fox"])], tmp_path / "idx", BuildOptions(overwrite=True))
+    assert set(new.search("fox", 10).ids) == {"b", "c"}
+    assert new.refresh().search("fox", 10).ids == ["z"]
+
+
+def test_refresh_reuses_the_segments_that_did_not_change(tmp_path):
+    build_index([document("a", ["fox"])], tmp_path / "idx")
+    index = open_index(tmp_path / "idx")
+    with IndexWriter(tmp_path / "idx") as writer:
+        writer.add([document("b", ["fox"])])
+        writer.commit()
+    newer = index.refresh()
+    assert len(newer.segments) == 2 and newer.segments[0] is index.segments[0]
+
+
+LIVE_FAILPOINTS = ["after-flush", "after-add", "merge", "before-commit", "before-manifest-rename", "after-commit"]
+
+
+def sift_command(*arguments: str, failpoint: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    if failpoint:
+        env["SIFT_FAILPOINT"] = failpoint
+    return subprocess.run([sys.executable, "-m", "sift", *arguments], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+def snapshot(index_dir) -> list:
+    index = open_index(index_dir)
+    shape = [index.documents, index.deleted_passages, len(index.segments)]
+    return [shape, [index.search(q, 50).pairs() for q in QUERIES]]
+
+
+@pytest.mark.slow
+def test_sigkill_at_every_failpoint_of_add_delete_and_merge_leaves_one_whole_commit(tmp_path):
+    import signal
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": f"d{i}", "text": " ".join(WORDS[i % 40: i % 40 + 9])}
+                                                for i in range(3000)])  # fmt: skip
+    more = write_jsonl(tmp_path / "m.jsonl", [{"_id": f"d{i}", "text": f"fox river changed {i}"}
+                                              for i in range(0, 6000, 3)])  # fmt: skip
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"d{i}\n" for i in range(1, 3000, 7)))
+    index_dir = str(tmp_path / "idx")
+    changes = {  # each starts from the index the ones before it left
+        "add": ("add", index_dir, str(more), "--quiet"),
+        "delete": ("delete", index_dir, "--ids-file", str(ids)),
+        "compact": ("compact", index_dir),
+    }
+
+    def prepare(change: str) -> None:
+        assert sift_command("index", str(corpus), index_dir, "--overwrite", "--quiet").returncode == 0
+        for earlier in list(changes)[: list(changes).index(change)]:
+            assert sift_command(*changes[earlier]).returncode == 0
+
+    kills = 0
+    for name, arguments in changes.items():
+        prepare(name)
+        before = snapshot(index_dir)
+        assert sift_command(*arguments).returncode == 0
+        after = snapshot(index_dir)
+        assert after != before
+        prepare(name)
+        for failpoint in LIVE_FAILPOINTS:
+            killed = sift_command(*arguments, failpoint=failpoint).returncode == -signal.SIGKILL
+            kills += killed  # a change that never passes the point (a delete writes no segment) just completes
+            expected = after if failpoint == "after-commit" or not killed else before
+            assert snapshot(index_dir) == expected, (name, failpoint)
+            if expected == after:
+                prepare(name)
+        assert sift_command(*arguments).returncode == 0  # the next writer clears what the dead ones left
+        assert snapshot(index_dir) == after
+        assert not [p for p in (tmp_path / "idx").iterdir() if p.name.startswith(".staging")]
+    assert kills >= 10
