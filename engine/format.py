@@ -26,6 +26,7 @@ import zstandard
 
 from engine.codec import decode_all, encode, packed_postings, raw_postings
 from engine.errors import SiftError
+from engine.fields import Columns, merge_columns
 
 FORMAT_NAME = "sift-index"
 # 2: narrow integer files, document store blocks as JSON arrays; 3: document ids findable, a deletions slot
@@ -487,6 +488,7 @@ class Segment(PostingLists):
         self.passage_part = open_array(directory / "passages.part.npy")
         self.doc_ids = StringTable(directory, "docids", findable=True)
         self.store = DocStore(directory)
+        self.columns = Columns(directory, self.meta["fields"]) if self.meta.get("fields") else None
 
     def find_documents(self, doc_ids: Sequence[str]) -> np.ndarray:
         """Each document's number in this segment, or -1: the document id -> segment map."""
@@ -606,6 +608,9 @@ def merge_segments(segments: Sequence[Segment], directory: Path) -> dict:
             for i in range(s.passages):
                 store.add_many([s.store.row(i)])
     store.close()
+    fields = segments[0].meta.get("fields") or {}
+    if fields:
+        merge_columns(directory, fields, [(s.columns, len(s.doc_ids)) for s in segments])
     failpoint("merge")
     write_postings(directory, vocabulary, offsets, docs, tfs, lengths)
     del docs, tfs
@@ -617,6 +622,7 @@ def merge_segments(segments: Sequence[Segment], directory: Path) -> dict:
         "terms": len(vocabulary),
         "postings": total,
         "block_size": BLOCK_SIZE,
+        **({"fields": fields} if fields else {}),
     }
     finish_segment(directory, meta)
     return meta

@@ -31,14 +31,16 @@ class Index(IndexReader):
         return self.bm25.default_params
 
     def search(self, query: str | Sequence[str], k: int = 10, params: BM25Params | None = None,
-               documents: bool = False, algorithm: str = "auto") -> Results:  # fmt: skip
-        """BM25 top-k. documents=True ranks documents by their best passage (the default for split indexes)."""
-        return self.bm25.search(query, k, params, documents, algorithm)
+               documents: bool = False, algorithm: str = "auto", filter: str | None = None) -> Results:  # fmt: skip
+        """BM25 top-k. documents=True ranks documents by their best passage (the default for split indexes).
+        filter: e.g. "year >= 2019 AND journal IN [Nature, Science]" over fields declared at index time."""
+        return self.bm25.search(query, k, params, documents, algorithm, filter)
 
     def batch_search(self, queries: Sequence[str | Sequence[str]], k: int = 10, params: BM25Params | None = None,
-                     documents: bool = False, threads: int | None = None, algorithm: str = "auto") -> list[Results]:
+                     documents: bool = False, threads: int | None = None, algorithm: str = "auto",
+                     filter: str | None = None) -> list[Results]:  # fmt: skip
         """Many queries at once, in order, scored on a pool of threads; results equal single searches."""
-        return self.bm25.batch_search(queries, k, params, documents, threads, algorithm)
+        return self.bm25.batch_search(queries, k, params, documents, threads, algorithm, filter)
 
     def refresh(self) -> Index:
         """The newest commit: self when nothing newer was committed, else a new Index sharing this one's memory maps
@@ -48,9 +50,9 @@ class Index(IndexReader):
         return type(self)(self.path, reuse=self.segments)
 
     def search_passages(self, query: str | Sequence[str], k: int = 10, params: BM25Params | None = None,
-                        algorithm: str = "auto") -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                        algorithm: str = "auto", filter: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k internal passage numbers and float32 scores, best first."""
-        return self.bm25.search_passages(query, k, params, algorithm)
+        return self.bm25.search_passages(query, k, params, algorithm, filter)
 
 
 def open_index(path: str | os.PathLike) -> Index:

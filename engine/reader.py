@@ -242,13 +242,77 @@ class IndexReader:
         number, a document id (the document's first passage) or "docid#n"."""
         number = self.passage_number(passage) if isinstance(passage, str) else passage
         segments, local = self._locate(np.array([number]))
-        return self.segments[int(segments[0])].store[int(local[0])]
+        segment = self.segments[int(segments[0])]
+        record = segment.store[int(local[0])]
+        if segment.columns is not None:
+            record["fields"] = segment.columns.values(int(segment.passage_doc[int(local[0])]))
+        return record
 
     def texts(self, passages: np.ndarray) -> list[str]:
         """What the models read of each passage: its title and text, as BM25 indexed them."""
         segments, local = self._locate(np.asarray(passages, dtype=np.int64))
         return [indexed_text(*self.segments[s].store.fields(n, "title", "text"))
                 for s, n in zip(segments.tolist(), local.tolist())]  # fmt: skip
+
+    # -- exact ties
+
+    @cached_property
+    def tie_keys(self) -> list[np.ndarray]:
+        """Per segment, an int64 per passage ordering it by (document id, part): exact score ties go by document
+        id, so results do not depend on how segments number passages (a merge, an update or a fresh build of the
+        same documents ranks them alike)."""
+        keys = []
+        for segment in self.segments:
+            order = np.asarray(segment.doc_ids._order, dtype=np.int64)
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order))
+            keys.append((rank[np.asarray(segment.passage_doc)] << 24) | np.asarray(segment.passage_part, np.int64))
+        return keys
+
+    def order_ties(self, passages: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+        """The best k of passages from several segments, as positions: by score, exact ties by (document id, part)
+        as each segment's kernel ordered them."""
+        order = np.lexsort((passages, -scores))
+        if len(np.unique(scores)) == len(scores):
+            return order[:k]
+        _, doc_ids = self.ids(passages)
+        segments, local = self._locate(passages)
+        parts = [int(self.segments[s].passage_part[n]) for s, n in zip(segments.tolist(), local.tolist())]
+        keyed = sorted(range(len(passages)), key=lambda i: (-scores[i], doc_ids[i].encode("utf-8"), parts[i]))
+        return np.array(keyed[:k], dtype=np.int64)
+
+    # -- filters
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """The metadata fields declared at index time: name -> type."""
+        return self.manifest.get("fields") or {}
+
+    def filter_masks(self, expression: str | None) -> list[np.ndarray | None]:
+        """Per segment, the kernels' mask of live passages where the filter holds (None: every passage of a segment
+        without deletions, when there is no filter). Cached per expression: a service repeats its filters."""
+        if not expression:
+            return self.live
+        cache = self.__dict__.setdefault("_filter_cache", {})
+        if expression not in cache:
+            from engine.fields import document_mask, parse_filter
+
+            tree = parse_filter(expression)
+            masks = []
+            for segment, live in zip(self.segments, self.live):
+                documents = document_mask(tree, segment.columns, self.fields, len(segment.doc_ids))
+                mask = documents[np.asarray(segment.passage_doc)].astype(np.uint8)
+                masks.append(mask & live if live is not None else mask)
+            if len(cache) >= 64:
+                cache.clear()
+            cache[expression] = masks
+        return cache[expression]
+
+    def matching(self, expression: str | None) -> np.ndarray:
+        """Global numbers of the live passages where the filter holds (for searchers that select by id)."""
+        masks = self.filter_masks(expression)
+        return np.concatenate([np.flatnonzero(m) + base if m is not None else np.arange(s.passages) + base
+                               for m, s, base in zip(masks, self.segments, self.bases)] or [np.zeros(0, np.int64)])
 
     # -- results
 

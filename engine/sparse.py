@@ -34,6 +34,7 @@ DEFAULT_K1 = 0.9
 DEFAULT_B = 0.4
 LENGTH_NORMS = ("lucene", "exact")
 NO_MASK = np.zeros(0, dtype=np.uint8)  # a kernel's mask when every passage may be returned
+NO_KEYS = np.zeros(0, dtype=np.int64)  # a kernel's tie keys when exact ties go by passage number
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,8 @@ def _bm25(weight, tf, norm_inverse, linear):
 
 
 @numba.njit(nogil=True, cache=True)
-def _sift_down(heap_scores, heap_docs, size, i):
-    # min-heap on (score, -doc): the root is the current worst of the top-k
+def _sift_down(heap_scores, heap_docs, heap_keys, size, i):
+    # min-heap on (score, -key): the root is the current worst of the top-k
     while True:
         left = 2 * i + 1
         if left >= size:
@@ -119,53 +120,72 @@ def _sift_down(heap_scores, heap_docs, size, i):
         right = left + 1
         if right < size and (
             heap_scores[right] < heap_scores[left]
-            or (heap_scores[right] == heap_scores[left] and heap_docs[right] > heap_docs[left])
+            or (heap_scores[right] == heap_scores[left] and heap_keys[right] > heap_keys[left])
         ):
             child = right
         if heap_scores[child] < heap_scores[i] or (
-            heap_scores[child] == heap_scores[i] and heap_docs[child] > heap_docs[i]
+            heap_scores[child] == heap_scores[i] and heap_keys[child] > heap_keys[i]
         ):
             heap_scores[i], heap_scores[child] = heap_scores[child], heap_scores[i]
             heap_docs[i], heap_docs[child] = heap_docs[child], heap_docs[i]
+            heap_keys[i], heap_keys[child] = heap_keys[child], heap_keys[i]
             i = child
         else:
             return
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _key(keys, d):
+    return keys[d] if len(keys) > 0 else np.int64(d)
+
+
 @numba.njit(nogil=True, cache=True)
-def top_k(candidates, scores, k):
-    """The k best candidates by (score desc, id asc), sorted; candidates are passage ids, scores indexed by id."""
-    size = min(k, len(candidates))
-    heap_scores = np.empty(size, dtype=np.float32)
-    heap_docs = np.empty(size, dtype=np.int64)
-    for j in range(size):
-        heap_scores[j] = scores[candidates[j]]
-        heap_docs[j] = candidates[j]
-    for i in range(size // 2 - 1, -1, -1):
-        _sift_down(heap_scores, heap_docs, size, i)
-    for j in range(size, len(candidates)):
-        d = candidates[j]
-        s = scores[d]
-        if s > heap_scores[0] or (s == heap_scores[0] and d < heap_docs[0]):
-            heap_scores[0] = s
-            heap_docs[0] = d
-            _sift_down(heap_scores, heap_docs, size, 0)
+def _sorted_heap(heap_scores, heap_docs, heap_keys, size):
+    """Sorts a full min-heap in place into best first, and returns its first `size` entries."""
     for end in range(size - 1, 0, -1):
         heap_scores[0], heap_scores[end] = heap_scores[end], heap_scores[0]
         heap_docs[0], heap_docs[end] = heap_docs[end], heap_docs[0]
-        _sift_down(heap_scores, heap_docs, end, 0)
-    return heap_docs, heap_scores
+        heap_keys[0], heap_keys[end] = heap_keys[end], heap_keys[0]
+        _sift_down(heap_scores, heap_docs, heap_keys, end, 0)
+    return heap_docs[:size].copy(), heap_scores[:size].copy()
+
+
+@numba.njit(nogil=True, cache=True)
+def top_k(candidates, scores, k, keys=NO_KEYS):
+    """The k best candidates by (score desc, tie key asc), sorted; candidates are passage ids, scores indexed by id.
+    keys (int64 per passage) orders exact score ties, by document id so that results do not depend on how passages
+    are numbered across segments; empty: by passage id."""
+    size = min(k, len(candidates))
+    heap_scores = np.empty(size, dtype=np.float32)
+    heap_docs = np.empty(size, dtype=np.int64)
+    heap_keys = np.empty(size, dtype=np.int64)
+    for j in range(size):
+        heap_scores[j] = scores[candidates[j]]
+        heap_docs[j] = candidates[j]
+        heap_keys[j] = _key(keys, candidates[j])
+    for i in range(size // 2 - 1, -1, -1):
+        _sift_down(heap_scores, heap_docs, heap_keys, size, i)
+    for j in range(size, len(candidates)):
+        d = candidates[j]
+        s = scores[d]
+        key = _key(keys, d)
+        if s > heap_scores[0] or (s == heap_scores[0] and key < heap_keys[0]):
+            heap_scores[0] = s
+            heap_docs[0] = d
+            heap_keys[0] = key
+            _sift_down(heap_scores, heap_docs, heap_keys, size, 0)
+    return _sorted_heap(heap_scores, heap_docs, heap_keys, size)
 
 
 @numba.njit(nogil=True, cache=True)
 def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k, accumulator, touched, linear=False,
-                    mask=NO_MASK):  # fmt: skip
+                    mask=NO_MASK, keys=NO_KEYS):  # fmt: skip
     """Scores every posting of the query terms, then keeps the top k.
 
     accumulator (float32, one per passage, all zero) and touched (int64, one per passage) are scratch space owned
     by the caller's thread; the accumulator is left all zero again. Terms of weight <= 0 contribute nothing, so
     every candidate has a positive score. mask (uint8, one per passage) names the passages that may be returned:
-    deletions and filters; empty means all.
+    deletions and filters; empty means all. keys: top_k's tie keys.
     """
     masked = len(mask) > 0
     n_touched = 0
@@ -181,7 +201,7 @@ def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, 
                 touched[n_touched] = d
                 n_touched += 1
             accumulator[d] += _bm25(w, tfs[p], norm_inverse[norm_index[d]], linear)
-    best_docs, best_scores = top_k(touched[:n_touched], accumulator, k)
+    best_docs, best_scores = top_k(touched[:n_touched], accumulator, k, keys)
     for j in range(n_touched):
         accumulator[touched[j]] = 0
     return best_docs, best_scores
@@ -190,7 +210,7 @@ def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, 
 # --- the pure-numpy reference --------------------------------------------------------------------------------------
 
 
-def bm25_reference(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k, linear=False, mask=None):
+def bm25_reference(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k, linear=False, mask=None, keys=None):
     """Same contract as bm25_exhaustive, in plain numpy: the definition the kernel is tested against."""
     scores = np.zeros(len(norm_index), dtype=np.float32)
     for start, end, w in zip(starts, ends, weights, strict=True):
@@ -205,7 +225,8 @@ def bm25_reference(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k
     if mask is not None and len(mask):
         scores[np.asarray(mask) == 0] = 0
     candidates = np.flatnonzero(scores > 0)
-    order = np.lexsort((candidates, -scores[candidates]))[:k]
+    ties = candidates if keys is None or not len(keys) else np.asarray(keys)[candidates]
+    order = np.lexsort((ties, -scores[candidates]))[:k]
     return candidates[order], scores[candidates[order]]
 
 
@@ -254,7 +275,7 @@ def _load_block(postings, block_last_doc, first_block, block, start, n, out_docs
 
 @numba.njit(nogil=True, cache=True)
 def bm25_exhaustive_packed(postings, starts, ends, block_first, block_last_doc, weights, norm_index, norm_inverse,
-                           k, accumulator, touched, linear=False, mask=NO_MASK):  # fmt: skip
+                           k, accumulator, touched, linear=False, mask=NO_MASK, keys=NO_KEYS):  # fmt: skip
     """bm25_exhaustive over postings read block by block (bit-packed ones are decoded): the same results."""
     masked = len(mask) > 0
     docs = np.empty(BLOCK, dtype=np.int64)
@@ -277,7 +298,7 @@ def bm25_exhaustive_packed(postings, starts, ends, block_first, block_last_doc, 
                     n_touched += 1
                 accumulator[d] += _bm25(w, tfs[i], norm_inverse[norm_index[d]], linear)
             block += 1
-    best_docs, best_scores = top_k(touched[:n_touched], accumulator, k)
+    best_docs, best_scores = top_k(touched[:n_touched], accumulator, k, keys)
     for j in range(n_touched):
         accumulator[touched[j]] = 0
     return best_docs, best_scores
@@ -305,6 +326,7 @@ def bm25_maxscore(
     k,
     linear=False,
     mask=NO_MASK,
+    keys=NO_KEYS,
 ):
     """Block-max MaxScore, document at a time: exactly bm25_exhaustive's top k, usually scoring far fewer postings.
 
@@ -351,6 +373,7 @@ def bm25_maxscore(
     contribution = np.zeros(m, dtype=np.float32)
     heap_scores = np.empty(k, dtype=np.float32)
     heap_docs = np.empty(k, dtype=np.int64)
+    heap_keys = np.empty(k, dtype=np.int64)
     size = 0
     threshold = -1.0
     first_essential = 0
@@ -428,18 +451,23 @@ def bm25_maxscore(
             score = np.float32(0)
             for q in range(m):
                 score += contribution[q]
+            key = _key(keys, current)
             if size < k:
                 heap_scores[size] = score
                 heap_docs[size] = current
+                heap_keys[size] = key
                 size += 1
                 if size == k:
                     for i in range(k // 2 - 1, -1, -1):
-                        _sift_down(heap_scores, heap_docs, k, i)
+                        _sift_down(heap_scores, heap_docs, heap_keys, k, i)
                     threshold = heap_scores[0]
-            elif score > heap_scores[0]:
+            elif score > heap_scores[0] or (score == heap_scores[0] and key < heap_keys[0]):
+                # a bound equal to the threshold is never pruned (the margin makes bounds strictly larger), so
+                # a later passage tied with the k-th score still gets here and wins by its key
                 heap_scores[0] = score
                 heap_docs[0] = current
-                _sift_down(heap_scores, heap_docs, k, 0)
+                heap_keys[0] = key
+                _sift_down(heap_scores, heap_docs, heap_keys, k, 0)
                 threshold = heap_scores[0]
             if size == k:
                 while first_essential < live and prefix[first_essential] * margin <= threshold:
@@ -449,12 +477,8 @@ def bm25_maxscore(
         current = following
     if size < k:
         for i in range(size // 2 - 1, -1, -1):
-            _sift_down(heap_scores, heap_docs, size, i)
-    for end in range(size - 1, 0, -1):
-        heap_scores[0], heap_scores[end] = heap_scores[end], heap_scores[0]
-        heap_docs[0], heap_docs[end] = heap_docs[end], heap_docs[0]
-        _sift_down(heap_scores, heap_docs, end, 0)
-    return heap_docs[:size].copy(), heap_scores[:size].copy()
+            _sift_down(heap_scores, heap_docs, heap_keys, size, i)
+    return _sorted_heap(heap_scores, heap_docs, heap_keys, size)
 
 
 # --- the BM25 searcher: query planning, caches and the choice of kernel over one reader's segments ----------------
@@ -522,6 +546,7 @@ def top_postings(
     scratch,
     linear: bool = False,
     mask: np.ndarray | None = None,
+    keys: np.ndarray = NO_KEYS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The top k of one set of posting lists for the query terms' ranges, by the kernel the algorithm picks; every
     kernel returns the same. scratch() gives the exhaustive kernels their (accumulator, touched) buffers; mask
@@ -531,16 +556,17 @@ def top_postings(
         blocks = lists.blocks
         return bm25_maxscore(
             lists.postings, starts, ends, weights, norm_index, norm_inverse, norm_lengths, block_first,
-            blocks.max_tf, blocks.min_length, blocks.last_doc, k, linear, mask,
+            blocks.max_tf, blocks.min_length, blocks.last_doc, k, linear, mask, keys,
         )  # fmt: skip
     accumulator, touched = scratch()
     if lists.packed:
         return bm25_exhaustive_packed(
             lists.postings, starts, ends, block_first, lists.blocks.last_doc, weights, norm_index, norm_inverse, k,
-            accumulator, touched, linear, mask,
+            accumulator, touched, linear, mask, keys,
         )  # fmt: skip
     return bm25_exhaustive(
-        lists.docs, lists.tfs, starts, ends, weights, norm_index, norm_inverse, k, accumulator, touched, linear, mask
+        lists.docs, lists.tfs, starts, ends, weights, norm_index, norm_inverse, k, accumulator, touched, linear, mask,
+        keys,
     )
 
 
@@ -658,13 +684,16 @@ class BM25Searcher:
         k: int = 10,
         params: BM25Params | None = None,
         algorithm: str = "auto",
+        filter: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k internal passage numbers and float32 scores, best first. Every algorithm returns the same."""
         _check(k, algorithm)
-        return self._top_passages(self.plan(query), k, params or self.default_params, algorithm)
+        masks = self.reader.filter_masks(filter)
+        return self._top_passages(self.plan(query), k, params or self.default_params, algorithm, masks)
 
-    def _top_passages(self, plan: QueryPlan, k: int, params: BM25Params, algorithm: str):
-        """The kernels for one planned query; they release the GIL, so threads run this in parallel."""
+    def _top_passages(self, plan: QueryPlan, k: int, params: BM25Params, algorithm: str, masks: list):
+        """The kernels for one planned query; they release the GIL, so threads run this in parallel. masks: per
+        segment, the passages that may be returned (deletions and a filter), None for all."""
         norms = self.norms(params)
         found_docs, found_scores = [], []
         for i, (segment, (starts, ends, weights, block_first)) in enumerate(zip(self.segments, plan.per_segment)):
@@ -672,7 +701,7 @@ class BM25Searcher:
                 continue
             docs, scores = top_postings(
                 segment, starts, ends, weights, block_first, norms.per_segment[i], norms.inverse, norms.lengths, k,
-                algorithm, partial(self._scratch, i), mask=self.reader.live[i],
+                algorithm, partial(self._scratch, i), mask=masks[i], keys=self.reader.tie_keys[i],
             )  # fmt: skip
             found_docs.append(docs + self.reader.bases[i])
             found_scores.append(scores)
@@ -681,7 +710,7 @@ class BM25Searcher:
         if len(found_docs) == 1:
             return found_docs[0], found_scores[0]
         docs, scores = np.concatenate(found_docs), np.concatenate(found_scores)
-        order = np.lexsort((docs, -scores))[:k]
+        order = self.reader.order_ties(docs, scores, k)
         return docs[order], scores[order]
 
     def search(
@@ -691,9 +720,12 @@ class BM25Searcher:
         params: BM25Params | None = None,
         documents: bool = False,
         algorithm: str = "auto",
+        filter: str | None = None,
     ) -> Results:
-        """BM25 top-k. documents=True ranks documents by their best passage (the default for split indexes)."""
-        return self.batch_search([query], k, params, documents, 1, algorithm)[0]
+        """BM25 top-k. documents=True ranks documents by their best passage (the default for split indexes).
+        filter: an expression over the index's fields (engine/fields.py); the result is exactly the top k of the
+        passages it matches."""
+        return self.batch_search([query], k, params, documents, 1, algorithm, filter)[0]
 
     def batch_search(
         self,
@@ -703,16 +735,18 @@ class BM25Searcher:
         documents: bool = False,
         threads: int | None = None,
         algorithm: str = "auto",
+        filter: str | None = None,
     ) -> list[Results]:
         """Many queries at once, in order. Queries are planned on the calling thread and scored on a pool of
         threads: the kernels release the GIL, so scoring uses every core. Results equal single searches."""
         _check(k, algorithm)
         threads = threads or os.cpu_count() or 1
         params = params or self.default_params
+        masks = self.reader.filter_masks(filter)
         plans = [self.plan(q) for q in queries]
 
         def top(rows: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
-            return self._map(threads, lambda row: self._top_passages(plans[row], depth, params, algorithm),
+            return self._map(threads, lambda row: self._top_passages(plans[row], depth, params, algorithm, masks),
                              rows.tolist())  # fmt: skip
 
         if documents and self.reader.split_passages:

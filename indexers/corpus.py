@@ -17,6 +17,7 @@ from pathlib import Path
 
 from engine.analysis import Analyzer
 from engine.errors import SiftError
+from engine.fields import coerce
 from engine.reader import indexed_text
 
 FORMATS = ("beir", "jsonl", "tsv", "trec")
@@ -39,6 +40,7 @@ class Document:
     text: str
     title: str = ""
     source: str = ""  # file:line, for error messages further down the line
+    fields: dict = field(default_factory=dict)  # metadata values, as engine.fields.coerce made them
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Passage:
     part: int
     title: str
     text: str
+    fields: dict = field(default_factory=dict)  # the document's, on each of its passages
 
     @property
     def key(self) -> str:
@@ -86,6 +89,7 @@ class CorpusSource:
     format: str
     id_field: str | None = None  # JSONL: None tries _id, id, docid, doc_id, docno
     text_fields: tuple[str, ...] = DEFAULT_TEXT_FIELDS  # JSONL: joined with a space; "title" is kept apart
+    fields: dict = field(default_factory=dict)  # metadata fields read from JSONL records: name -> type
 
     @property
     def files(self) -> list[Path]:
@@ -180,7 +184,14 @@ def _read_jsonl(source: CorpusSource, path: Path, counter: _ByteCounter) -> Iter
             title = record.get("title") if use_title else ""
             if title is not None and not isinstance(title, str):
                 raise CorpusError(path, number, "malformed record: field 'title' is not a string")
-            yield Document(str(doc_id), " ".join(p for p in parts if p), title or "", f"{path}:{number}")
+            values = {}
+            for name, kind in source.fields.items():
+                if record.get(name) is not None:
+                    try:
+                        values[name] = coerce(kind, record[name])
+                    except ValueError as e:
+                        raise CorpusError(path, number, f"field {name!r} ({kind}): {e}") from None
+            yield Document(str(doc_id), " ".join(p for p in parts if p), title or "", f"{path}:{number}", values)
         except CorpusError as error:
             yield error
 
@@ -299,14 +310,15 @@ def split_passages(doc: Document, analyzer: Analyzer, window: int, stride: int) 
     window 0 keeps the document whole. The title is kept apart and indexed with every passage.
     """
     if window <= 0:
-        return [Passage(doc.id, 0, doc.title, doc.text)]
+        return [Passage(doc.id, 0, doc.title, doc.text, doc.fields)]
     spans = analyzer.token_spans(doc.text)
     if len(spans) <= window:
-        return [Passage(doc.id, 0, doc.title, doc.text)]
+        return [Passage(doc.id, 0, doc.title, doc.text, doc.fields)]
     passages = []
     for part, start in enumerate(range(0, len(spans), stride)):
         end = min(start + window, len(spans))
-        passages.append(Passage(doc.id, part, doc.title, doc.text[spans[start][0] : spans[end - 1][1]]))
+        text = doc.text[spans[start][0] : spans[end - 1][1]]
+        passages.append(Passage(doc.id, part, doc.title, text, doc.fields))
         if end == len(spans):
             break
     return passages

@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 from engine.analysis import Analyzer, AnalyzerConfig, TermBytes
+from engine.fields import ColumnsWriter
 from engine.format import (
     POSTINGS_FORMATS,
     DocStoreWriter,
@@ -50,6 +51,7 @@ class BuildOptions:
     # (bench/results/compression-synthetic-1000000.md); raw stays available where the last 10% of speed matters.
     postings: str = "packed"
     overwrite: bool = False
+    fields: dict = field(default_factory=dict)  # metadata fields stored as columns: name -> type (engine/fields.py)
 
     def __post_init__(self) -> None:
         if self.passage_window < 0 or self.passage_stride < 0:
@@ -208,9 +210,9 @@ class TermTable:
 
 
 class _PendingSegment:
-    """Postings of the passages added since the last flush, in compact arrays, plus their stored text."""
+    """Postings of the passages added since the last flush, in compact arrays, plus their stored text and fields."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, fields: dict | None = None) -> None:
         self.directory = directory
         directory.mkdir(parents=True)
         self.vocabulary = TermTable()
@@ -224,6 +226,8 @@ class _PendingSegment:
         self.tokens = 0
         self.scored = 0
         self.store = DocStoreWriter(directory)
+        self.fields = fields or {}
+        self.columns = ColumnsWriter(self.fields)
 
     @property
     def passages(self) -> int:
@@ -240,6 +244,8 @@ class _PendingSegment:
         for parts in documents:
             self.passage_doc.extend([len(self.doc_ids)] * len(parts))
             self.doc_ids.append(parts[0].doc_id)
+            if self.fields:
+                self.columns.add(parts[0].fields)
         analyzed = analyzer.analyze_batch([p.indexed_text for p in passages])
         lengths = analyzed.counts
         tokens = len(analyzed.starts)
@@ -277,6 +283,8 @@ class _PendingSegment:
         write_array(self.directory / "passages.part.npy", np.frombuffer(self.passage_part, dtype=np.uint32))
         write_strings(self.directory, "docids", self.doc_ids, findable=True)
         write_postings(self.directory, terms, offsets, passages, tfs, lengths)
+        if self.fields:
+            self.columns.write(self.directory)
         finish_segment(self.directory, self.meta(len(terms), int(offsets[-1])))
         return self.directory
 
@@ -288,6 +296,7 @@ class _PendingSegment:
             "scored_passages": self.scored,
             "terms": terms,
             "postings": postings,
+            **({"fields": self.fields} if self.fields else {}),
         }
 
 
@@ -361,7 +370,7 @@ def write_passages(
     analyzer = analyzer or Analyzer(options.analyzer)
     with _cyclic_gc_paused():
         flushed: list[Path] = []
-        pending = _PendingSegment(staging / "part_0000")
+        pending = _PendingSegment(staging / "part_0000", options.fields)
         budget = options.memory_mb * 2**20
         count = passages = 0
         batch: list[list[Passage]] = []
@@ -378,7 +387,7 @@ def write_passages(
                 if pending.memory_bytes >= budget:
                     flushed.append(pending.flush())
                     failpoint("after-flush")
-                    pending = _PendingSegment(staging / f"part_{len(flushed):04d}")
+                    pending = _PendingSegment(staging / f"part_{len(flushed):04d}", options.fields)
                 if on_progress:
                     on_progress(count)
         if batch:

@@ -170,6 +170,7 @@ class IndexWriter:
             "bm25": {"k1": options.bm25.k1, "b": options.bm25.b, "length_norm": options.bm25.length_norm},
             "passages": {"window": options.passage_window, "stride": options.passage_stride or options.passage_window},
             "source": source or {},
+            "fields": options.fields,
         }
         if pruning:
             settings["pruning"] = pruning
@@ -295,7 +296,7 @@ class IndexWriter:
         return BuildOptions(
             analyzer=AnalyzerConfig.from_dict(manifest["analyzer"]), bm25=BM25Params(**manifest["bm25"]),
             passage_window=manifest["passages"]["window"], passage_stride=manifest["passages"]["stride"],
-            postings="packed" if packed else "raw",
+            postings="packed" if packed else "raw", fields=manifest.get("fields") or {},
         )  # fmt: skip
 
     def _deletions(self, segment: int, analyzer: Analyzer) -> Deletions:
@@ -487,7 +488,8 @@ def _live_documents(plans: list[_Planned]) -> Iterator[list[Passage]]:
                 yield parts
                 parts = []
             doc_id, part, title, text = segment.store.fields(n, "id", "part", "title", "text")
-            parts.append(Passage(doc_id, part, title, text))
+            values = segment.columns.raw(int(passage_doc[n])) if segment.columns is not None else {}
+            parts.append(Passage(doc_id, part, title, text, values))
         if parts:
             yield parts
 

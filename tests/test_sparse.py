@@ -14,6 +14,7 @@ from engine.format import compute_blocks
 from engine.index import open_index
 from engine.sparse import (
     LUCENE_LENGTH_TABLE,
+    NO_KEYS,
     NO_MASK,
     BM25Params,
     bm25_exhaustive,
@@ -74,11 +75,12 @@ def random_postings(draw):
 @settings(max_examples=300, deadline=None)
 @given(
     random_postings(), st.integers(1, 70), st.sampled_from(["lucene", "exact"]), st.floats(0, 3), st.floats(0, 1),
-    st.booleans(), st.sampled_from([None, 0.0, 0.3, 0.9]),
+    st.booleans(), st.sampled_from([None, 0.0, 0.3, 0.9]), st.booleans(),
 )  # fmt: skip
-def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b, linear, masked_share):
+def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b, linear, masked_share, keyed):
     docs, tfs, offsets, lengths, query, weights = postings
     mask = random_mask(len(lengths), masked_share)
+    keys = random_keys(len(lengths)) if keyed else NO_KEYS
     params = BM25Params(k1=k1, b=b, length_norm=length_norm)
     avgdl = float(max(lengths.mean(), 1))
     if length_norm == "lucene":
@@ -89,9 +91,10 @@ def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b, linear, 
     accumulator = np.zeros(len(lengths), dtype=np.float32)
     touched = np.empty(len(lengths), dtype=np.int64)
     got_docs, got_scores = bm25_exhaustive(
-        docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched, linear, mask
+        docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched, linear, mask, keys
     )
-    want_docs, want_scores = bm25_reference(docs, tfs, starts, ends, weights, norm_index, table, k, linear, mask)
+    want_docs, want_scores = bm25_reference(docs, tfs, starts, ends, weights, norm_index, table, k, linear, mask,
+                                            keys)  # fmt: skip
     assert all(mask[got_docs]) if len(mask) else True
     np.testing.assert_allclose(got_scores, want_scores, rtol=0, atol=1e-6)
     assert got_docs.tolist() == want_docs.tolist()
@@ -129,7 +132,9 @@ def brute_force_bm25(documents: list[dict], query: str, k1=0.9, b=0.4, k=10):
         for i, bag in enumerate(bags):
             if bag[term]:
                 scores[i] += weight - weight / (np.float32(1) + np.float32(bag[term]) * norm_inverse[i])
-    ranked = sorted((i for i in range(len(documents)) if scores[i] > 0), key=lambda i: (-scores[i], i))[:k]
+    # exact ties by document id (UTF-8 bytes): Sift's convention, independent of how passages are numbered
+    ranked = sorted((i for i in range(len(documents)) if scores[i] > 0),
+                    key=lambda i: (-scores[i], documents[i]["_id"].encode("utf-8")))[:k]  # fmt: skip
     return [documents[i]["_id"] for i in ranked], [float(scores[i]) for i in ranked]
 
 
@@ -210,7 +215,12 @@ def random_mask(passages: int, masked_share: float | None) -> np.ndarray:
     return (np.random.default_rng(passages).random(passages) >= masked_share).astype(np.uint8)
 
 
-def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params, linear=False, mask=NO_MASK):
+def random_keys(passages: int) -> np.ndarray:
+    """Tie keys in an order unrelated to passage numbers (as document ids are)."""
+    return np.random.default_rng(passages + 1).permutation(passages).astype(np.int64)
+
+
+def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params, linear=False, mask=NO_MASK, keys=NO_KEYS):
     avgdl = float(max(lengths.mean(), 1))
     if params.length_norm == "lucene":
         norm_index, table = lucene_norm_bytes(lengths), norm_inverse_table(params, avgdl, 255)
@@ -223,18 +233,18 @@ def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params, linear=
     starts, ends = offsets[query], offsets[query + 1]
     pruned = bm25_maxscore(
         raw_postings(docs, tfs), starts, ends, weights, norm_index, table, norm_lengths, blocks.offsets[query],
-        blocks.max_tf, blocks.min_length, blocks.last_doc, k, linear, mask,
+        blocks.max_tf, blocks.min_length, blocks.last_doc, k, linear, mask, keys,
     )  # fmt: skip
     packed = bm25_maxscore(
         packed_postings(*encode(docs, tfs, offsets)), starts, ends, weights,
         norm_index, table, norm_lengths, blocks.offsets[query], blocks.max_tf, blocks.min_length, blocks.last_doc, k,
-        linear, mask,
+        linear, mask, keys,
     )  # fmt: skip
     assert packed[0].tolist() == pruned[0].tolist() and packed[1].tolist() == pruned[1].tolist()
     accumulator = np.zeros(len(lengths), dtype=np.float32)
     touched = np.empty(len(lengths), dtype=np.int64)
     exhaustive = bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched, linear,
-                                 mask)  # fmt: skip
+                                 mask, keys)  # fmt: skip
     return pruned, exhaustive
 
 
@@ -242,13 +252,13 @@ def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params, linear=
 @settings(max_examples=400, deadline=None)
 @given(
     random_postings(), st.integers(1, 70), st.sampled_from(["lucene", "exact"]), st.floats(0.01, 3), st.floats(0, 1),
-    st.booleans(), st.sampled_from([None, 0.0, 0.3, 0.9]),
+    st.booleans(), st.sampled_from([None, 0.0, 0.3, 0.9]), st.booleans(),
 )  # fmt: skip
-def test_maxscore_returns_exactly_the_exhaustive_top_k(postings, k, length_norm, k1, b, linear, masked_share):
+def test_maxscore_returns_exactly_the_exhaustive_top_k(postings, k, length_norm, k1, b, linear, masked_share, keyed):
     docs, tfs, offsets, lengths, query, weights = postings
     (got_docs, got_scores), (want_docs, want_scores) = run_maxscore(
         docs, tfs, offsets, lengths, query, weights, k, BM25Params(k1=k1, b=b, length_norm=length_norm), linear,
-        random_mask(len(lengths), masked_share),
+        random_mask(len(lengths), masked_share), random_keys(len(lengths)) if keyed else NO_KEYS,
     )
     assert got_docs.tolist() == want_docs.tolist()
     assert got_scores.tolist() == want_scores.tolist()  # bit-identical: summed in the same order

@@ -51,6 +51,10 @@ def register(commands) -> None:
         "--stopwords", default="lucene", help="lucene (English), none, or a file with one stop word a line"
     )
     index.add_argument("--no-lowercase", action="store_true", help="keep case")
+    index.add_argument("--field", action="append", default=[], metavar="NAME:TYPE",
+                       help="a metadata field read from the records' key NAME and stored for filters (repeatable); "
+                       "TYPE: keyword, keyword[] (several values), int, float, date (ISO 8601). A value that does "
+                       "not fit its type makes a bad record")  # fmt: skip
     add_bm25_options(index, query_time=False)
     index.add_argument(
         "--dense",
@@ -102,6 +106,7 @@ def register(commands) -> None:
 def _cmd_index(args) -> int:
     from engine.analysis import AnalyzerConfig
     from engine.encoders import BiEncoder, SpladeEncoder
+    from engine.fields import parse_field_spec
     from engine.sparse import BM25Params
     from indexers.corpus import CorpusReader, open_source
     from indexers.inverted import BuildOptions
@@ -114,7 +119,8 @@ def _cmd_index(args) -> int:
         if model:
             ensure_installed(model)
     text_fields = tuple(f.strip() for f in args.text_fields.split(",") if f.strip())
-    source = open_source(args.corpus, args.format, id_field=args.id_field, text_fields=text_fields)
+    fields = dict(parse_field_spec(spec) for spec in args.field)
+    source = open_source(args.corpus, args.format, id_field=args.id_field, text_fields=text_fields, fields=fields)
     if args.stopwords == "lucene":
         stopwords = None
     elif args.stopwords == "none":
@@ -134,6 +140,7 @@ def _cmd_index(args) -> int:
         memory_mb=args.memory_mb,
         postings=args.postings,
         overwrite=args.overwrite,
+        fields=fields,
     )
     recorded = {"path": str(Path(source.path).resolve()), "format": source.format, "id_field": args.id_field,
                 "text_fields": list(text_fields)}  # fmt: skip

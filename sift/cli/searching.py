@@ -23,6 +23,10 @@ def register(commands) -> None:
     search.add_argument("--text", action="store_true", help="include each result's stored text")
     add_bm25_options(search)
     search.add_argument("--json", action="store_true", help="print one JSON object")
+    search.add_argument("--filter", metavar="EXPRESSION",
+                        help='only documents whose fields match, e.g. "year >= 2019 AND journal IN [Nature, Science]" '
+                        "(=, !=, <, <=, >, >=, LOW TO HIGH, IN [...], EXISTS, NOT, AND, OR, parentheses); the "
+                        "results are exactly the top k of the matching ones")  # fmt: skip
 
     evaluate = commands.add_parser(
         "eval",
@@ -84,19 +88,25 @@ def _cmd_search(args) -> int:
     index = open_index(args.index_dir)
     started = time.perf_counter()
     if args.pipeline == "bm25":
-        hits = index.search(args.query, args.k, bm25_params(index, args), args.documents, args.algorithm)
+        hits = index.search(args.query, args.k, bm25_params(index, args), args.documents, args.algorithm,
+                            args.filter)  # fmt: skip
     else:
         from engine.pipeline import Pipeline
 
+        if args.filter:
+            raise ValueError("--filter works with the bm25 pipeline so far")
         pipeline = Pipeline(index, args.pipeline, params=bm25_params(index, args), algorithm=args.algorithm)
         hits = pipeline.search([args.query], args.k)[0]
     elapsed_ms = (time.perf_counter() - started) * 1000
     results = []
     for hit in hits:
         item = hit.to_dict()
-        if args.text:
+        if args.text or index.fields:
             record = index.fetch(hit.passage)
-            item["title"], item["text"] = record.get("title", ""), record.get("text", "")
+            if index.fields:
+                item["fields"] = record["fields"]
+            if args.text:
+                item["title"], item["text"] = record.get("title", ""), record.get("text", "")
         results.append(item)
     if args.json:
         stages = {stage: round(seconds * 1000, 3) for stage, seconds in getattr(hits, "timings", {}).items()}

@@ -59,10 +59,12 @@ def _cmd_add(args) -> int:
     from indexers.corpus import CorpusReader, open_source
     from indexers.writer import IndexWriter
 
-    recorded = read_manifest(Path(args.index_dir)).get("source", {})
-    fields = args.text_fields.split(",") if args.text_fields else recorded.get("text_fields") or ["title", "text"]
-    source = open_source(args.corpus, args.format, id_field=args.id_field,
-                         text_fields=tuple(f.strip() for f in fields if f.strip()))  # fmt: skip
+    manifest = read_manifest(Path(args.index_dir))
+    recorded = manifest.get("source", {})
+    text = args.text_fields.split(",") if args.text_fields else recorded.get("text_fields") or ["title", "text"]
+    source = open_source(args.corpus, args.format, id_field=args.id_field or recorded.get("id_field"),
+                         text_fields=tuple(f.strip() for f in text if f.strip()),
+                         fields=manifest.get("fields") or {})  # fmt: skip
     reader = CorpusReader(source, skip_bad=args.skip_bad)
     with IndexWriter(args.index_dir, timeout=args.wait) as writer:
         with Progress(source.size_bytes, reader, enabled=not args.quiet) as progress:
