@@ -25,7 +25,7 @@ from engine.evaluation import compare, evaluate
 from engine.index import Index, open_index
 from engine.pipeline import Pipeline, Rerank, parse
 from engine.reader import Results
-from engine.rerank import PairScorer, load_reranker
+from engine.rerank import CachedScorer, PairScorer, load_reranker
 from indexers.corpus import read_qrels, read_queries
 
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -95,7 +95,8 @@ def run(indexes: dict[str, Path], firsts: list[str], rerankers: list[str], depth
         pairs_dir: Path | None) -> dict:  # fmt: skip
     rows, checks = [], {}
     tried: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (first, reranker) -> (mix, validation nDCG@10)
-    onnx = {name: load_reranker(name) for name in rerankers}
+    # each pair is scored once, whichever first stages and mixes ask for it
+    onnx = {name: CachedScorer(load_reranker(name), capacity=10_000_000) for name in rerankers}
     for name, queries, qrels, index in _query_sets(indexes, validation):
         texts = [t for _, t in queries]
         first = _first_stages(index, texts, firsts, depth)

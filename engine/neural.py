@@ -45,20 +45,36 @@ class DenseSearcher:
         self.faiss = faiss.read_index(str(folder / "faiss.index"), flags)
         self.encoder = BiEncoder(model, threads=threads)
 
-    def search_many(self, queries: Sequence[str], k: int = 10) -> list[Results]:
-        """Top-k passages per query (documents: a split document counts by its best passage)."""
+    def search_many(self, queries: Sequence[str], k: int = 10, filter: str | None = None) -> list[Results]:
+        """Top-k passages per query (documents: a split document counts by its best passage); with a filter, the
+        top k of the matching passages (faiss searches only the ids a selector admits)."""
+        import faiss
+
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         vectors = np.ascontiguousarray(self.encoder.encode(list(queries), query=True))
+        options = {}
+        total = self.faiss.ntotal
+        mask = global_mask(self.index, filter)
+        if mask is not None:
+            selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(np.packbits(mask, bitorder="little")))
+            kind = type(faiss.downcast_index(self.faiss)).__name__
+            parameters = (faiss.SearchParametersHNSW if "HNSW" in kind else faiss.SearchParametersIVF
+                          if "IVF" in kind else faiss.SearchParameters)()  # fmt: skip
+            parameters.sel = selector
+            options = {"params": parameters}
+            total = int(mask.sum())
+            if not total:
+                return [Results([], [], np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
 
         def top(rows: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
-            scores, passages = self.faiss.search(vectors[rows], depth)
+            scores, passages = self.faiss.search(vectors[rows], depth, **options)
             return [(p[p >= 0].astype(np.int64), s[p >= 0]) for s, p in zip(scores, passages)]
 
-        return rank_documents(self.index, top, len(vectors), k, self.faiss.ntotal)
+        return rank_documents(self.index, top, len(vectors), k, total)
 
-    def search(self, query: str, k: int = 10) -> Results:
-        return self.search_many([query], k)[0]
+    def search(self, query: str, k: int = 10, filter: str | None = None) -> Results:
+        return self.search_many([query], k, filter)[0]
 
 
 class ImpactSearcher:
@@ -87,7 +103,7 @@ class ImpactSearcher:
         return starts, ends, values.astype(np.float32), blocks
 
     def search_weights(
-        self, weights: dict[str, float], k: int = 10, algorithm: str = "auto"
+        self, weights: dict[str, float], k: int = 10, algorithm: str = "auto", mask: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k passage numbers and float32 scores for a query already encoded."""
         if k < 1:
@@ -99,7 +115,7 @@ class ImpactSearcher:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         return top_postings(
             self.lists, starts, ends, values, blocks, self._no_norms, np.ones(1, dtype=np.float32),
-            np.zeros(1, dtype=np.int64), k, algorithm, self._scratch, linear=True,
+            np.zeros(1, dtype=np.int64), k, algorithm, self._scratch, linear=True, mask=mask,
         )  # fmt: skip
 
     def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
@@ -109,14 +125,25 @@ class ImpactSearcher:
             buffers = self._local.buffers = (np.zeros(n, dtype=np.float32), np.empty(n, dtype=np.int64))
         return buffers
 
-    def search_many(self, queries: Sequence[str], k: int = 10, algorithm: str = "auto") -> list[Results]:
-        """Top-k passages per query (documents: a split document counts by its best passage)."""
+    def search_many(self, queries: Sequence[str], k: int = 10, algorithm: str = "auto",
+                    filter: str | None = None) -> list[Results]:  # fmt: skip
+        """Top-k passages per query (documents: a split document counts by its best passage); with a filter, the
+        top k of the matching passages."""
         encoded = self.encoder.encode(list(queries))
+        mask = global_mask(self.index, filter)
 
         def top(rows: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
-            return [self.search_weights(encoded[row], depth, algorithm) for row in rows.tolist()]
+            return [self.search_weights(encoded[row], depth, algorithm, mask) for row in rows.tolist()]
 
         return rank_documents(self.index, top, len(encoded), k, self.index.passages)
 
-    def search(self, query: str, k: int = 10) -> Results:
-        return self.search_many([query], k)[0]
+    def search(self, query: str, k: int = 10, filter: str | None = None) -> Results:
+        return self.search_many([query], k, filter=filter)[0]
+
+
+def global_mask(index: IndexReader, filter: str | None) -> np.ndarray | None:
+    """uint8 per global passage number: live and matching the filter; None when every passage qualifies."""
+    masks = index.filter_masks(filter)
+    if all(m is None for m in masks):
+        return None
+    return np.concatenate([np.ones(s.passages, np.uint8) if m is None else m for m, s in zip(masks, index.segments)])

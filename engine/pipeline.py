@@ -56,10 +56,11 @@ class PipelineError(SiftError, ValueError):
 
 
 class Stage:
-    """search(queries, k) -> one Results per query, best first. Composes: >> (then), % (cut-off), + (interpolation),
-    | (reciprocal-rank fusion)."""
+    """search(queries, k, filter) -> one Results per query, best first. Composes: >> (then), % (cut-off),
+    + (interpolation), | (reciprocal-rank fusion). filter: an expression over the index's fields; every first stage
+    returns only matching passages (engine/fields.py), so later stages only see those."""
 
-    def search(self, queries: Sequence[str], k: int = 10) -> list[Results]:
+    def search(self, queries: Sequence[str], k: int = 10, filter: str | None = None) -> list[Results]:
         raise NotImplementedError
 
     def __rshift__(self, later: Later) -> Stage:
@@ -91,10 +92,10 @@ class BM25(Stage):
     def __str__(self) -> str:
         return "bm25"
 
-    def search(self, queries: Sequence[str], k: int = 10) -> list[Results]:
+    def search(self, queries: Sequence[str], k: int = 10, filter: str | None = None) -> list[Results]:
         return _timed(self, lambda: self.index.batch_search(
             list(queries), k, self.params, documents=self.index.split_passages, threads=self.threads,
-            algorithm=self.algorithm), len(queries))  # fmt: skip
+            algorithm=self.algorithm, filter=filter), len(queries))  # fmt: skip
 
 
 class _Neural(Stage):
@@ -112,9 +113,9 @@ class _Neural(Stage):
     def _load(self):
         raise NotImplementedError
 
-    def search(self, queries: Sequence[str], k: int = 10) -> list[Results]:
+    def search(self, queries: Sequence[str], k: int = 10, filter: str | None = None) -> list[Results]:
         self._searcher = self._searcher or self._load()
-        return _timed(self, lambda: self._searcher.search_many(list(queries), k), len(queries))
+        return _timed(self, lambda: self._searcher.search_many(list(queries), k, filter=filter), len(queries))
 
 
 class Dense(_Neural):
@@ -149,9 +150,9 @@ class Fusion(Stage):
     def __str__(self) -> str:
         return f"{self.name}({','.join(self._inner())})"
 
-    def search(self, queries: Sequence[str], k: int = 10) -> list[Results]:
+    def search(self, queries: Sequence[str], k: int = 10, filter: str | None = None) -> list[Results]:
         depth = max(k, _FUSION_DEPTH)
-        left, right = self.left.search(queries, depth), self.right.search(queries, depth)
+        left, right = self.left.search(queries, depth, filter), self.right.search(queries, depth, filter)
         started = time.perf_counter()
         found = self.fuse(left, right, k)
         share = (time.perf_counter() - started) / max(len(queries), 1)
@@ -243,8 +244,8 @@ class CutOff(Stage):
     def __str__(self) -> str:
         return f"({self.stage}) % {self.limit}"
 
-    def search(self, queries: Sequence[str], k: int = 10) -> list[Results]:
-        return self.stage.search(queries, min(k, self.limit))
+    def search(self, queries: Sequence[str], k: int = 10, filter: str | None = None) -> list[Results]:
+        return self.stage.search(queries, min(k, self.limit), filter)
 
 
 class Later:
@@ -300,9 +301,9 @@ class Then(Stage):
     def __str__(self) -> str:
         return f"{self.first} >> {self.later}"
 
-    def search(self, queries: Sequence[str], k: int = 10) -> list[Results]:
+    def search(self, queries: Sequence[str], k: int = 10, filter: str | None = None) -> list[Results]:
         queries = list(queries)
-        found = self.later.transform(queries, self.first.search(queries, max(k, self.later.depth)))
+        found = self.later.transform(queries, self.first.search(queries, max(k, self.later.depth), filter))
         return [_cut(results, k) for results in found]
 
 
@@ -510,8 +511,8 @@ class Pipeline(Stage):
     def __str__(self) -> str:
         return str(self.stage)
 
-    def search(self, queries: Sequence[str], k: int = 10) -> list[Results]:
-        return self.stage.search(list(queries), k)
+    def search(self, queries: Sequence[str], k: int = 10, filter: str | None = None) -> list[Results]:
+        return self.stage.search(list(queries), k, filter)
 
 
 def tune_alpha(

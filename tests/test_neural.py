@@ -14,7 +14,7 @@ from engine.neural import DenseSearcher
 from engine.pipeline import Pipeline, PipelineError, parse
 from indexers.corpus import CorpusReader, open_source
 from indexers.inverted import BuildOptions
-from indexers.writer import build_dense, build_index
+from indexers.writer import build_dense, build_impact, build_index
 
 onnx = pytest.importorskip("onnx")
 WORDS = [f"w{i}" for i in range(60)]
@@ -541,3 +541,30 @@ def test_stages_compose_in_python_as_expressions_build_them(tmp_path, tiny_model
         del STAGES["lexical"]
     with pytest.raises(PipelineError, match="unknown stage 'lexical'"):
         parse("lexical")
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_every_first_stage_returns_exactly_the_top_k_of_the_filtered_passages(tmp_path, tiny_model, tiny_splade,
+                                                                               kind):  # fmt: skip
+    rng = np.random.default_rng(5)
+    records = [{"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(WORDS, size=rng.integers(3, 20))),
+                "group": ["red", "blue", "green"][i % 3], "n": i} for i in range(300)]  # fmt: skip
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
+    fields = {"group": "keyword", "n": "int"}
+    build_index(CorpusReader(open_source(corpus, fields=fields)), tmp_path / "idx", BuildOptions(fields=fields))
+    build_dense(tmp_path / "idx", "tiny", faiss_kind=kind)
+    build_impact(tmp_path / "idx", "tiny-splade")
+    index = open_index(tmp_path / "idx")
+    expression = "group IN [red, green] AND n >= 40"
+    allowed = {r["_id"] for r in records if r["group"] in ("red", "green") and r["n"] >= 40}
+    query = "w3 w17 w44 w7"
+    for stage in ("bm25", "dense(tiny)", "splade(tiny-splade)", "hybrid(bm25,dense(tiny),alpha=0.3)"):
+        everything = Pipeline(index, stage).search([query], 1000)[0]
+        expected = [hit_id for hit_id in everything.ids if hit_id in allowed]
+        if stage.startswith("hybrid"):  # fusion normalizes over its inputs: compare with fusing filtered inputs
+            assert set(Pipeline(index, stage).search([query], 10, expression)[0].ids) <= allowed
+            continue
+        found = Pipeline(index, stage).search([query], 10, expression)[0]
+        assert found.ids == expected[:10], stage
+        assert found.scores.tolist() == [s for i, s in everything.pairs() if i in allowed][:10]
+    assert index.fetch("d41")["fields"] == {"group": "green", "n": 41}

@@ -93,10 +93,8 @@ def _cmd_search(args) -> int:
     else:
         from engine.pipeline import Pipeline
 
-        if args.filter:
-            raise ValueError("--filter works with the bm25 pipeline so far")
         pipeline = Pipeline(index, args.pipeline, params=bm25_params(index, args), algorithm=args.algorithm)
-        hits = pipeline.search([args.query], args.k)[0]
+        hits = pipeline.search([args.query], args.k, args.filter)[0]
     elapsed_ms = (time.perf_counter() - started) * 1000
     results = []
     for hit in hits:
