@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import time
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -425,12 +426,52 @@ def pack_segment(directory: Path) -> None:
 
 
 def finish_segment(directory: Path, meta: dict) -> None:
-    """segment.json is written last: a segment folder without it was never finished."""
+    """segment.json is written last, with every file's size and checksum: a segment folder without it was never
+    finished."""
     for path in directory.iterdir():
         if path.suffix != ".json" and path.is_file():
             fsync_path(path)
-    write_json(directory / "segment.json", meta)
+    write_json(directory / "segment.json", {**meta, "files": file_checksums(directory)})
     fsync_path(directory)
+
+
+# --- checksums: damage is an error naming the file, never a wrong answer --------------------------------------------
+
+VERIFY_AT_OPEN_BYTES = 1 << 20  # files up to this size are checksummed whenever they are opened; all by `sift check`
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def file_checksums(directory: Path, skip: tuple[str, ...] = ("segment.json",)) -> dict[str, list[int]]:
+    """name -> [size, CRC32] of every file in a folder (as Lucene's footers: written once, checked on reading)."""
+    return {path.name: [path.stat().st_size, _crc32(path)] for path in sorted(directory.iterdir())
+            if path.is_file() and path.name not in skip}  # fmt: skip
+
+
+def verify_files(directory: Path, files: dict | None, full: bool = False) -> int:
+    """Checks the files a folder's metadata lists: sizes always, checksums of small files (of all with full=True).
+    Returns the bytes checksummed; raises IndexFormatError naming the first damaged file."""
+    checked = 0
+    for name, (size, crc) in (files or {}).items():
+        path = directory / name
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            raise IndexFormatError(f"{path}: missing index file; the index is damaged") from None
+        if actual != size:
+            raise IndexFormatError(f"{path}: {actual:,} bytes where {size:,} were written; the index is damaged")
+        if full or size <= VERIFY_AT_OPEN_BYTES:
+            if _crc32(path) != crc:
+                raise IndexFormatError(f"{path}: checksum mismatch (the file changed after it was written); the "
+                                       "index is damaged")  # fmt: skip
+            checked += size
+    return checked
 
 
 class PostingLists:
@@ -446,6 +487,7 @@ class PostingLists:
             raise IndexFormatError(f"{meta_path}: missing; the index is damaged") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise IndexFormatError(f"{meta_path}: damaged ({e})") from None
+        verify_files(directory, self.meta.get("files"))
         self.terms = StringTable(directory, "terms")
         self.offsets = open_array(directory / "postings.offsets.npy")
         self.packed = self.meta.get("postings") == "packed"
@@ -538,7 +580,8 @@ def write_deletions(directory: Path, deletions: Deletions) -> None:
     write_array(directory / "deleted.terms.npy", deletions.term_ids.astype(np.int64))
     write_array(directory / "deleted.counts.npy", deletions.term_counts.astype(np.int64))
     meta = {"passages": len(deletions.passages), "tokens": deletions.tokens,
-            "scored_passages": deletions.scored_passages, "documents": deletions.documents}  # fmt: skip
+            "scored_passages": deletions.scored_passages, "documents": deletions.documents,
+            "files": file_checksums(directory, skip=("deletions.json",))}  # fmt: skip
     write_json(directory / "deletions.json", meta)
     fsync_path(directory)
 
@@ -551,6 +594,7 @@ def read_deletions(directory: Path) -> Deletions:
         raise IndexFormatError(f"{path}: missing; the index is damaged") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise IndexFormatError(f"{path}: damaged ({e})") from None
+    verify_files(directory, meta.get("files"))
     passages = np.asarray(open_array(directory / "deleted.npy"), dtype=np.int64)
     if len(passages) != meta.get("passages"):
         raise IndexFormatError(f"{directory / 'deleted.npy'}: holds {len(passages)} passages, "
@@ -692,6 +736,31 @@ class WriteLock:
 
 
 NEURAL_KINDS = ("dense", "impact")  # manifest sections naming one folder per model
+
+
+def check_index(index_dir: Path) -> dict:
+    """Every file of the last commit against the size and checksum written with it, then every folder opened: what
+    `sift check` runs (as Lucene's CheckIndex). Raises IndexFormatError naming the first damaged file."""
+    manifest = read_manifest(index_dir)
+    files = checked = 0
+    for folder in live_folders(manifest):
+        directory = index_dir / folder
+        for meta_name in ("segment.json", "deletions.json", "dense.json"):
+            if (directory / meta_name).exists():
+                try:
+                    listed = json.loads((directory / meta_name).read_text(encoding="utf-8")).get("files")
+                except (ValueError, UnicodeDecodeError) as e:
+                    raise IndexFormatError(f"{directory / meta_name}: damaged ({e})") from None
+                if listed is None:
+                    raise IndexFormatError(f"{directory / meta_name}: lists no checksums (written by an older Sift); "
+                                           "rebuild the index to check it")  # fmt: skip
+                checked += verify_files(directory, listed, full=True)
+                files += len(listed) + 1
+                break
+        else:
+            raise IndexFormatError(f"{directory}: missing or unfinished folder; the index is damaged")
+    return {"index": str(index_dir), "generation": manifest["generation"], "folders": len(live_folders(manifest)),
+            "files": files, "bytes_checked": checked}  # fmt: skip
 
 
 def live_folders(manifest: dict) -> list[str]:

@@ -3,6 +3,7 @@ sparse weights against an impact index, scored by the BM25 kernels in linear mod
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from engine.encoders import BiEncoder, SpladeEncoder
 from engine.errors import SiftError
-from engine.format import PostingLists
+from engine.format import IndexFormatError, PostingLists, verify_files
 from engine.reader import IndexReader, Results, rank_documents
 from engine.sparse import ALGORITHMS, term_ranges, top_postings
 
@@ -41,6 +42,11 @@ class DenseSearcher:
         self.index = index
         self.model = model
         folder = index.path / entry["folder"]
+        try:
+            listed = json.loads((folder / "dense.json").read_text(encoding="utf-8")).get("files")
+        except (OSError, ValueError) as e:
+            raise IndexFormatError(f"{folder / 'dense.json'}: missing or damaged ({e})") from None
+        verify_files(folder, listed)
         flags = faiss.IO_FLAG_MMAP if entry["faiss"] == "flat" else 0
         self.faiss = faiss.read_index(str(folder / "faiss.index"), flags)
         self.encoder = BiEncoder(model, threads=threads)

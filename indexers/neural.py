@@ -20,6 +20,7 @@ from engine.errors import SiftError
 from engine.format import (
     Segment,
     failpoint,
+    file_checksums,
     finish_segment,
     fsync_path,
     pack_segment,
@@ -133,9 +134,11 @@ def encode_dense(
     faiss.write_index(build_faiss(vectors, kind), str(folder / "faiss.index"))
     dimension = int(vectors.shape[1])
     del vectors
-    write_json(folder / "dense.json", {"model": encoder.name, "passages": n, "dimension": dimension, "faiss": kind})
     for path in folder.iterdir():
         fsync_path(path)
+    write_json(folder / "dense.json", {"model": encoder.name, "passages": n, "dimension": dimension, "faiss": kind,
+                                       "files": file_checksums(folder, skip=("dense.json",))})  # fmt: skip
+    fsync_path(folder)
     failpoint("after-dense")
     return NeuralReport(encoder.name, n, time.perf_counter() - started, encode_seconds,
                         {"dimension": dimension, "faiss": kind})  # fmt: skip
