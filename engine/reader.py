@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.analysis import AnalyzerConfig
 from engine.errors import SiftError
-from engine.format import NO_DELETIONS, Deletions, Segment, read_deletions, read_manifest
+from engine.format import NO_DELETIONS, Deletions, IndexFormatError, Segment, read_deletions, read_manifest
 
 
 class DocumentNotFoundError(SiftError, KeyError):
@@ -88,7 +88,20 @@ class IndexReader:
     def __init__(self, path: str | os.PathLike, reuse: Sequence[Segment] = ()) -> None:
         """reuse: segments already open (an older reader's); those this commit still names are not mapped again."""
         self.path = Path(path)
-        self.manifest = read_manifest(self.path)
+        for _ in range(100):
+            self.manifest = read_manifest(self.path)
+            try:
+                self._open(reuse)
+                break
+            except IndexFormatError:
+                # a commit that replaced this one between reading the manifest and mapping its files may have
+                # removed them (as Lucene's readers, retry on the newer commit); the same generation is real damage
+                if read_manifest(self.path)["generation"] == self.manifest["generation"]:
+                    raise
+        self.bases = np.cumsum([0] + [s.passages for s in self.segments])
+        self.split_passages = bool(self.manifest.get("passages", {}).get("window"))
+
+    def _open(self, reuse: Sequence[Segment]) -> None:
         self.analyzer_config = AnalyzerConfig.from_dict(self.manifest["analyzer"])
         opened = {segment.directory.name: segment for segment in reuse}
         entries = self.manifest["segments"]
@@ -98,10 +111,6 @@ class IndexReader:
         # per segment, the kernels' mask of live passages (None: nothing deleted there)
         self.live: list[np.ndarray | None] = [d.mask(s.passages) if len(d.passages) else None
                                               for s, d in zip(self.segments, self.deletions)]  # fmt: skip
-        self.bases = np.cumsum([0] + [s.passages for s in self.segments])
-        self.split_passages = bool(self.manifest.get("passages", {}).get("window"))
-
-    # -- statistics, global across segments so scores do not depend on segmentation
 
     # Deleted passages count nowhere (Lucene keeps them in df until a merge): scores equal a fresh build's.
 

@@ -343,3 +343,49 @@ def test_every_damaged_file_is_reported_by_sift_check_and_never_answers_wrongly(
             continue
         assert found == expected, name  # whatever opening let through still answers rightly
     assert trials >= 60 and caught_at_open == trials
+
+
+READER = """
+import sys, time
+from engine.format import IndexFormatError
+from engine.index import open_index
+index = open_index(sys.argv[1])
+deadline = time.time() + float(sys.argv[2])
+searches = 0
+while time.time() < deadline:
+    index = index.refresh()
+    generation = index.manifest["generation"]
+    hits = index.search("fox river", 1000)
+    # a consistent commit: every hit is live there, and the ids are that commit's documents
+    assert len(hits) == len(set(hits.ids)), "duplicate document"
+    assert all(index.is_live(hits.passages)), "a deleted passage returned"
+    assert {h.id for h in hits} <= {f"d{i}" for i in range(2000)}
+    searches += 1
+print(searches)
+"""
+
+
+@pytest.mark.slow
+def test_reader_processes_search_without_error_while_a_writer_adds_deletes_and_merges(tmp_path):
+    import random
+    import time
+
+    build_index([document(f"d{i}", ["fox", "river", WORDS[i % 40]]) for i in range(500)], tmp_path / "idx")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    command = [sys.executable, "-c", READER, str(tmp_path / "idx"), "12"]
+    readers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(4)]  # fmt: skip
+    rng = random.Random(3)
+    commits = 0
+    deadline = time.time() + 10
+    with IndexWriter(tmp_path / "idx", merge_policy=MergePolicy(segments_per_tier=3, floor_passages=50)) as writer:
+        while time.time() < deadline:
+            writer.add(document(f"d{rng.randrange(2000)}", ["fox", rng.choice(WORDS)]) for _ in range(20))
+            writer.delete(f"d{rng.randrange(2000)}" for _ in range(10))
+            if commits % 5 == 4:
+                writer.compact(2)
+            writer.commit()
+            commits += 1
+    outcomes = [reader.communicate(timeout=60) for reader in readers]
+    assert all(reader.returncode == 0 for reader in readers), [err for _, err in outcomes]
+    assert all(int(out) > 10 for out, _ in outcomes) and commits > 10
