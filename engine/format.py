@@ -8,6 +8,7 @@ manifest (a crashed build's staging area, segments of an older generation) are g
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import mmap
@@ -56,6 +57,12 @@ def failpoint(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _disk_full_failpoint(path: Path) -> None:
+    """Fault-test hook: SIFT_FAILPOINT=disk-full makes every index file write fail as a full disk does."""
+    if os.environ.get("SIFT_FAILPOINT") == "disk-full":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
 def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -91,6 +98,7 @@ def _stored_type(name: str, array: np.ndarray) -> np.dtype:
 
 
 def write_array(path: Path, array: np.ndarray) -> None:
+    _disk_full_failpoint(path)
     array = np.asarray(array)
     with open(path, "wb") as f:
         np.save(f, np.ascontiguousarray(array, dtype=_stored_type(path.name, array)), allow_pickle=False)
@@ -121,6 +129,7 @@ def _map_bytes(path: Path) -> bytes | mmap.mmap:
 
 
 def write_json(path: Path, data: dict) -> None:
+    _disk_full_failpoint(path)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, ensure_ascii=False)
         f.flush()

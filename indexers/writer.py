@@ -39,6 +39,7 @@ import numpy as np
 from engine.analysis import Analyzer, AnalyzerConfig
 from engine.encoders import BiEncoder, SpladeEncoder
 from engine.errors import SiftError
+from engine.fields import coerce
 from engine.format import (
     MANIFEST,
     NEURAL_KINDS,
@@ -254,11 +255,14 @@ class IndexWriter:
         """Stages documents; one whose id the index (or this writer) already holds replaces it. Returns (added,
         replaced)."""
         self._check_live()
+        fields = self.base.get("fields") or {}
         added = replaced = 0
         for doc in documents:
+            where = f"{doc.source}: " if doc.source else ""
             if not (doc.text.strip() or doc.title.strip()):
-                where = f"{doc.source}: " if doc.source else ""
                 raise ValueError(f"{where}document {doc.id!r} has no title or text; nothing to index")
+            if doc.fields:
+                doc = dataclasses.replace(doc, fields=_checked_fields(doc, fields, where))
             existed = self._added.pop(doc.id, None) is not None
             existed = self._delete_committed(doc.id) or existed
             self._added[doc.id] = doc
@@ -457,6 +461,21 @@ def build_impact(index_dir: str | os.PathLike, model: str = "splade-tiny", batch
         report = writer.add_impact(SpladeEncoder(model, threads=threads), batch_size, on_progress)
         writer.commit()
     return report
+
+
+def _checked_fields(doc: Document, fields: dict[str, str], where: str) -> dict:
+    """A document's field values as the index's field types store them; ValueError says which does not fit."""
+    checked = {}
+    for name, value in doc.fields.items():
+        if name not in fields:
+            known = ", ".join(fields) or "none (declare them with sift index --field NAME:TYPE)"
+            raise ValueError(f"{where}document {doc.id!r}: unknown field {name!r}; the index's fields: {known}")
+        if value is not None:
+            try:
+                checked[name] = coerce(fields[name], value)
+            except ValueError as e:
+                raise ValueError(f"{where}document {doc.id!r}: field {name!r} ({fields[name]}): {e}") from None
+    return checked
 
 
 @dataclasses.dataclass

@@ -3,6 +3,7 @@
 After any sequence of changes, BM25 over the index must equal a fresh `build_index` of the documents it holds:
 the same statistics, the same scores to the bit, the same ids (up to exact score ties at the cut-off)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -389,3 +390,31 @@ def test_reader_processes_search_without_error_while_a_writer_adds_deletes_and_m
     outcomes = [reader.communicate(timeout=60) for reader in readers]
     assert all(reader.returncode == 0 for reader in readers), [err for _, err in outcomes]
     assert all(int(out) > 10 for out, _ in outcomes) and commits > 10
+
+
+def test_bad_field_values_and_a_full_disk_are_one_line_errors_and_change_nothing(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": f"d{i}", "text": f"fox {i}", "year": 2000 + i}
+                                                for i in range(30)])  # fmt: skip
+    run = [sys.executable, "-m", "sift"]
+    index_dir = str(tmp_path / "idx")
+    subprocess.run([*run, "index", str(corpus), index_dir, "--field", "year:int"], check=True, capture_output=True)
+    before = snapshot(index_dir)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"_id": "x", "text": "fox"}, {"_id": "y", "text": "a", "year": "new"}])
+    result = subprocess.run([*run, "add", index_dir, str(bad)], capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "bad.jsonl:2: field 'year' (int): expected an integer" in result.stderr
+    with IndexWriter(index_dir) as writer:
+        with pytest.raises(ValueError, match="unknown field 'journal'"):
+            writer.add([Document("z", "fox", fields={"journal": "Nature"})])
+        with pytest.raises(ValueError, match="field 'year' \\(int\\): expected an integer"):
+            writer.add([Document("z", "fox", fields={"year": 2.5})])
+    more = write_jsonl(tmp_path / "more.jsonl", [{"_id": "new", "text": "fox river", "year": 2024}])
+    env = {**os.environ, "SIFT_FAILPOINT": "disk-full"}
+    for command in (["add", index_dir, str(more)], ["delete", index_dir, "d1"], ["compact", index_dir]):
+        result = subprocess.run([*run, *command], capture_output=True, text=True, env=env)
+        assert result.returncode == 1 and "No space left on device" in result.stderr, command
+        assert result.stderr.count("\n") == 1
+        assert snapshot(index_dir) == before
+        assert not [p for p in (tmp_path / "idx").iterdir() if p.name.startswith(".staging")]
+    result = subprocess.run([*run, "delete", index_dir, "d1", "nope", "--json"], capture_output=True, text=True)
+    assert json.loads(result.stdout.splitlines()[-1])["missing"] == ["nope"]
