@@ -407,6 +407,7 @@ def write_postings(
     for name, array in (("postings.docs.npy", docs), ("postings.tfs.npy", tfs)):
         if isinstance(array, np.memmap):
             array.flush()
+            fsync_path(directory / name)
         else:
             write_array(directory / name, array)
     blocks = compute_blocks(docs, tfs, offsets, lengths)
@@ -436,9 +437,9 @@ def pack_segment(directory: Path) -> None:
 
 def finish_segment(directory: Path, meta: dict) -> None:
     """segment.json is written last, with every file's size and checksum: a segment folder without it was never
-    finished."""
+    finished. Arrays are durable already (write_array and write_postings fsync them); the rest is synced here."""
     for path in directory.iterdir():
-        if path.suffix != ".json" and path.is_file():
+        if path.suffix not in (".json", ".npy") and path.is_file():
             fsync_path(path)
     write_json(directory / "segment.json", {**meta, "files": file_checksums(directory)})
     fsync_path(directory)

@@ -31,7 +31,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +74,11 @@ class IndexWriter:
     rebuilt."""
 
     def __init__(self, index_dir: str | os.PathLike, create: bool = False, overwrite: bool = False,
-                 timeout: float = 0, merge_policy: MergePolicy | None = None, commit_on_exit: bool = False) -> None:
+                 timeout: float = 0, merge_policy: MergePolicy | None = None, commit_on_exit: bool = False,
+                 reuse: Sequence[Segment] = ()) -> None:  # fmt: skip
         """timeout: seconds to wait for another writer (0: fail at once). commit_on_exit: a `with` block that ends
-        without an exception commits what is staged (an exception always rolls back)."""
+        without an exception commits what is staged (an exception always rolls back). reuse: segments a reader of
+        this index has open already (they are not mapped again)."""
         self.index_dir = Path(index_dir)
         self.create = create
         self._created = False
@@ -87,6 +89,7 @@ class IndexWriter:
         self._lock = WriteLock(self.index_dir, timeout)
         self.staging = self.index_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         self.merge_policy = merge_policy or MergePolicy()
+        self._reuse = list(reuse)
         self.commit_on_exit = commit_on_exit
         self.base: dict = {}
         self.committed: int | None = None
@@ -214,7 +217,7 @@ class IndexWriter:
         if self._reader is None:
             if not self.base:
                 raise SiftError(f"{self.index_dir}: no committed index to change; build it first (sift index)")
-            self._reader = IndexReader(self.index_dir)
+            self._reader = IndexReader(self.index_dir, reuse=self._reuse)
         return self._reader
 
     @property
@@ -420,6 +423,7 @@ class IndexWriter:
         failpoint("after-commit")
         collect_garbage(self.index_dir, live_folders(manifest))
         self.base = read_manifest(self.index_dir)
+        self._reuse = self._reader.segments if self._reader is not None else []
         self._reader = None
         self._reset()
         return generation

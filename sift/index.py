@@ -27,7 +27,8 @@ class Index(engine_index.Index):
     def writer(self, timeout: float = 0, merge_policy: MergePolicy | None = None) -> IndexWriter:
         """The index's one writer (a context manager: it commits when the block ends without an exception and rolls
         back when one is raised). timeout: seconds to wait for another writer (0: fail at once)."""
-        return IndexWriter(self.path, timeout=timeout, merge_policy=merge_policy, commit_on_exit=True)
+        return IndexWriter(self.path, timeout=timeout, merge_policy=merge_policy, commit_on_exit=True,
+                           reuse=self.segments)
 
 
 def open_index(path: str | os.PathLike) -> Index:
