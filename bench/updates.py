@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.harness import WORK, publish
+from engine.index import open_index
 from indexers.corpus import Document
 from indexers.inverted import BuildOptions
-from indexers.writer import build_index
-from sift.index import open_index
+from indexers.writer import IndexWriter, build_index
 from tools.synthetic import synthetic_documents, synthetic_queries
 
 BATCHES = {1: 30, 100: 10, 10_000: 2}  # commit size -> commits timed
@@ -47,12 +47,17 @@ class SiftEngine:
         build_index(documents, self.path, BuildOptions(fields={"year": "int"}))
         self.index = open_index(self.path)
 
+    def _writer(self) -> IndexWriter:
+        """What sift.Index.writer() gives an embedding application: one commit per block, the reader's segments
+        reused."""
+        return IndexWriter(self.path, commit_on_exit=True, reuse=self.index.segments)
+
     def commit(self, records: list[dict]) -> None:
-        with self.index.writer() as writer:  # as an embedding application does: one commit per block
+        with self._writer() as writer:
             writer.add(Document(r["_id"], r["text"], fields={"year": r["year"]}) for r in records)
 
     def delete(self, ids: list[str]) -> None:
-        with self.index.writer() as writer:
+        with self._writer() as writer:
             writer.delete(ids)
 
     def finds(self, term: str) -> bool:
