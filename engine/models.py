@@ -154,7 +154,7 @@ def install(name: str, force: bool = False, exporter: Exporter | None = None) ->
         return target
     entry = CATALOG[name]
     if entry.bundled:
-        return _install_bundled(name, target)
+        return _install_bundled(name)
     if entry.onnx is None and exporter is None:
         raise ModelError(f"model {name!r} is exported to ONNX from PyTorch weights: install it with "
                          f"`sift models install {name}` (needs the export extra: torch)")
@@ -179,21 +179,11 @@ def install(name: str, force: bool = False, exporter: Exporter | None = None) ->
     return target
 
 
-def _install_bundled(name: str, target: Path) -> Path:
+def _install_bundled(name: str) -> Path:
     source = BUNDLED_DIR / name
     if not (source / CONFIG_FILE).is_file():
         raise ModelError(f"model {name!r} should ship with Sift in {source}, which is missing: reinstall sift-engine")
-    staging = model_home() / f".staging-{name}-{uuid.uuid4().hex[:8]}"
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        shutil.copytree(source, staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    return register(source, **asdict(read_config(source)))
 
 
 def write_config(directory: Path, config: ModelConfig) -> None:
@@ -225,11 +215,15 @@ def register(directory: str | os.PathLike, name: str, kind: str, **settings) -> 
     config = ModelConfig(name=name, kind=kind, **settings)
     target = model_home() / name
     staging = model_home() / f".staging-{name}-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(source, staging)
-    write_config(staging, config)
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
+    try:
+        shutil.copytree(source, staging)
+        write_config(staging, config)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return target
 
 
