@@ -24,7 +24,8 @@ def run(index_dir: Path, queries_path: Path, ks: tuple[int, ...] = (10, 100)) ->
 
     index = open_index(index_dir)
     model, entry = next(iter(index.manifest["dense"].items()))
-    vectors = np.load(index.path / entry["folder"] / "vectors.npy", mmap_mode="r")
+    vectors = np.concatenate([np.load(index.path / entry["segments"][segment.directory.name] / "vectors.npy",
+                                      mmap_mode="r") for segment in index.segments])  # fmt: skip
     queries = BiEncoder(model).encode([text for _, text in read_queries(queries_path)], query=True)
     faiss.omp_set_num_threads(1)
     depth = max(ks)

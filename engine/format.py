@@ -32,7 +32,8 @@ from engine.fields import Columns, merge_columns
 
 FORMAT_NAME = "sift-index"
 # 2: narrow integer files, document store blocks as JSON arrays; 3: document ids findable, a deletions slot
-FORMAT_VERSION = 3
+NEURAL_KINDS = ("dense", "impact")  # manifest sections: per model, its settings and a folder per segment
+FORMAT_VERSION = 4  # 4: dense and SPLADE parts per segment (3 had one folder per model)
 MANIFEST = "manifest.json"
 LOCK = "write.lock"
 STAGING_PREFIX = ".staging-"
@@ -697,7 +698,11 @@ def read_manifest(index_dir: Path) -> dict:
         raise IndexFormatError(f"{path}: unreadable manifest ({e})") from None
     if manifest.get("format") != FORMAT_NAME:
         raise IndexFormatError(f"{path}: not a Sift index manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    neural = any(manifest.get(kind) for kind in NEURAL_KINDS)
+    if manifest.get("format_version") == 3 and neural:
+        raise IndexFormatError(f"{path}: its dense or SPLADE parts were written by an older Sift (one folder for the "
+                               "whole index); rebuild the index with sift index ... --dense/--splade")  # fmt: skip
+    if manifest.get("format_version") not in (3, FORMAT_VERSION):  # 3 without neural parts reads as 4
         raise IndexFormatError(
             f"{path}: format version {manifest.get('format_version')} is not supported "
             f"(this Sift reads version {FORMAT_VERSION}); rebuild the index"
@@ -745,9 +750,6 @@ class WriteLock:
         os.close(self._fd)
 
 
-NEURAL_KINDS = ("dense", "impact")  # manifest sections naming one folder per model
-
-
 def check_index(index_dir: Path) -> dict:
     """Every file of the last commit against the size and checksum written with it, then every folder opened: what
     `sift check` runs (as Lucene's CheckIndex). Raises IndexFormatError naming the first damaged file."""
@@ -775,7 +777,8 @@ def check_index(index_dir: Path) -> dict:
 
 def live_folders(manifest: dict) -> list[str]:
     """Every folder a manifest names: its segments and their deletions, its dense and its impact indexes."""
-    neural = [entry["folder"] for kind in NEURAL_KINDS for entry in manifest.get(kind, {}).values()]
+    neural = [folder for kind in NEURAL_KINDS for entry in manifest.get(kind, {}).values()
+              for folder in entry["segments"].values()]  # fmt: skip
     segments = manifest.get("segments", [])
     return [s["name"] for s in segments] + [s["deletions"] for s in segments if s.get("deletions")] + neural
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 
@@ -33,7 +34,9 @@ def _choose_model(index: IndexReader, kind: str, model: str | None, build_flag: 
 
 
 class DenseSearcher:
-    """One model's dense index inside a Sift index; scores are inner products (cosine for unit vectors)."""
+    """One model's dense index inside a Sift index, a faiss index per segment; scores are inner products (cosine for
+    unit vectors). Each segment's top k of its live (and matching) passages are merged exactly, as the BM25
+    segments' are, so results do not depend on how the index is segmented."""
 
     def __init__(self, index: IndexReader, model: str | None = None, threads: int | None = None) -> None:
         import faiss
@@ -41,41 +44,42 @@ class DenseSearcher:
         model, entry = _choose_model(index, "dense", model, "--dense")
         self.index = index
         self.model = model
-        folder = index.path / entry["folder"]
-        try:
-            listed = json.loads((folder / "dense.json").read_text(encoding="utf-8")).get("files")
-        except (OSError, ValueError) as e:
-            raise IndexFormatError(f"{folder / 'dense.json'}: missing or damaged ({e})") from None
-        verify_files(folder, listed)
-        flags = faiss.IO_FLAG_MMAP if entry["faiss"] == "flat" else 0
-        self.faiss = faiss.read_index(str(folder / "faiss.index"), flags)
+        self.faiss = []
+        for folder in _segment_folders(index, entry):
+            try:
+                meta = json.loads((folder / "dense.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise IndexFormatError(f"{folder / 'dense.json'}: missing or damaged ({e})") from None
+            verify_files(folder, meta.get("files"))
+            flags = faiss.IO_FLAG_MMAP if meta["faiss"] == "flat" else 0
+            self.faiss.append(faiss.read_index(str(folder / "faiss.index"), flags))
         self.encoder = BiEncoder(model, threads=threads)
 
     def search_many(self, queries: Sequence[str], k: int = 10, filter: str | None = None) -> list[Results]:
         """Top-k passages per query (documents: a split document counts by its best passage); with a filter, the
         top k of the matching passages (faiss searches only the ids a selector admits)."""
-        import faiss
-
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         vectors = np.ascontiguousarray(self.encoder.encode(list(queries), query=True))
-        options = {}
-        total = self.faiss.ntotal
-        mask = global_mask(self.index, filter)
-        if mask is not None:
-            selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(np.packbits(mask, bitorder="little")))
-            kind = type(faiss.downcast_index(self.faiss)).__name__
-            parameters = (faiss.SearchParametersHNSW if "HNSW" in kind else faiss.SearchParametersIVF
-                          if "IVF" in kind else faiss.SearchParameters)()  # fmt: skip
-            parameters.sel = selector
-            options = {"params": parameters}
-            total = int(mask.sum())
-            if not total:
-                return [Results([], [], np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
+        masks = self.index.filter_masks(filter)
+        searched = [(i, _search_options(index, mask)) for i, (index, mask) in enumerate(zip(self.faiss, masks))
+                    if mask is None or mask.any()]  # fmt: skip
+        total = sum(int(masks[i].sum()) if masks[i] is not None else self.faiss[i].ntotal for i, _ in searched)
+        if not total:
+            return [Results([], [], np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
 
         def top(rows: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
-            scores, passages = self.faiss.search(vectors[rows], depth, **options)
-            return [(p[p >= 0].astype(np.int64), s[p >= 0]) for s, p in zip(scores, passages)]
+            found = []
+            for i, options in searched:
+                scores, passages = self.faiss[i].search(vectors[rows], depth, **options)
+                found.append((scores, passages + self.index.bases[i], passages >= 0))
+            merged = []
+            for row in range(len(rows)):
+                passages = np.concatenate([p[row][ok[row]] for _, p, ok in found])
+                scores = np.concatenate([s[row][ok[row]] for s, _, ok in found])
+                order = self.index.order_ties(passages, scores, depth) if len(found) > 1 else slice(None)
+                merged.append((passages[order], scores[order]))
+            return merged
 
         return rank_documents(self.index, top, len(vectors), k, total)
 
@@ -83,73 +87,94 @@ class DenseSearcher:
         return self.search_many([query], k, filter)[0]
 
 
+def _search_options(index, mask: np.ndarray | None) -> dict:
+    """faiss search arguments admitting only the passages a mask holds (none for no mask)."""
+    import faiss
+
+    if mask is None:
+        return {}
+    bits = np.packbits(mask, bitorder="little")
+    kind = type(faiss.downcast_index(index)).__name__
+    parameters = (faiss.SearchParametersHNSW if "HNSW" in kind else faiss.SearchParametersIVF
+                  if "IVF" in kind else faiss.SearchParameters)()  # fmt: skip
+    parameters.sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+    parameters.bits = bits  # the selector points into this array: it must live as long as the parameters
+    return {"params": parameters}
+
+
+def _segment_folders(index: IndexReader, entry: dict) -> list:
+    """A model's folder for each segment of the reader's commit."""
+    try:
+        return [index.path / entry["segments"][segment.directory.name] for segment in index.segments]
+    except KeyError as e:
+        raise IndexFormatError(f"{index.path}: no neural folder for segment {e}; the index is damaged") from None
+
+
 class ImpactSearcher:
-    """One learned sparse model's impact index inside a Sift index. A passage's score is the sum over the query's
-    terms of the query weight times the passage's impact, divided by the quantization scale: the model's dot
-    product, up to the quantization of passage weights. Exact: MaxScore and the exhaustive kernel agree."""
+    """One learned sparse model's impact index inside a Sift index, an inverted index per segment. A passage's
+    score is the sum over the query's terms of the query weight times the passage's impact, divided by the
+    quantization scale: the model's dot product, up to the quantization of passage weights. Exact: MaxScore and the
+    exhaustive kernel agree, and segments merge as BM25's do."""
 
     def __init__(self, index: IndexReader, model: str | None = None, threads: int | None = None) -> None:
         model, entry = _choose_model(index, "impact", model, "--splade")
         self.index = index
         self.model = model
-        self.lists = PostingLists(index.path / entry["folder"])
+        self.lists = [PostingLists(folder) for folder in _segment_folders(index, entry)]
         self.scale = float(entry["scale"])
         self.encoder = SpladeEncoder(model, threads=threads)
-        self._no_norms = np.zeros(index.passages, dtype=np.uint8)
+        self._no_norms = [np.zeros(segment.passages, dtype=np.uint8) for segment in index.segments]
         self._local = threading.local()
 
-    def plan(self, weights: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """A query's {token: weight} -> the posting ranges, weights (float32, divided by the scale) and first
-        blocks of the tokens the index holds."""
-        tokens = list(weights)
-        starts, ends, blocks, found, _ = term_ranges(
-            self.lists.terms.find_many(tokens), self.lists.offsets, self.lists.blocks.offsets
-        )
-        values = np.array([weights[t] for t in tokens], dtype=np.float64)[found] / self.scale
-        return starts, ends, values.astype(np.float32), blocks
-
     def search_weights(
-        self, weights: dict[str, float], k: int = 10, algorithm: str = "auto", mask: np.ndarray | None = None
+        self, weights: dict[str, float], k: int = 10, algorithm: str = "auto", masks: list | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k passage numbers and float32 scores for a query already encoded."""
+        """Top-k global passage numbers and float32 scores for a query already encoded; masks: per segment, the
+        passages that may be returned (default: the live ones)."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        starts, ends, values, blocks = self.plan(weights)
-        if not len(starts):
+        masks = self.index.live if masks is None else masks
+        tokens = list(weights)
+        values = np.array([weights[t] for t in tokens], dtype=np.float64) / self.scale
+        found_passages, found_scores = [], []
+        for i, lists in enumerate(self.lists):
+            starts, ends, blocks, found, _ = term_ranges(lists.terms.find_many(tokens), lists.offsets,
+                                                         lists.blocks.offsets)  # fmt: skip
+            if not len(starts) or (masks[i] is not None and not masks[i].any()):
+                continue
+            passages, scores = top_postings(
+                lists, starts, ends, values[found].astype(np.float32), blocks, self._no_norms[i],
+                np.ones(1, dtype=np.float32), np.zeros(1, dtype=np.int64), k, algorithm, partial(self._scratch, i),
+                linear=True, mask=masks[i], keys=self.index.tie_keys[i],
+            )  # fmt: skip
+            found_passages.append(passages + self.index.bases[i])
+            found_scores.append(scores)
+        if not found_passages:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        return top_postings(
-            self.lists, starts, ends, values, blocks, self._no_norms, np.ones(1, dtype=np.float32),
-            np.zeros(1, dtype=np.int64), k, algorithm, self._scratch, linear=True, mask=mask,
-        )  # fmt: skip
+        passages, scores = np.concatenate(found_passages), np.concatenate(found_scores)
+        order = self.index.order_ties(passages, scores, k) if len(found_passages) > 1 else slice(None)
+        return passages[order], scores[order]
 
-    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
-        buffers = getattr(self._local, "buffers", None)
-        if buffers is None:
-            n = self.index.passages
-            buffers = self._local.buffers = (np.zeros(n, dtype=np.float32), np.empty(n, dtype=np.int64))
-        return buffers
+    def _scratch(self, segment: int) -> tuple[np.ndarray, np.ndarray]:
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        if segment not in buffers:
+            n = self.index.segments[segment].passages
+            buffers[segment] = (np.zeros(n, dtype=np.float32), np.empty(n, dtype=np.int64))
+        return buffers[segment]
 
     def search_many(self, queries: Sequence[str], k: int = 10, algorithm: str = "auto",
                     filter: str | None = None) -> list[Results]:  # fmt: skip
         """Top-k passages per query (documents: a split document counts by its best passage); with a filter, the
         top k of the matching passages."""
         encoded = self.encoder.encode(list(queries))
-        mask = global_mask(self.index, filter)
+        masks = self.index.filter_masks(filter)
 
         def top(rows: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
-            return [self.search_weights(encoded[row], depth, algorithm, mask) for row in rows.tolist()]
+            return [self.search_weights(encoded[row], depth, algorithm, masks) for row in rows.tolist()]
 
         return rank_documents(self.index, top, len(encoded), k, self.index.passages)
 
     def search(self, query: str, k: int = 10, filter: str | None = None) -> Results:
         return self.search_many([query], k, filter=filter)[0]
-
-
-def global_mask(index: IndexReader, filter: str | None) -> np.ndarray | None:
-    """uint8 per global passage number: live and matching the filter; None when every passage qualifies."""
-    masks = index.filter_masks(filter)
-    if all(m is None for m in masks):
-        return None
-    return np.concatenate([np.ones(s.passages, np.uint8) if m is None else m for m, s in zip(masks, index.segments)])

@@ -1,9 +1,12 @@
-"""Neural indexing over the passages of finished segments, into folders the IndexWriter commits
-(indexers/writer.py):
+"""Neural indexing, one folder per segment per model, which the IndexWriter commits (indexers/writer.py):
 
-- dense: encode every passage with a bi-encoder, store the vectors, build a faiss index over them;
-- impact: encode every passage with a SPLADE model and store its term weights, quantized to integers, as the
-  postings' tf of an inverted index in the segment format, searched by the BM25 kernels in linear mode.
+- dense: encode a segment's passages with a bi-encoder, store the vectors, build a faiss index over them;
+- impact: encode a segment's passages with a SPLADE model and store its term weights, quantized to integers, as
+  the postings' tf of an inverted index in the segment format, searched by the BM25 kernels in linear mode.
+
+A segment's neural folders live and die with it, as its postings do: added documents are encoded once, in their
+new segment; a merge gathers the vectors and impacts of the passages it keeps (`gather_dense`, `gather_impact`)
+and never encodes again; deleted passages are masked at search time like any other.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import numpy as np
 from engine.encoders import BiEncoder, SpladeEncoder
 from engine.errors import SiftError
 from engine.format import (
+    PostingLists,
     Segment,
     failpoint,
     file_checksums,
     finish_segment,
     fsync_path,
+    open_array,
     pack_segment,
     sort_terms,
     write_json,
@@ -33,7 +38,10 @@ from indexers.inverted import group_by_term
 
 FAISS_KINDS = ("auto", "flat", "hnsw", "ivfpq")
 _ENCODE_CHUNK = 4096  # passages encoded between progress reports and vector flushes
+_PQ_MIN_VECTORS = 10_000  # fewer vectors than this cannot train product quantizers well: searched exactly instead
 IMPACT_SCALE = 100.0  # impact = round(weight * scale): SPLADE weights (0 to about 4) to two decimals
+
+Rows = Sequence[tuple[Path, np.ndarray]]  # (a segment's neural folder, the passage numbers taken from it, in order)
 
 
 class NeuralIndexError(SiftError):
@@ -55,14 +63,30 @@ class NeuralReport:
         return {"model": self.model, "passages": self.passages, **self.built, "seconds": round(self.seconds, 3),
                 "passages_per_second": rate}  # fmt: skip
 
+    @staticmethod
+    def combine(model: str, reports: Sequence[NeuralReport]) -> NeuralReport:
+        """One report for the segments of an index: counts added, the faiss kinds or dimension kept as one value."""
+        built: dict = {}
+        for report in reports:
+            for key, value in report.built.items():
+                if isinstance(value, int | float) and key != "dimension" and key != "scale":
+                    built[key] = built.get(key, 0) + value
+                elif key == "faiss":
+                    built[key] = value if built.get(key, value) == value else "mixed"
+                else:
+                    built[key] = value
+        return NeuralReport(model, sum(r.passages for r in reports), sum(r.seconds for r in reports),
+                            sum(r.encode_seconds for r in reports), built)  # fmt: skip
+
 
 def choose_faiss(kind: str, passages: int) -> str:
-    """auto: exact search up to 200k passages, HNSW to 5M, IVF-PQ beyond (memory)."""
+    """auto: exact search up to 200k passages, HNSW to 5M, IVF-PQ beyond (memory); a segment too small to train
+    IVF-PQ is searched exactly."""
     if kind not in FAISS_KINDS:
         raise NeuralIndexError(f"unknown faiss index {kind!r}; choose one of {', '.join(FAISS_KINDS)}")
-    if kind != "auto":
-        return kind
-    return "flat" if passages <= 200_000 else "hnsw" if passages <= 5_000_000 else "ivfpq"
+    if kind == "auto":
+        kind = "flat" if passages <= 200_000 else "hnsw" if passages <= 5_000_000 else "ivfpq"
+    return "flat" if kind == "ivfpq" and passages < _PQ_MIN_VECTORS else kind
 
 
 def build_faiss(vectors: np.ndarray, kind: str):
@@ -87,61 +111,75 @@ def build_faiss(vectors: np.ndarray, kind: str):
     return index
 
 
-def _passage_texts(segments: Sequence[Segment]) -> Iterator[str]:
-    """Each passage's indexed text (title and text, as BM25 saw it), in internal passage order."""
-    for segment in segments:
-        for number in range(segment.passages):
-            yield indexed_text(*segment.store.fields(number, "title", "text"))
+def _passage_texts(segment: Segment) -> Iterator[str]:
+    """Each passage's indexed text (title and text, as BM25 saw it), in passage order."""
+    for number in range(segment.passages):
+        yield indexed_text(*segment.store.fields(number, "title", "text"))
 
 
-def _passage_count(segments: Sequence[Segment]) -> int:
-    n = sum(segment.passages for segment in segments)
-    if not n:
-        raise NeuralIndexError("the index has no passages to encode")
-    return n
+def _chunks(segment: Segment) -> Iterator[list[str]]:
+    texts = _passage_texts(segment)
+    while chunk := [t for _, t in zip(range(_ENCODE_CHUNK), texts)]:
+        yield chunk
 
 
 def encode_dense(
-    segments: Sequence[Segment],
+    segment: Segment,
     encoder: BiEncoder,
     folder: Path,
     faiss_kind: str = "auto",
     batch_size: int = 32,
     on_progress: Callable[[int], None] | None = None,
 ) -> NeuralReport:
-    """Encodes every passage of the segments into folder (vectors and a faiss index over them), not committed.
+    """Encodes a segment's passages into folder (vectors and a faiss index over them), not committed.
     `encoder` is anything with a name and BiEncoder's encode() (benchmarks pass one that reuses earlier vectors)."""
-    import faiss
-
     started = time.perf_counter()
-    n = _passage_count(segments)
-    kind = choose_faiss(faiss_kind, n)
     folder.mkdir()
     vectors = None
     done = 0
-    texts = _passage_texts(segments)
-    while done < n:
-        chunk = [t for _, t in zip(range(_ENCODE_CHUNK), texts)]
+    for chunk in _chunks(segment):
         encoded = encoder.encode(chunk, batch_size=batch_size, on_progress=on_progress)
         if vectors is None:
-            vectors = np.lib.format.open_memmap(
-                folder / "vectors.npy", mode="w+", dtype=np.float32, shape=(n, encoded.shape[1])
-            )
+            vectors = np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float32,
+                                                shape=(segment.passages, encoded.shape[1]))  # fmt: skip
         vectors[done : done + len(chunk)] = encoded
         done += len(chunk)
+    if vectors is None:
+        raise NeuralIndexError(f"{segment.directory}: no passages to encode")
     encode_seconds = time.perf_counter() - started
+    built = _finish_dense(folder, vectors, encoder.name, faiss_kind)
+    return NeuralReport(encoder.name, segment.passages, time.perf_counter() - started, encode_seconds, built)
+
+
+def gather_dense(rows: Rows, folder: Path, model: str, faiss_kind: str) -> None:
+    """A merged segment's dense folder: the vectors of the passages it keeps, taken from their segments' folders
+    in order (nothing is encoded again)."""
+    folder.mkdir()
+    sources = [(open_array(source / "vectors.npy"), taken) for source, taken in rows]
+    dimension = sources[0][0].shape[1]
+    vectors = np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float32,
+                                        shape=(sum(len(t) for _, t in sources), dimension))  # fmt: skip
+    done = 0
+    for source, taken in sources:
+        vectors[done : done + len(taken)] = source[taken]
+        done += len(taken)
+    _finish_dense(folder, vectors, model, faiss_kind)
+
+
+def _finish_dense(folder: Path, vectors: np.ndarray, model: str, faiss_kind: str) -> dict:
+    import faiss
+
     vectors.flush()
+    kind = choose_faiss(faiss_kind, len(vectors))
     faiss.write_index(build_faiss(vectors, kind), str(folder / "faiss.index"))
-    dimension = int(vectors.shape[1])
-    del vectors
     for path in folder.iterdir():
         fsync_path(path)
-    write_json(folder / "dense.json", {"model": encoder.name, "passages": n, "dimension": dimension, "faiss": kind,
+    built = {"dimension": int(vectors.shape[1]), "faiss": kind}
+    write_json(folder / "dense.json", {"model": model, "passages": len(vectors), **built,
                                        "files": file_checksums(folder, skip=("dense.json",))})  # fmt: skip
     fsync_path(folder)
     failpoint("after-dense")
-    return NeuralReport(encoder.name, n, time.perf_counter() - started, encode_seconds,
-                        {"dimension": dimension, "faiss": kind})  # fmt: skip
+    return built
 
 
 def quantize_impacts(weights: np.ndarray, scale: float = IMPACT_SCALE) -> np.ndarray:
@@ -150,53 +188,77 @@ def quantize_impacts(weights: np.ndarray, scale: float = IMPACT_SCALE) -> np.nda
 
 
 def encode_impact(
-    segments: Sequence[Segment],
+    segment: Segment,
     encoder: SpladeEncoder,
     folder: Path,
     packed: bool = True,
     batch_size: int = 8,
     on_progress: Callable[[int], None] | None = None,
 ) -> NeuralReport:
-    """Encodes every passage of the segments with a learned sparse model into an impact index in folder (in the
-    segment format, packed like the BM25 postings), not committed."""
+    """Encodes a segment's passages with a learned sparse model into an impact index in folder (in the segment
+    format, packed like the BM25 postings), not committed."""
     started = time.perf_counter()
-    n = _passage_count(segments)
     name = encoder.config.name
-    folder.mkdir()
-    term_ids, passages, impacts = _encode_impacts(segments, n, encoder, batch_size, on_progress)
-    encode_seconds = time.perf_counter() - started
-    used = np.unique(term_ids)
-    terms = sort_terms(encoder.tokenizer.id_to_token(int(t)) for t in used)
-    rank = np.zeros(int(used[-1]) + 1 if len(used) else 0, dtype=np.int64)
-    position = {t: i for i, t in enumerate(terms)}
-    rank[used] = [position[encoder.tokenizer.id_to_token(int(t))] for t in used]
-    term_of_posting = rank[term_ids]
-    offsets = np.zeros(len(terms) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(term_of_posting, minlength=len(terms)), out=offsets[1:])
-    docs, tfs = group_by_term(term_of_posting, offsets, passages, impacts)
-    write_postings(folder, terms, offsets, docs, tfs, np.zeros(n, dtype=np.uint32))
-    finish_segment(folder, {"model": name, "passages": n, "terms": len(terms), "postings": len(docs),
-                            "scale": IMPACT_SCALE})  # fmt: skip
-    if packed:
-        pack_segment(folder)
-    failpoint("after-impact")
-    return NeuralReport(name, n, time.perf_counter() - started, encode_seconds,
-                        {"terms": len(terms), "postings": len(docs), "scale": IMPACT_SCALE})  # fmt: skip
-
-
-def _encode_impacts(
-    segments: Sequence[Segment], n: int, encoder: SpladeEncoder, batch_size: int,
-    on_progress: Callable[[int], None] | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every passage's (vocabulary id, passage, impact) postings, passages ascending."""
     chunks = []
     done = 0
-    texts = _passage_texts(segments)
-    while done < n:
-        chunk = [t for _, t in zip(range(_ENCODE_CHUNK), texts)]
+    for chunk in _chunks(segment):
         for number, (ids, weights) in enumerate(encoder.encode_ids(chunk, batch_size, on_progress), done):
             impacts = quantize_impacts(weights)
             kept = impacts > 0
             chunks.append((ids[kept], np.full(int(kept.sum()), number, dtype=np.uint32), impacts[kept]))
         done += len(chunk)
-    return tuple(np.concatenate(parts) for parts in zip(*chunks))  # type: ignore[return-value]
+    if not done:
+        raise NeuralIndexError(f"{segment.directory}: no passages to encode")
+    encode_seconds = time.perf_counter() - started
+    vocabulary_ids, passages, impacts = (np.concatenate(parts) for parts in zip(*chunks))
+    used, term_of_posting = np.unique(vocabulary_ids, return_inverse=True)
+    tokens = [encoder.tokenizer.id_to_token(int(t)) for t in used]
+    built = _write_impacts(folder, tokens, term_of_posting, passages, impacts, segment.passages, name, packed)
+    return NeuralReport(name, segment.passages, time.perf_counter() - started, encode_seconds, built)
+
+
+def gather_impact(rows: Rows, folder: Path, model: str, packed: bool) -> None:
+    """A merged segment's impact folder: the postings of the passages it keeps, renumbered in order, taken from
+    their segments' folders (nothing is encoded again); equal to encoding those passages afresh."""
+    tokens: list[str] = []
+    position: dict[str, int] = {}
+    parts = []
+    base = 0
+    for source, taken in rows:
+        lists = PostingLists(source)
+        renumber = np.full(lists.meta["passages"], -1, dtype=np.int64)
+        renumber[taken] = np.arange(base, base + len(taken))
+        docs = renumber[np.asarray(lists.docs)]
+        keep = docs >= 0
+        source_terms = np.repeat(np.arange(len(lists.terms)), np.diff(np.asarray(lists.offsets)))[keep]
+        present = np.unique(source_terms)
+        for token in lists.terms.take(present):
+            if token not in position:
+                position[token] = len(tokens)
+                tokens.append(token)
+        remap = np.zeros(len(lists.terms), dtype=np.int64)
+        remap[present] = [position[t] for t in lists.terms.take(present)]
+        parts.append((remap[source_terms], docs[keep].astype(np.uint32), np.asarray(lists.tfs)[keep]))
+        base += len(taken)
+    terms, passages, impacts = (np.concatenate(p) for p in zip(*parts))
+    order = np.argsort(passages, kind="stable")
+    _write_impacts(folder, tokens, terms[order], passages[order], impacts[order], base, model, packed)
+
+
+def _write_impacts(folder: Path, tokens: list[str], term_of_posting: np.ndarray, passages: np.ndarray,
+                   impacts: np.ndarray, n: int, model: str, packed: bool) -> dict:  # fmt: skip
+    """Postings (term, passage ascending, impact) into an impact folder, terms sorted as the format wants."""
+    folder.mkdir()
+    terms = sort_terms(tokens)
+    rank = {t: i for i, t in enumerate(terms)}
+    term_of_posting = np.array([rank[t] for t in tokens], dtype=np.int64)[term_of_posting]
+    offsets = np.zeros(len(terms) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(term_of_posting, minlength=len(terms)), out=offsets[1:])
+    docs, tfs = group_by_term(term_of_posting, offsets, passages, impacts.astype(np.uint32))
+    write_postings(folder, terms, offsets, docs, tfs, np.zeros(n, dtype=np.uint32))
+    built = {"terms": len(terms), "postings": len(docs), "scale": IMPACT_SCALE}
+    finish_segment(folder, {"model": model, "passages": n, **built})
+    if packed:
+        pack_segment(folder)
+    failpoint("after-impact")
+    return built

@@ -61,7 +61,7 @@ from engine.reader import IndexReader, indexed_text
 from engine.sparse import BM25Params
 from indexers.corpus import Document, Passage, split_passages
 from indexers.inverted import BuildOptions, BuildReport, write_passages, write_segments
-from indexers.neural import NeuralReport, encode_dense, encode_impact
+from indexers.neural import NeuralReport, Rows, encode_dense, encode_impact, gather_dense, gather_impact
 
 
 class IndexExistsError(SiftError):
@@ -75,10 +75,11 @@ class IndexWriter:
 
     def __init__(self, index_dir: str | os.PathLike, create: bool = False, overwrite: bool = False,
                  timeout: float = 0, merge_policy: MergePolicy | None = None, commit_on_exit: bool = False,
-                 reuse: Sequence[Segment] = ()) -> None:  # fmt: skip
+                 reuse: Sequence[Segment] = (), encoders: dict | None = None) -> None:  # fmt: skip
         """timeout: seconds to wait for another writer (0: fail at once). commit_on_exit: a `with` block that ends
         without an exception commits what is staged (an exception always rolls back). reuse: segments a reader of
-        this index has open already (they are not mapped again)."""
+        this index has open already (they are not mapped again). encoders: model name -> encoder for the index's
+        dense and SPLADE parts when documents are added (default: the model of that name, loaded when needed)."""
         self.index_dir = Path(index_dir)
         self.create = create
         self._created = False
@@ -90,6 +91,7 @@ class IndexWriter:
         self.staging = self.index_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         self.merge_policy = merge_policy or MergePolicy()
         self._reuse = list(reuse)
+        self._encoders = dict(encoders or {})
         self.commit_on_exit = commit_on_exit
         self.base: dict = {}
         self.committed: int | None = None
@@ -99,7 +101,8 @@ class IndexWriter:
     def _reset(self) -> None:
         """Forgets everything staged: what a commit published or a rollback drops."""
         self._inverted: tuple[list[Path], dict] | None = None
-        self._neural: dict[str, dict[str, tuple[Path, dict]]] = {kind: {} for kind in NEURAL_KINDS}
+        # kind -> model -> (a staged folder per segment of self.segments(), the manifest entry)
+        self._neural: dict[str, dict[str, tuple[list[Path], dict]]] = {kind: {} for kind in NEURAL_KINDS}
         self._added: dict[str, Document] = {}  # upserts, by id, in the order given
         self._deleted: dict[int, set[int]] = {}  # base segment -> its passages deleted since the last commit
         self._compact_to: int | None = None
@@ -192,22 +195,39 @@ class IndexWriter:
 
     def add_dense(self, encoder: BiEncoder, faiss_kind: str = "auto", batch_size: int = 32,
                   on_progress: Callable[[int], None] | None = None) -> NeuralReport:  # fmt: skip
-        """Stages a dense index of the passages with encoder's model (replacing that model's at commit)."""
-        folder = self.staging / f"dense-{uuid.uuid4().hex[:8]}"
-        report = encode_dense(self.segments(), encoder, folder, faiss_kind, batch_size, on_progress)
-        self._neural["dense"][report.model] = (folder, {**report.built, "passages": report.passages})
+        """Stages a dense index of every segment's passages with encoder's model (replacing that model's at
+        commit); documents added later are encoded in their own segments."""
+        reports, folders = [], []
+        for segment in self._neural_segments():
+            folders.append(self.staging / f"dense-{uuid.uuid4().hex[:8]}")
+            reports.append(encode_dense(segment, encoder, folders[-1], faiss_kind, batch_size, on_progress))
+        report = NeuralReport.combine(encoder.name, reports)
+        self._neural["dense"][report.model] = (folders, {"faiss": faiss_kind, "dimension": report.built["dimension"]})
+        self._encoders[report.model] = encoder
         return report
 
     def add_impact(self, encoder: SpladeEncoder, batch_size: int = 8,
                    on_progress: Callable[[int], None] | None = None) -> NeuralReport:  # fmt: skip
-        """Stages an impact index of the passages with encoder's learned sparse model."""
-        folder = self.staging / f"impact-{uuid.uuid4().hex[:8]}"
-        segments = self.segments()
-        packed = not segments or segments[0].packed
-        report = encode_impact(segments, encoder, folder, packed, batch_size, on_progress)
-        entry = {"passages": report.passages, "scale": report.built["scale"], "postings": report.built["postings"]}
-        self._neural["impact"][report.model] = (folder, entry)
+        """Stages an impact index of every segment's passages with encoder's learned sparse model."""
+        reports, folders = [], []
+        for segment in self._neural_segments():
+            folders.append(self.staging / f"impact-{uuid.uuid4().hex[:8]}")
+            reports.append(encode_impact(segment, encoder, folders[-1], segment.packed, batch_size, on_progress))
+        report = NeuralReport.combine(encoder.config.name, reports)
+        self._neural["impact"][report.model] = (folders, {"scale": report.built["scale"]})
+        self._encoders[report.model] = encoder
         return report
+
+    def _neural_segments(self) -> list[Segment]:
+        if self._added or self._deleted or self._compact_to is not None:
+            raise SiftError("this writer has staged added or deleted documents; commit them before building dense "
+                            "or SPLADE parts")  # fmt: skip
+        return self.segments()
+
+    def _encoder(self, kind: str, model: str):
+        if model not in self._encoders:
+            self._encoders[model] = BiEncoder(model) if kind == "dense" else SpladeEncoder(model)
+        return self._encoders[model]
 
     # -- live changes
 
@@ -229,10 +249,8 @@ class IndexWriter:
     def _check_live(self) -> None:
         if self._inverted is not None:
             raise SiftError("this writer is rebuilding the whole index; commit it before adding or deleting")
-        neural = [f"{kind} ({', '.join(self.base[kind])})" for kind in NEURAL_KINDS if self.base.get(kind)]
-        if neural:
-            raise SiftError(f"{self.index_dir}: has {' and '.join(neural)} parts, which do not follow added and "
-                            "deleted documents yet; rebuild it with sift index to change it")  # fmt: skip
+        if any(self._neural.values()):
+            raise SiftError("this writer has staged dense or SPLADE parts; commit them before adding or deleting")
 
     def _live_passages(self, doc_id: str) -> list[tuple[int, np.ndarray]]:
         """(base segment, local passage numbers) of a committed document not deleted since."""
@@ -332,13 +350,15 @@ class IndexWriter:
             before.documents + len(np.unique(np.asarray(seg.passage_doc)[new])),
         )  # fmt: skip
 
-    def _commit_live(self, generation: int) -> list[dict]:
+    def _commit_live(self, generation: int) -> tuple[list[dict], dict[str, dict[str, dict[str, str]]]]:
         """Stages the next commit's segment list: base segments with their deletions, the added documents as new
-        segments, and the merges the policy (or compact) asks for; moves them into place and returns their
-        manifest entries (nothing is visible before the manifest names them)."""
+        segments (their passages encoded by the index's dense and SPLADE models), and the merges the policy (or
+        compact) asks for; moves them into place and returns their manifest entries and, per neural kind and
+        model, each segment's folder (nothing is visible before the manifest names them)."""
         reader = self.reader
         options = self._options()
         analyzer = Analyzer(options.analyzer)
+        models = [(kind, model) for kind in NEURAL_KINDS for model in self.base.get(kind, {})]
         planned: list[_Planned] = []
         for i, (entry, segment) in enumerate(zip(self.base["segments"], reader.segments)):
             deletions = reader.deletions[i]
@@ -347,11 +367,16 @@ class IndexWriter:
                 entry = {**entry, "deletions": f"{entry['name']}.del{generation:06d}"}
                 write_deletions(self.staging / entry["deletions"], deletions)
             if segment.passages > len(deletions.passages):  # a wholly deleted segment leaves the index
-                planned.append(_Planned(entry, segment, deletions, staged=False))
+                neural = {(kind, model): self.index_dir / self.base[kind][model]["segments"][entry["name"]]
+                          for kind, model in models}  # fmt: skip
+                planned.append(_Planned(entry, segment, deletions, staged=False, neural=neural))
         if self._added:
             stride = options.passage_stride or options.passage_window
             documents = (split_passages(doc, analyzer, options.passage_window, stride) for doc in self._added.values())
-            planned += self._stage_segments(documents, options, analyzer, generation)
+            for plan in self._stage_segments(documents, options, analyzer, generation):
+                for kind, model in models:
+                    plan.neural[kind, model] = self._encode(kind, model, plan.segment)
+                planned.append(plan)
         failpoint("after-add")
         sizes = [(plan.live, plan.segment.passages) for plan in planned]
         groups = (self.merge_policy.compact(sizes, self._compact_to) if self._compact_to is not None
@@ -359,17 +384,52 @@ class IndexWriter:
         merged = {i for group in groups for i in group}
         kept = [plan for i, plan in enumerate(planned) if i not in merged]
         for group in groups:
-            documents = _live_documents([planned[i] for i in group])
-            kept += self._stage_segments(documents, options, analyzer, generation)
+            sources = [planned[i] for i in group]
+            merged_plans = self._stage_segments(_live_documents(sources), options, analyzer, generation)
+            for kind, model in models:
+                rows = [(plan.neural[kind, model], plan.live_passages) for plan in sources]
+                for plan, taken in zip(merged_plans, _split_rows(rows, [p.segment.passages for p in merged_plans])):
+                    plan.neural[kind, model] = self._gather(kind, model, taken, plan.segment.packed)
+            kept += merged_plans
         if groups:
             failpoint("merge")
+        neural: dict[str, dict[str, dict[str, str]]] = {kind: {} for kind in NEURAL_KINDS}
         for plan in kept:
+            name = plan.entry["name"]
             if plan.staged:
-                os.replace(plan.segment.directory, self.index_dir / plan.entry["name"])
+                os.replace(plan.segment.directory, self.index_dir / name)
             staged_deletions = self.staging / (plan.entry.get("deletions") or "-")
             if staged_deletions.exists():
                 os.replace(staged_deletions, self.index_dir / plan.entry["deletions"])
-        return [plan.entry for plan in kept]
+            for (kind, model), folder in plan.neural.items():
+                neural[kind].setdefault(model, {})[name] = self._publish(folder, name, kind)
+        return [plan.entry for plan in kept], neural
+
+    def _encode(self, kind: str, model: str, segment: Segment) -> Path:
+        """A new segment's passages encoded by one of the index's models, into a staged folder."""
+        folder = self.staging / f"{kind}-{uuid.uuid4().hex[:8]}"
+        if kind == "dense":
+            encode_dense(segment, self._encoder(kind, model), folder, self.base[kind][model].get("faiss", "auto"))
+        else:
+            encode_impact(segment, self._encoder(kind, model), folder, segment.packed)
+        return folder
+
+    def _gather(self, kind: str, model: str, rows: Rows, packed: bool) -> Path:
+        """A merged segment's folder of one model, from the kept passages' folders (no encoding)."""
+        folder = self.staging / f"{kind}-{uuid.uuid4().hex[:8]}"
+        if kind == "dense":
+            gather_dense(rows, folder, model, self.base[kind][model].get("faiss", "auto"))
+        else:
+            gather_impact(rows, folder, model, packed)
+        return folder
+
+    def _publish(self, folder: Path, segment_name: str, kind: str) -> str:
+        """Moves a staged neural folder of a segment into place under a name tied to it; a committed one stays."""
+        if folder.parent != self.staging:
+            return folder.name
+        name = f"{segment_name}.{kind}-{uuid.uuid4().hex[:8]}"
+        os.replace(folder, self.index_dir / name)
+        return name
 
     def _stage_segments(self, documents: Iterable[list[Passage]], options: BuildOptions, analyzer: Analyzer,
                         generation: int) -> list[_Planned]:  # fmt: skip
@@ -406,13 +466,17 @@ class IndexWriter:
                              "deletions": None})  # fmt: skip
             manifest = {**settings, "segments": live}
         elif self._added or self._deleted or self._compact_to is not None:
-            manifest["segments"] = self._commit_live(generation)
+            manifest["segments"], neural = self._commit_live(generation)
+            for kind in NEURAL_KINDS:
+                if kind in manifest:
+                    manifest[kind] = {model: {**entry, "segments": neural[kind].get(model, {})}
+                                      for model, entry in manifest[kind].items()}  # fmt: skip
+        names = [s["name"] for s in manifest["segments"]]
         for kind in NEURAL_KINDS:
             section = {} if self._inverted is not None else dict(manifest.get(kind, {}))
-            for name, (folder, entry) in self._neural[kind].items():
-                target = f"{SEGMENT_PREFIX}{kind}_{generation:06d}_{uuid.uuid4().hex[:6]}"
-                os.replace(folder, self.index_dir / target)
-                section[name] = {"folder": target, **entry}
+            for model, (folders, entry) in self._neural[kind].items():
+                published = {name: self._publish(folder, name, kind) for name, folder in zip(names, folders)}
+                section[model] = {**entry, "segments": published}
             manifest.pop(kind, None)
             if section:
                 manifest[kind] = section
@@ -490,10 +554,34 @@ class _Planned:
     segment: Segment
     deletions: Deletions
     staged: bool
+    neural: dict[tuple[str, str], Path] = dataclasses.field(default_factory=dict)  # (kind, model) -> its folder
 
     @property
     def live(self) -> int:
         return self.segment.passages - len(self.deletions.passages)
+
+    @property
+    def live_passages(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(self.segment.passages), self.deletions.passages)
+
+
+def _split_rows(rows: Rows, sizes: list[int]) -> list[Rows]:
+    """Rows (folder, passages) taken in order, cut into consecutive parts of the given sizes: the segments a
+    merge wrote, each taking the next passages of its sources."""
+    pending = [(folder, taken) for folder, taken in rows if len(taken)]
+    parts = []
+    for size in sizes:
+        part = []
+        while size:
+            folder, taken = pending[0]
+            n = min(size, len(taken))
+            part.append((folder, taken[:n]))
+            size -= n
+            pending[0] = (folder, taken[n:])
+            if not len(pending[0][1]):
+                pending.pop(0)
+        parts.append(part)
+    return parts
 
 
 def _live_documents(plans: list[_Planned]) -> Iterator[list[Passage]]:

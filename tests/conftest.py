@@ -43,3 +43,37 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 @pytest.fixture
 def corpus_file(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "corpus.jsonl", random_documents(300))
+
+
+@pytest.fixture
+def model_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIFT_MODELS", str(tmp_path / "models"))
+    return tmp_path / "models"
+
+
+def register_lookup_model(directory, name, kind, table, output, words):
+    """A registered model whose output for token i is row i of table (an ONNX Gather), with a word-level
+    tokenizer over words: small enough to check every number the runtime derives from it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as token_models
+
+    from engine import models
+
+    vocabulary = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], [output])],
+        name,
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", "sequence", table.shape[1]])],
+        [numpy_helper.from_array(table, "table")],
+    )  # fmt: skip
+    directory.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), directory / "model.onnx")
+    tokenizer = Tokenizer(token_models.WordLevel(vocabulary, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    models.register(directory, name, kind, max_length=16)
+    return vocabulary

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import WORDS, write_jsonl
-from engine.format import IndexLockedError, read_manifest
+from conftest import WORDS, register_lookup_model, write_jsonl
+from engine.format import IndexLockedError, live_folders, read_manifest
 from engine.index import open_index
 from indexers.corpus import Document
 from indexers.inverted import BuildOptions
-from indexers.writer import IndexWriter, MergePolicy, build_index
+from indexers.writer import IndexWriter, MergePolicy, build_dense, build_impact, build_index
 
 QUERIES = ["fox river", "search engine index query", "money water stream", "cat", "runs running", "zebra"]
 
@@ -164,15 +164,111 @@ def test_merge_policy_merges_full_tiers_and_expunges_deletions():
     assert MergePolicy.compact([(5, 5), (4, 5)], 2) == [[1]]  # only the one with deletions is rewritten
 
 
-def test_an_index_with_dense_parts_refuses_live_changes_clearly(tmp_path):
-    build_index([document("a", ["fox"])], tmp_path / "idx")
-    manifest = read_manifest(tmp_path / "idx")
-    manifest["dense"] = {"some-model": {"folder": "x"}}
-    from engine.format import commit_manifest
+FIELDS = {"group": "keyword", "n": "int"}
+FILTERS = [None, "group = red", "n >= 20", "group IN [red, blue] AND n < 30", "NOT group = green OR n > 35"]
 
-    commit_manifest(tmp_path / "idx", {k: v for k, v in manifest.items() if k not in ("format", "format_version")})
-    with IndexWriter(tmp_path / "idx") as writer, pytest.raises(Exception, match="do not follow"):
-        writer.add([document("b", ["fox"])])
+
+@pytest.fixture
+def tiny_models(tmp_path, model_home):
+    """A bi-encoder and a SPLADE model over WORDS (lookup tables, engine-run): dense and impact parts to follow."""
+    pytest.importorskip("onnx")
+    size = len(WORDS) + 1
+    dense = np.random.default_rng(0).normal(size=(size, 8)).astype(np.float32)
+    register_lookup_model(tmp_path / "dense-source", "tiny", "bi-encoder", dense, "last_hidden_state", WORDS)
+    splade = (np.random.default_rng(3).normal(size=(size, size)) - 0.8).astype(np.float32)
+    register_lookup_model(tmp_path / "splade-source", "tiny-splade", "splade", splade, "logits", WORDS)
+
+
+def build_with_neural_parts(documents, index_dir, options) -> None:
+    build_index(documents, index_dir, options)
+    build_dense(index_dir, "tiny", faiss_kind="flat")
+    build_impact(index_dir, "tiny-splade")
+
+
+def assert_every_first_stage_equals_fresh_build(index_dir, documents, tmp_path, options) -> None:
+    """BM25, dense and SPLADE, with and without filters, against a fresh build with its own dense and SPLADE parts."""
+    from engine.neural import DenseSearcher, ImpactSearcher
+
+    if not documents:
+        return
+    fresh_dir = tmp_path / f"fresh-{os.urandom(4).hex()}"
+    build_with_neural_parts(list(documents.values()), fresh_dir, options)
+    live, fresh = open_index(index_dir), open_index(fresh_dir)
+    searchers = [(DenseSearcher(live, "tiny").search_many, DenseSearcher(fresh, "tiny").search_many),
+                 (ImpactSearcher(live).search_many, ImpactSearcher(fresh).search_many)]  # fmt: skip
+    for expression in FILTERS:
+        for k in (1, 10, 1000):
+            for query in QUERIES:
+                assert_same_ranking(live.search(query, k, filter=expression), fresh.search(query, k, filter=expression))
+            for on_live, on_fresh in searchers:
+                for got, want in zip(on_live(QUERIES, k, filter=expression), on_fresh(QUERIES, k, filter=expression)):
+                    assert_same_ranking(got, want)
+
+
+def field_values(number: int) -> dict:
+    return {"group": ["red", "blue", "green"][number % 3], "n": number}
+
+
+@pytest.mark.slow
+@settings(max_examples=20, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(initial=st.lists(words, min_size=1, max_size=12), steps=operations, window=st.sampled_from([0, 6]),
+       numbers=st.lists(st.integers(0, 40), min_size=60, max_size=60))  # fmt: skip
+def test_dense_splade_and_filters_follow_any_sequence_of_changes(tmp_path_factory, tiny_models, initial, steps,
+                                                                 window, numbers):  # fmt: skip
+    tmp_path = tmp_path_factory.mktemp("neural")
+    options = BuildOptions(passage_window=window, fields=FIELDS)
+    values = iter(numbers)
+
+    def make(doc_id, w, title=""):
+        return Document(doc_id, " ".join(w), title, fields=field_values(next(values, 7)))
+
+    documents = {f"d{i}": make(f"d{i}", w) for i, w in enumerate(initial)}
+    build_with_neural_parts(list(documents.values()), tmp_path / "live", options)
+    small_tiers = MergePolicy(segments_per_tier=2, floor_passages=4)
+    with IndexWriter(tmp_path / "live", merge_policy=small_tiers) as writer:
+        for operation, argument in steps:
+            if operation == "add":
+                made = [make(doc_id, w, title) for doc_id, w, title in argument]
+                for doc in made:
+                    documents.pop(doc.id, None)
+                    documents[doc.id] = doc
+                writer.add(made)
+            elif operation == "delete":
+                for doc_id in argument:
+                    documents.pop(doc_id, None)
+                writer.delete(argument)
+            elif operation == "compact":
+                writer.compact(argument)
+            if operation in ("commit", "compact"):
+                writer.commit()
+                assert_every_first_stage_equals_fresh_build(tmp_path / "live", documents, tmp_path, options)
+        writer.commit()
+    assert_every_first_stage_equals_fresh_build(tmp_path / "live", documents, tmp_path, options)
+    manifest = read_manifest(tmp_path / "live")
+    names = [s["name"] for s in manifest["segments"]]
+    assert [list(manifest[kind][model]["segments"]) for kind, model in (("dense", "tiny"), ("impact", "tiny-splade"))
+            ] == [names, names]  # fmt: skip
+    assert {p.name for p in (tmp_path / "live").iterdir() if p.is_dir()} == set(live_folders(manifest))
+
+
+def test_added_documents_are_encoded_once_and_merges_encode_nothing(tmp_path, tiny_models, monkeypatch):
+    from engine.encoders import BiEncoder
+
+    encoded: list[str] = []
+    original = BiEncoder.encode
+    monkeypatch.setattr(BiEncoder, "encode", lambda self, texts, *a, **kw: encoded.extend(texts) or
+                        original(self, texts, *a, **kw))  # fmt: skip
+    build_with_neural_parts([document(f"a{i}", ["fox", "river"]) for i in range(5)], tmp_path / "idx", None)
+    encoded.clear()
+    with IndexWriter(tmp_path / "idx") as writer:
+        writer.add([document("b", ["cat", "dog"]), document("a1", ["money"])])
+        writer.commit()
+        assert encoded == ["cat dog", "money"]
+        encoded.clear()
+        writer.delete(["a2"])
+        writer.compact(1)
+        writer.commit()
+    assert encoded == [] and len(read_manifest(tmp_path / "idx")["segments"]) == 1
 
 
 def test_cli_add_delete_compact_and_info(tmp_path):

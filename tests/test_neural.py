@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from conftest import random_documents, write_jsonl
+from conftest import random_documents, register_lookup_model, write_jsonl
 from engine import models
 from engine.encoders import BiEncoder
+from engine.format import live_folders
 from engine.index import open_index
 from engine.neural import DenseSearcher
 from engine.pipeline import Pipeline, PipelineError, parse
@@ -22,41 +23,11 @@ DIMENSION = 8
 
 
 @pytest.fixture
-def model_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("SIFT_MODELS", str(tmp_path / "models"))
-    return tmp_path / "models"
-
-
-def register_lookup_model(directory, name, kind, table, output):
-    """A registered model whose output for token i is row i of table (an ONNX Gather), with a word-level
-    tokenizer over WORDS: small enough to check every number the runtime derives from it."""
-    from onnx import TensorProto, helper, numpy_helper
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers import models as token_models
-
-    vocabulary = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "input_ids"], [output])],
-        name,
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
-        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", "sequence", table.shape[1]])],
-        [numpy_helper.from_array(table, "table")],
-    )  # fmt: skip
-    directory.mkdir()
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), directory / "model.onnx")
-    tokenizer = Tokenizer(token_models.WordLevel(vocabulary, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.save(str(directory / "tokenizer.json"))
-    models.register(directory, name, kind, max_length=16)
-    return vocabulary
-
-
-@pytest.fixture
 def tiny_model(tmp_path, model_home):
     """A registered bi-encoder: token i -> row i of a random table; the runtime mean-pools and normalizes."""
     table = np.random.default_rng(0).normal(size=(len(WORDS) + 1, DIMENSION)).astype(np.float32)
-    vocabulary = register_lookup_model(tmp_path / "tiny-source", "tiny", "bi-encoder", table, "last_hidden_state")
+    source = tmp_path / "tiny-source"
+    vocabulary = register_lookup_model(source, "tiny", "bi-encoder", table, "last_hidden_state", WORDS)
     return vocabulary, table
 
 
@@ -119,12 +90,13 @@ def test_dense_index_survives_a_failed_rebuild_and_overwrite_drops_it(tmp_path, 
     with pytest.raises(RuntimeError):
         build_dense(index_dir, "tiny")
     assert json.loads((index_dir / "manifest.json").read_text()) == before
-    assert (index_dir / before["dense"]["tiny"]["folder"] / "faiss.index").exists()
+    folders = list(before["dense"]["tiny"]["segments"].values())
+    assert folders and all((index_dir / folder / "faiss.index").exists() for folder in folders)
     assert not [p for p in index_dir.iterdir() if p.name.startswith(".staging-")]
     corpus = write_jsonl(tmp_path / "other.jsonl", random_documents(20))
     build_index(CorpusReader(open_source(corpus)), index_dir, BuildOptions(overwrite=True))
     assert "dense" not in open_index(index_dir).manifest
-    assert not (index_dir / before["dense"]["tiny"]["folder"]).exists()
+    assert not any((index_dir / folder).exists() for folder in folders)
 
 
 def test_fusion_pipelines_follow_their_definitions(tmp_path, tiny_model):
@@ -233,7 +205,7 @@ def tiny_splade(tmp_path, model_home):
     """A registered SPLADE model: token i -> logits row i of a random table (shifted so that weights spread)."""
     size = len(WORDS) + 1
     table = (np.random.default_rng(3).normal(size=(size, size)) - 0.8).astype(np.float32)
-    vocabulary = register_lookup_model(tmp_path / "splade-source", "tiny-splade", "splade", table, "logits")
+    vocabulary = register_lookup_model(tmp_path / "splade-source", "tiny-splade", "splade", table, "logits", WORDS)
     return vocabulary, table
 
 
@@ -266,8 +238,9 @@ def brute_force_impacts(records, query, vocabulary, table, k):
     for term in np.flatnonzero(weights > 0):
         scores += np.float32(weights[term] / IMPACT_SCALE) * impacts[:, term].astype(np.float32)
     candidates = np.flatnonzero(scores > 0)
-    order = np.lexsort((candidates, -scores[candidates]))[:k]
-    return [f"d{i}" for i in candidates[order]], scores[candidates[order]]
+    ids = np.array([records[i]["_id"].encode() for i in candidates])
+    order = np.lexsort((ids, -scores[candidates]))[:k]  # exact ties by document id
+    return [records[i]["_id"] for i in candidates[order]], scores[candidates[order]]
 
 
 @pytest.mark.parametrize("postings", ["raw", "packed"])
@@ -289,7 +262,7 @@ def test_impact_index_finds_the_brute_force_top_k_with_every_algorithm(tmp_path,
     assert report.built["terms"] == np.count_nonzero(impacts.any(axis=0))
     index = open_index(tmp_path / "idx")
     searcher = ImpactSearcher(index)
-    assert searcher.lists.packed == (postings == "packed")
+    assert all(lists.packed == (postings == "packed") for lists in searcher.lists)
     for query in ["w1 w2 w3", "w40", "w7 w7 w59 w13 w22 w31", "nothing"]:
         for k in (1, 10, 1000):
             want_ids, want_scores = brute_force_impacts(records, query, vocabulary, table, k)
@@ -310,7 +283,7 @@ def test_impact_and_dense_indexes_live_side_by_side(tmp_path, tiny_model, tiny_s
     build_dense(index_dir, "tiny")
     index = open_index(index_dir)
     assert set(index.manifest) >= {"dense", "impact"} and index.manifest["generation"] == 3
-    assert (index_dir / index.manifest["impact"]["tiny-splade"]["folder"]).is_dir()
+    assert all((index_dir / f).is_dir() for f in index.manifest["impact"]["tiny-splade"]["segments"].values())
     splade = ImpactSearcher(index).search("w3 w17", 10)
     assert Pipeline(index, "splade").search(["w3 w17"], 10)[0] == splade
     fused = Pipeline(index, "hybrid(bm25,splade,alpha=1.0)").search(["w3 w17"], 10)[0]
@@ -486,11 +459,11 @@ def test_sigkill_at_every_failpoint_of_prune_leaves_the_previous_commit_whole(tm
     generation, passages, *_ = state()
     assert (generation, passages) == (before[0] + 1, 2800)
     index = open_index(index_dir)
-    assert index.manifest["dense"]["tiny"]["passages"] == index.manifest["impact"]["tiny-splade"]["passages"] == 2800
+    names = [s["name"] for s in index.manifest["segments"]]
+    for kind, model in (("dense", "tiny"), ("impact", "tiny-splade")):
+        assert list(index.manifest[kind][model]["segments"]) == names
     assert not [p for p in index_dir.iterdir() if p.name.startswith(".staging")]
-    assert {p.name for p in index_dir.iterdir() if p.is_dir()} == {"quality", *(s["name"] for s in
-            index.manifest["segments"]), index.manifest["dense"]["tiny"]["folder"],
-            index.manifest["impact"]["tiny-splade"]["folder"]}  # fmt: skip
+    assert {p.name for p in index_dir.iterdir() if p.is_dir()} == {"quality", *live_folders(index.manifest)}
 
 
 def test_dense_and_impact_document_ranking_return_k_documents_when_the_index_has_them(tmp_path, tiny_model,
