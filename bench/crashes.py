@@ -38,23 +38,24 @@ QUERIES = ["cell biology protein", "vitamin d deficiency", "cancer risk", "gene 
            "blood pressure treatment", "neural network", "dna repair mechanism", "obesity", "antibiotic resistance"]
 
 
-def _documents(index_dir: Path) -> dict[str, str]:
-    """The live documents of the last commit: id -> text of their first passage (what the digest covers)."""
+def _documents(index_dir: Path) -> dict[str, tuple[str, str]]:
+    """The live documents of the last commit: id -> (title, text) of their first passage (what the digest covers)."""
     index = open_index(index_dir)
     found = {}
     for segment, live in zip(index.segments, index.live):
         for number in range(segment.passages):
             if live is None or live[number]:
-                doc_id, part, text = segment.store.fields(number, "id", "part", "text")
+                doc_id, part, title, text = segment.store.fields(number, "id", "part", "title", "text")
                 if part == 0:
-                    found[doc_id] = text
+                    found[doc_id] = (title, text)
     return found
 
 
-def digest(documents: dict[str, str]) -> str:
+def digest(documents: dict[str, tuple[str, str]]) -> str:
     h = hashlib.sha256()
     for doc_id in sorted(documents):
-        h.update(doc_id.encode() + b"\0" + documents[doc_id].encode() + b"\1")
+        title, text = documents[doc_id]
+        h.update(b"\0".join([doc_id.encode(), title.encode(), text.encode()]) + b"\1")
     return h.hexdigest()
 
 
@@ -62,7 +63,7 @@ def worker(index_dir: Path, seed: int, journal: Path) -> None:
     """Changes the index until killed; before each commit, journals the generation and the digest it publishes."""
     rng = random.Random(seed)
     documents = _documents(index_dir)
-    vocabulary = " ".join(list(documents.values())[:200]).split()
+    vocabulary = " ".join(text for _, text in list(documents.values())[:200]).split()
     policy = MergePolicy(segments_per_tier=4, floor_passages=200)  # merges often, as a long-lived index does
     with open(journal, "a", encoding="utf-8") as log, IndexWriter(index_dir, merge_policy=policy) as writer:
         while True:
@@ -71,8 +72,8 @@ def worker(index_dir: Path, seed: int, journal: Path) -> None:
             if action < 0.45 or len(ids) < 100:
                 changed = [rng.choice(ids) if rng.random() < 0.5 else f"new-{seed}-{rng.randrange(10**9)}"
                            for _ in range(rng.randint(1, 60))]  # fmt: skip
-                batch = {i: " ".join(rng.choices(vocabulary, k=rng.randint(5, 120))) for i in changed}
-                writer.add(Document(i, text) for i, text in batch.items())
+                batch = {i: ("", " ".join(rng.choices(vocabulary, k=rng.randint(5, 120)))) for i in changed}
+                writer.add(Document(i, text, title) for i, (title, text) in batch.items())
                 documents.update(batch)
             elif action < 0.9:
                 gone = rng.sample(ids, min(len(ids), rng.randint(1, 30)))
@@ -97,7 +98,8 @@ def _consistent(index_dir: Path, journal: Path, start: dict, work: Path, compare
         found = digest(_documents(index_dir))
     except Exception as e:  # any failure to open or search is what this counts
         return f"unreadable: {e}"
-    published = [start] + [json.loads(line) for line in journal.read_text().splitlines() if line.endswith("}")]
+    lines = journal.read_text().splitlines() if journal.exists() else []  # killed before it opened its journal
+    published = [start] + [json.loads(line) for line in lines if line.endswith("}")]
     expected = {entry["generation"]: entry["digest"] for entry in published}
     if generation not in expected or generation < published[-1]["generation"] - 1:
         return f"generation {generation} was never published last (journal: {published[-1]['generation']})"
@@ -107,7 +109,7 @@ def _consistent(index_dir: Path, journal: Path, start: dict, work: Path, compare
         documents = _documents(index_dir)
         fresh_dir = work / "fresh"
         shutil.rmtree(fresh_dir, ignore_errors=True)
-        build_index((Document(i, t) for i, t in documents.items()), fresh_dir)
+        build_index((Document(i, text, title) for i, (title, text) in documents.items()), fresh_dir)
         live, fresh = open_index(index_dir), open_index(fresh_dir)
         if (live.documents, live.avgdl, live.scored_passages) != (fresh.documents, fresh.avgdl, fresh.scored_passages):
             return "statistics differ from a fresh build"

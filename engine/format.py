@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import mmap
 import os
 import shutil
@@ -108,12 +109,23 @@ def write_array(path: Path, array: np.ndarray) -> None:
 
 
 def open_array(path: Path) -> np.ndarray:
-    """Memory-mapped, as a plain ndarray view: np.memmap's per-slice overhead dominates small reads."""
+    """A .npy file memory-mapped as a plain read-only ndarray (np.memmap's per-slice overhead dominates small reads,
+    and np.load's mapping costs more than reading the header and mapping the file here: a commit opens dozens)."""
     try:
-        try:
-            return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
-        except ValueError:  # an empty array cannot be memory-mapped
-            return np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            npy = np.lib.format
+            read_header = npy.read_array_header_1_0 if npy.read_magic(f) == (1, 0) else npy.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(f)
+            offset, count = f.tell(), math.prod(shape)
+            if dtype.hasobject:
+                raise ValueError("holds Python objects")
+            size = os.fstat(f.fileno()).st_size
+            if offset + count * dtype.itemsize > size:
+                raise ValueError(f"{size} bytes, the array needs {offset + count * dtype.itemsize}")
+            if not count:
+                return np.zeros(shape, dtype=dtype)
+            buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return np.frombuffer(buffer, dtype, count, offset).reshape(shape, order="F" if fortran_order else "C")
     except FileNotFoundError:
         raise IndexFormatError(f"{path}: missing index file; the index is damaged") from None
     except (ValueError, EOFError, OSError) as e:
@@ -400,12 +412,17 @@ def _term_chunks(offsets: np.ndarray) -> Iterator[tuple[int, int]]:
 
 
 def write_postings(
-    directory: Path, terms: Sequence[str], offsets: np.ndarray, docs: np.ndarray, tfs: np.ndarray, lengths: np.ndarray
-) -> None:
-    """Terms (sorted), postings and their block maxima. docs/tfs may be memory maps already in place."""
+    directory: Path, terms: Sequence[str], offsets: np.ndarray, docs: np.ndarray, tfs: np.ndarray, lengths: np.ndarray,
+    packed: bool = False,
+) -> dict:
+    """Terms (sorted), postings (raw, or packed with the block codec) and their block maxima. docs/tfs may be
+    memory maps already in place. Returns what the segment's metadata must say about them."""
     write_strings(directory, "terms", terms)
     write_array(directory / "postings.offsets.npy", offsets)
-    for name, array in (("postings.docs.npy", docs), ("postings.tfs.npy", tfs)):
+    if packed:
+        for name, array in zip(PACKED_FILES, encode(docs, tfs, offsets)):
+            write_array(directory / f"{name}.npy", array)
+    for name, array in () if packed else (("postings.docs.npy", docs), ("postings.tfs.npy", tfs)):
         if isinstance(array, np.memmap):
             array.flush()
             fsync_path(directory / name)
@@ -416,6 +433,7 @@ def write_postings(
     write_array(directory / "blocks.max_tf.npy", blocks.max_tf)
     write_array(directory / "blocks.min_length.npy", blocks.min_length)
     write_array(directory / "blocks.last_doc.npy", blocks.last_doc)
+    return {"postings": "packed"} if packed else {}
 
 
 PACKED_FILES = ("postings.words", "blocks.word", "blocks.doc_width", "blocks.tf_width")

@@ -261,8 +261,8 @@ class _PendingSegment:
         self.scored += int(np.count_nonzero(lengths))
         self.store.add_many([[p.doc_id, p.part, p.title, p.text] for p in passages])
 
-    def flush(self) -> Path:
-        """Writes the pending passages as a finished segment folder."""
+    def flush(self, packed: bool) -> Path:
+        """Writes the pending passages as a finished segment folder, its postings packed or raw."""
         self.store.close()
         by_id = self.vocabulary.terms()
         order = sorted(range(len(by_id)), key=lambda i: by_id[i].encode("utf-8"))
@@ -282,10 +282,10 @@ class _PendingSegment:
         write_array(self.directory / "passages.doc.npy", np.frombuffer(self.passage_doc, dtype=np.uint32))
         write_array(self.directory / "passages.part.npy", np.frombuffer(self.passage_part, dtype=np.uint32))
         write_strings(self.directory, "docids", self.doc_ids, findable=True)
-        write_postings(self.directory, terms, offsets, passages, tfs, lengths)
+        postings = write_postings(self.directory, terms, offsets, passages, tfs, lengths, packed)
         if self.fields:
             self.columns.write(self.directory)
-        finish_segment(self.directory, self.meta(len(terms), int(offsets[-1])))
+        finish_segment(self.directory, {**self.meta(len(terms), int(offsets[-1])), **postings})
         return self.directory
 
     def meta(self, terms: int, postings: int) -> dict:
@@ -370,6 +370,8 @@ def write_passages(
     analyzer = analyzer or Analyzer(options.analyzer)
     with _cyclic_gc_paused():
         flushed: list[Path] = []
+        # postings are packed as they are written, except in segments a merge will read again (it packs its own)
+        pack = options.postings == "packed"
         pending = _PendingSegment(staging / "part_0000", options.fields)
         budget = options.memory_mb * 2**20
         count = passages = 0
@@ -385,7 +387,7 @@ def write_passages(
                 passages += batch_passages
                 batch, batch_passages = [], 0
                 if pending.memory_bytes >= budget:
-                    flushed.append(pending.flush())
+                    flushed.append(pending.flush(pack and not options.merge))
                     failpoint("after-flush")
                     pending = _PendingSegment(staging / f"part_{len(flushed):04d}", options.fields)
                 if on_progress:
@@ -396,7 +398,7 @@ def write_passages(
             if on_progress:
                 on_progress(count)
         if pending.passages or not flushed:
-            flushed.append(pending.flush())
+            flushed.append(pending.flush(pack and (not options.merge or not flushed)))
         flushes = len(flushed)
         if options.merge and len(flushed) > 1:
             merged = staging / "merged"

@@ -28,7 +28,6 @@ from engine.format import (
     finish_segment,
     fsync_path,
     open_array,
-    pack_segment,
     sort_terms,
     write_json,
     write_postings,
@@ -255,10 +254,8 @@ def _write_impacts(folder: Path, tokens: list[str], term_of_posting: np.ndarray,
     offsets = np.zeros(len(terms) + 1, dtype=np.int64)
     np.cumsum(np.bincount(term_of_posting, minlength=len(terms)), out=offsets[1:])
     docs, tfs = group_by_term(term_of_posting, offsets, passages, impacts.astype(np.uint32))
-    write_postings(folder, terms, offsets, docs, tfs, np.zeros(n, dtype=np.uint32))
+    postings = write_postings(folder, terms, offsets, docs, tfs, np.zeros(n, dtype=np.uint32), packed)
     built = {"terms": len(terms), "postings": len(docs), "scale": IMPACT_SCALE}
-    finish_segment(folder, {"model": model, "passages": n, **built})
-    if packed:
-        pack_segment(folder)
+    finish_segment(folder, {"model": model, "passages": n, **built, **postings})
     failpoint("after-impact")
     return built

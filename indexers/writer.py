@@ -317,7 +317,7 @@ class IndexWriter:
     def _options(self) -> BuildOptions:
         """The committed index's settings, for the segments this writer adds."""
         manifest = self.base
-        packed = all(Segment(self.index_dir / s["name"]).packed for s in manifest["segments"][:1])
+        packed = all(segment.packed for segment in self.reader.segments[:1])
         return BuildOptions(
             analyzer=AnalyzerConfig.from_dict(manifest["analyzer"]), bm25=BM25Params(**manifest["bm25"]),
             passage_window=manifest["passages"]["window"], passage_stride=manifest["passages"]["stride"],
