@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import WORDS, register_lookup_model, write_jsonl
+from conftest import DATA, WORDS, register_lookup_model, requires_data, write_jsonl
 from engine.format import IndexLockedError, live_folders, read_manifest
 from engine.index import open_index
 from indexers.corpus import Document
@@ -519,3 +519,40 @@ def test_bad_field_values_and_a_full_disk_are_one_line_errors_and_change_nothing
         assert not [p for p in (tmp_path / "idx").iterdir() if p.name.startswith(".staging")]
     result = subprocess.run([*run, "delete", index_dir, "d1", "nope", "--json"], capture_output=True, text=True)
     assert json.loads(result.stdout.splitlines()[-1])["missing"] == ["nope"]
+
+
+@pytest.mark.slow
+@requires_data("scifact")
+def test_scifact_after_deleting_a_fifth_and_re_adding_half_changed_equals_a_fresh_build(tmp_path):
+    import random
+
+    from engine.evaluation import evaluate
+    from indexers.corpus import CorpusReader, open_source, read_qrels, read_queries
+
+    documents = {doc.id: doc for doc in CorpusReader(open_source(DATA / "scifact" / "corpus.jsonl.gz"))}
+    rng = random.Random(7)
+    gone = rng.sample(sorted(documents), len(documents) // 5)
+    back = rng.sample(gone, len(gone) // 2)
+    build_index(list(documents.values()), tmp_path / "live")
+    changed = [Document(i, " ".join(reversed(documents[i].text.split())) + " revised", documents[i].title)
+               for i in back]  # fmt: skip
+    with IndexWriter(tmp_path / "live") as writer:
+        assert writer.delete(gone) == []
+        writer.commit()
+        assert writer.add(changed) == (len(back), 0)
+        writer.commit()
+    live_documents = {i: d for i, d in documents.items() if i not in set(gone)} | {d.id: d for d in changed}
+    build_index(list(live_documents.values()), tmp_path / "fresh")
+    live, fresh = open_index(tmp_path / "live"), open_index(tmp_path / "fresh")
+    assert (live.documents, live.avgdl) == (fresh.documents, fresh.avgdl) == (len(live_documents), fresh.avgdl)
+    queries = read_queries(DATA / "scifact" / "queries.test.tsv")
+    texts = [text for _, text in queries]
+    runs = [{qid: dict(r.pairs()) for (qid, _), r in zip(queries, index.batch_search(texts, 1000))}
+            for index in (live, fresh)]  # fmt: skip
+    for qid, _ in queries:  # the whole run: every score, and the ids above each query's last (tied) score
+        a, b = runs[0][qid], runs[1][qid]
+        assert sorted(a.values()) == sorted(b.values())
+        cut = min(a.values(), default=0)
+        assert {i for i, s in a.items() if s > cut} == {i for i, s in b.items() if s > cut}
+    qrels = read_qrels(DATA / "scifact" / "qrels.test.txt")
+    assert evaluate(runs[0], qrels).means == evaluate(runs[1], qrels).means
