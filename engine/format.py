@@ -725,12 +725,22 @@ def read_manifest(index_dir: Path) -> dict:
             f"{path}: format version {manifest.get('format_version')} is not supported "
             f"(this Sift reads version {FORMAT_VERSION}); rebuild the index"
         )
+    if manifest.get("format_version") == FORMAT_VERSION and manifest.get("checksum") != _manifest_checksum(manifest):
+        raise IndexFormatError(f"{path}: damaged manifest (its checksum does not match its content)")
     return manifest
+
+
+def _manifest_checksum(manifest: dict) -> int:
+    """CRC32 of the manifest's content without its checksum, in one canonical form."""
+    content = {key: value for key, value in manifest.items() if key != "checksum"}
+    return zlib.crc32(json.dumps(content, sort_keys=True, ensure_ascii=False).encode("utf-8"))
 
 
 def commit_manifest(index_dir: Path, manifest: dict) -> None:
     """The one atomic step of every change: the new manifest replaces the old by rename."""
     manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest, "committed": time.time()}
+    manifest.pop("checksum", None)
+    manifest["checksum"] = _manifest_checksum(manifest)
     temporary = index_dir / f"{MANIFEST}.tmp"
     write_json(temporary, manifest)
     failpoint("before-manifest-rename")
