@@ -49,19 +49,16 @@ class SiftEngine:
         documents = (Document(r["_id"], r["text"], fields={"year": r["year"]}) for r in records)
         build_index(documents, self.path, BuildOptions(fields={"year": "int"}))
         self.index = open_index(self.path)
-
-    def _writer(self) -> IndexWriter:
-        """What sift.Index.writer() gives an embedding application: one commit per block, the reader's segments
-        reused."""
-        return IndexWriter(self.path, commit_on_exit=True, reuse=self.index.segments)
+        # one writer for the whole run, as tantivy's and Lucene's: it keeps the lock, its reader and their segments
+        self.writer = IndexWriter(self.path, reuse=self.index.segments).__enter__()
 
     def commit(self, records: list[dict]) -> None:
-        with self._writer() as writer:
-            writer.add(Document(r["_id"], r["text"], fields={"year": r["year"]}) for r in records)
+        self.writer.add(Document(r["_id"], r["text"], fields={"year": r["year"]}) for r in records)
+        self.writer.commit()
 
     def delete(self, ids: list[str]) -> None:
-        with self._writer() as writer:
-            writer.delete(ids)
+        self.writer.delete(ids)
+        self.writer.commit()
 
     def finds(self, term: str) -> bool:
         self.index = self.index.refresh()
