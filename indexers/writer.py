@@ -331,19 +331,14 @@ class IndexWriter:
         before = reader.deletions[segment]
         seg = reader.segments[segment]
         new = np.array(sorted(self._deleted[segment]), dtype=np.int64)
-        taken: dict[str, int] = {}
-        for passage in new.tolist():
-            for term in set(analyzer.analyze(indexed_text(*seg.store.fields(passage, "title", "text")))):
-                taken[term] = taken.get(term, 0) + 1
-        terms = list(taken)
-        ids = seg.terms.find_many(terms).astype(np.int64)
-        if len(ids) and ids.min() < 0:
-            raise SiftError(f"{seg.directory}: a stored passage holds terms its postings lack; the index is damaged")
+        lengths = np.asarray(seg.lengths)[new]
         counts = np.zeros(len(seg.terms), dtype=np.int64)
         counts[before.term_ids] += before.term_counts
-        counts[ids] += np.array([taken[t] for t in terms], dtype=np.int64)
+        if int(lengths.sum()) * _SCAN_TOKENS_PER_POSTING >= int(seg.offsets[-1]):
+            counts += _postings_of(seg, new)
+        else:
+            counts += _analyzed_terms(seg, new, analyzer)
         touched = np.flatnonzero(counts)
-        lengths = np.asarray(seg.lengths)[new]
         return Deletions(
             np.union1d(before.passages, new), touched, counts[touched], before.tokens + int(lengths.sum()),
             before.scored_passages + int(np.count_nonzero(lengths)),
@@ -544,6 +539,35 @@ def _checked_fields(doc: Document, fields: dict[str, str], where: str) -> dict:
             except ValueError as e:
                 raise ValueError(f"{where}document {doc.id!r}: field {name!r} ({fields[name]}): {e}") from None
     return checked
+
+
+_SCAN_TOKENS_PER_POSTING = 8  # deleting more tokens than 1/8 of a segment's postings: scan them, do not re-analyze
+
+
+def _analyzed_terms(segment: Segment, passages: np.ndarray, analyzer: Analyzer) -> np.ndarray:
+    """Per term of the segment, how many of the passages hold it: their stored text analyzed again, as indexing
+    analyzed it (cheap for a few passages)."""
+    taken: dict[str, int] = {}
+    for passage in passages.tolist():
+        for term in set(analyzer.analyze(indexed_text(*segment.store.fields(passage, "title", "text")))):
+            taken[term] = taken.get(term, 0) + 1
+    terms = list(taken)
+    ids = segment.terms.find_many(terms).astype(np.int64)
+    if len(ids) and ids.min() < 0:
+        raise SiftError(f"{segment.directory}: a stored passage holds terms its postings lack; the index is damaged")
+    counts = np.zeros(len(segment.terms), dtype=np.int64)
+    counts[ids] = [taken[t] for t in terms]
+    return counts
+
+
+def _postings_of(segment: Segment, passages: np.ndarray) -> np.ndarray:
+    """Per term of the segment, how many of the passages hold it: one pass over its postings (cheap for many)."""
+    chosen = np.zeros(segment.passages, dtype=np.int64)
+    chosen[passages] = 1
+    running = np.zeros(int(segment.offsets[-1]) + 1, dtype=np.int64)
+    np.cumsum(chosen[np.asarray(segment.docs)], out=running[1:])
+    offsets = np.asarray(segment.offsets, dtype=np.int64)
+    return running[offsets[1:]] - running[offsets[:-1]]
 
 
 @dataclasses.dataclass

@@ -556,3 +556,19 @@ def test_scifact_after_deleting_a_fifth_and_re_adding_half_changed_equals_a_fres
         assert {i for i, s in a.items() if s > cut} == {i for i, s in b.items() if s > cut}
     qrels = read_qrels(DATA / "scifact" / "qrels.test.txt")
     assert evaluate(runs[0], qrels).means == evaluate(runs[1], qrels).means
+
+
+@settings(max_examples=25)
+@given(st.lists(st.tuples(words, titles), min_size=1, max_size=30), st.data())
+def test_what_deleted_passages_take_from_df_is_the_same_analyzed_or_scanned(tmp_path_factory, initial, data):
+    from engine.analysis import Analyzer
+    from indexers.writer import _analyzed_terms, _postings_of
+
+    index_dir = tmp_path_factory.mktemp("df") / "idx"
+    build_index([document(f"d{i}", w, title) for i, (w, title) in enumerate(initial)], index_dir)
+    index = open_index(index_dir)
+    segment = index.segments[0]
+    chosen = data.draw(st.lists(st.integers(0, segment.passages - 1), unique=True))
+    passages = np.array(sorted(chosen), dtype=np.int64)
+    analyzed = _analyzed_terms(segment, passages, Analyzer(index.analyzer_config))
+    assert analyzed.tolist() == _postings_of(segment, passages).tolist()
