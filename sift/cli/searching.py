@@ -213,7 +213,7 @@ def _cmd_info(args) -> int:
     size = sum(f.stat().st_size for f in Path(args.index_dir).rglob("*") if f.is_file())
     info = {**index.stats(), "bytes": size, "analyzer": manifest["analyzer"], "bm25": manifest["bm25"],
             "passage_split": manifest["passages"], "source": manifest.get("source", {}),
-            "dense": manifest.get("dense", {}), "splade": manifest.get("impact", {}),
+            "dense": _neural_summary(manifest.get("dense", {})), "splade": _neural_summary(manifest.get("impact", {})),
             "pruning": manifest.get("pruning")}  # fmt: skip
     if args.json:
         print(json.dumps(info))
@@ -221,3 +221,8 @@ def _cmd_info(args) -> int:
         for key, value in info.items():
             print(f"{key:<18} {value}")
     return 0
+
+
+def _neural_summary(section: dict) -> dict:
+    """Per model, its settings and how many segments it covers (not each segment's folder)."""
+    return {model: {**entry, "segments": len(entry.get("segments", {}))} for model, entry in section.items()}
