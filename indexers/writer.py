@@ -252,40 +252,45 @@ class IndexWriter:
         if any(self._neural.values()):
             raise SiftError("this writer has staged dense or SPLADE parts; commit them before adding or deleting")
 
-    def _live_passages(self, doc_id: str) -> list[tuple[int, np.ndarray]]:
-        """(base segment, local passage numbers) of a committed document not deleted since."""
+    def _delete_committed(self, doc_ids: Sequence[str]) -> np.ndarray:
+        """Stages the deletion of committed documents not deleted since (all their passages); returns, per id,
+        whether it was found. One compiled lookup per segment for all the ids."""
         reader = self.reader
-        found = []
+        found = np.zeros(len(doc_ids), dtype=bool)
+        if not len(doc_ids):
+            return found
         for i, segment in enumerate(reader.segments):
-            local = int(segment.find_documents([doc_id])[0])
-            if local < 0:
+            local = np.asarray(segment.find_documents(doc_ids), dtype=np.int64)
+            hits = np.flatnonzero(local >= 0)
+            if not len(hits):
                 continue
-            first, end = np.searchsorted(segment.passage_doc, [local, local + 1])
-            live = reader.live[i] is None or reader.live[i][first]
-            if live and int(first) not in self._deleted.get(i, ()):
-                found.append((i, np.arange(first, end, dtype=np.int64)))
+            passage_doc = np.asarray(segment.passage_doc)
+            firsts = np.searchsorted(passage_doc, local[hits])
+            ends = np.searchsorted(passage_doc, local[hits] + 1)
+            live, staged = reader.live[i], self._deleted.get(i, set())
+            for j, first, end in zip(hits.tolist(), firsts.tolist(), ends.tolist()):
+                if (live is None or live[first]) and first not in staged:
+                    staged = self._deleted.setdefault(i, staged)
+                    staged.update(range(first, end))
+                    found[j] = True
         return found
-
-    def _delete_committed(self, doc_id: str) -> bool:
-        found = self._live_passages(doc_id)
-        for segment, passages in found:
-            self._deleted.setdefault(segment, set()).update(passages.tolist())
-        return bool(found)
 
     def add(self, documents: Iterable[Document]) -> tuple[int, int]:
         """Stages documents; one whose id the index (or this writer) already holds replaces it. Returns (added,
-        replaced)."""
+        replaced). A bad document stages none of them."""
         self._check_live()
         fields = self.base.get("fields") or {}
-        added = replaced = 0
+        checked = []
         for doc in documents:
             where = f"{doc.source}: " if doc.source else ""
             if not (doc.text.strip() or doc.title.strip()):
                 raise ValueError(f"{where}document {doc.id!r} has no title or text; nothing to index")
             if doc.fields:
                 doc = dataclasses.replace(doc, fields=_checked_fields(doc, fields, where))
-            existed = self._added.pop(doc.id, None) is not None
-            existed = self._delete_committed(doc.id) or existed
+            checked.append(doc)
+        added = replaced = 0
+        for doc, committed in zip(checked, self._delete_committed([doc.id for doc in checked])):
+            existed = self._added.pop(doc.id, None) is not None or bool(committed)
             self._added[doc.id] = doc
             replaced += existed
             added += not existed
@@ -294,12 +299,10 @@ class IndexWriter:
     def delete(self, ids: Iterable[str]) -> list[str]:
         """Stages the deletion of documents (all their passages); returns the ids found nowhere."""
         self._check_live()
-        missing = []
-        for doc_id in ids:
-            pending = self._added.pop(doc_id, None) is not None
-            if not self._delete_committed(doc_id) and not pending:
-                missing.append(doc_id)
-        return missing
+        ids = list(dict.fromkeys(ids))
+        pending = [self._added.pop(doc_id, None) is not None for doc_id in ids]
+        found = self._delete_committed(ids)
+        return [doc_id for doc_id, was_pending, was_found in zip(ids, pending, found) if not (was_pending or was_found)]
 
     def compact(self, max_segments: int = 1) -> None:
         """Stages merging the index down to at most max_segments segments, dropping deleted passages."""
