@@ -422,12 +422,13 @@ def write_postings(
     if packed:
         for name, array in zip(PACKED_FILES, encode(docs, tfs, offsets)):
             write_array(directory / f"{name}.npy", array)
-    for name, array in () if packed else (("postings.docs.npy", docs), ("postings.tfs.npy", tfs)):
-        if isinstance(array, np.memmap):
-            array.flush()
-            fsync_path(directory / name)
-        else:
-            write_array(directory / name, array)
+    else:
+        for name, array in (("postings.docs.npy", docs), ("postings.tfs.npy", tfs)):
+            if isinstance(array, np.memmap):
+                array.flush()
+                fsync_path(directory / name)
+            else:
+                write_array(directory / name, array)
     blocks = compute_blocks(docs, tfs, offsets, lengths)
     write_array(directory / "blocks.offsets.npy", blocks.offsets)
     write_array(directory / "blocks.max_tf.npy", blocks.max_tf)

@@ -64,16 +64,15 @@ class NeuralReport:
 
     @staticmethod
     def combine(model: str, reports: Sequence[NeuralReport]) -> NeuralReport:
-        """One report for the segments of an index: counts added, the faiss kinds or dimension kept as one value."""
-        built: dict = {}
-        for report in reports:
-            for key, value in report.built.items():
-                if isinstance(value, int | float) and key != "dimension" and key != "scale":
-                    built[key] = built.get(key, 0) + value
-                elif key == "faiss":
-                    built[key] = value if built.get(key, value) == value else "mixed"
-                else:
-                    built[key] = value
+        """One report for the segments of an index: term and posting counts added, one faiss kind (or "mixed")."""
+        if not reports:
+            raise NeuralIndexError("the index has no passages to encode")
+        built = dict(reports[0].built)
+        for key in ("terms", "postings"):
+            if key in built:
+                built[key] = sum(r.built[key] for r in reports)
+        if "faiss" in built and any(r.built["faiss"] != built["faiss"] for r in reports):
+            built["faiss"] = "mixed"
         return NeuralReport(model, sum(r.passages for r in reports), sum(r.seconds for r in reports),
                             sum(r.encode_seconds for r in reports), built)  # fmt: skip
 
@@ -231,12 +230,13 @@ def gather_impact(rows: Rows, folder: Path, model: str, packed: bool) -> None:
         keep = docs >= 0
         source_terms = np.repeat(np.arange(len(lists.terms)), np.diff(np.asarray(lists.offsets)))[keep]
         present = np.unique(source_terms)
-        for token in lists.terms.take(present):
+        present_tokens = lists.terms.take(present)
+        for token in present_tokens:
             if token not in position:
                 position[token] = len(tokens)
                 tokens.append(token)
         remap = np.zeros(len(lists.terms), dtype=np.int64)
-        remap[present] = [position[t] for t in lists.terms.take(present)]
+        remap[present] = [position[t] for t in present_tokens]
         parts.append((remap[source_terms], docs[keep].astype(np.uint32), np.asarray(lists.tfs)[keep]))
         base += len(taken)
     terms, passages, impacts = (np.concatenate(p) for p in zip(*parts))

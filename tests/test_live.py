@@ -79,14 +79,21 @@ def test_any_sequence_of_changes_equals_a_fresh_build(tmp_path_factory, initial,
     options = BuildOptions(postings="packed" if packed else "raw", passage_window=window)
     documents = {f"d{i}": document(f"d{i}", w, title) for i, (w, title) in enumerate(initial)}
     build_index(list(documents.values()), tmp_path / "live", options)
-    small_tiers = MergePolicy(segments_per_tier=2, floor_passages=4)  # merges happen often on small corpora
-    with IndexWriter(tmp_path / "live", merge_policy=small_tiers) as writer:
+    apply_changes(tmp_path / "live", steps, documents, document,
+                  lambda: assert_equals_fresh_build(tmp_path / "live", documents, tmp_path, options))  # fmt: skip
+
+
+def apply_changes(index_dir, steps, documents: dict, make, check) -> None:
+    """Runs generated steps through one writer (with merges frequent on small corpora), keeping `documents` as
+    the live documents they leave; check() after every commit, and after the last."""
+    with IndexWriter(index_dir, merge_policy=MergePolicy(segments_per_tier=2, floor_passages=4)) as writer:
         for operation, argument in steps:
             if operation == "add":
-                for doc_id, w, title in argument:
-                    documents.pop(doc_id, None)
-                    documents[doc_id] = document(doc_id, w, title)
-                writer.add(document(doc_id, w, title) for doc_id, w, title in argument)
+                made = [make(doc_id, w, title) for doc_id, w, title in argument]
+                for doc in made:
+                    documents.pop(doc.id, None)
+                    documents[doc.id] = doc
+                writer.add(made)
             elif operation == "delete":
                 gone = [d for d in argument if d not in documents]
                 for doc_id in argument:
@@ -96,9 +103,9 @@ def test_any_sequence_of_changes_equals_a_fresh_build(tmp_path_factory, initial,
                 writer.compact(argument)
             if operation in ("commit", "compact"):
                 writer.commit()
-                assert_equals_fresh_build(tmp_path / "live", documents, tmp_path, options)
+                check()
         writer.commit()
-    assert_equals_fresh_build(tmp_path / "live", documents, tmp_path, options)
+    check()
 
 
 def test_upsert_replaces_and_delete_reports_missing_ids(tmp_path):
@@ -224,26 +231,8 @@ def test_dense_splade_and_filters_follow_any_sequence_of_changes(tmp_path_factor
 
     documents = {f"d{i}": make(f"d{i}", w) for i, w in enumerate(initial)}
     build_with_neural_parts(list(documents.values()), tmp_path / "live", options)
-    small_tiers = MergePolicy(segments_per_tier=2, floor_passages=4)
-    with IndexWriter(tmp_path / "live", merge_policy=small_tiers) as writer:
-        for operation, argument in steps:
-            if operation == "add":
-                made = [make(doc_id, w, title) for doc_id, w, title in argument]
-                for doc in made:
-                    documents.pop(doc.id, None)
-                    documents[doc.id] = doc
-                writer.add(made)
-            elif operation == "delete":
-                for doc_id in argument:
-                    documents.pop(doc_id, None)
-                writer.delete(argument)
-            elif operation == "compact":
-                writer.compact(argument)
-            if operation in ("commit", "compact"):
-                writer.commit()
-                assert_every_first_stage_equals_fresh_build(tmp_path / "live", documents, tmp_path, options)
-        writer.commit()
-    assert_every_first_stage_equals_fresh_build(tmp_path / "live", documents, tmp_path, options)
+    apply_changes(tmp_path / "live", steps, documents, make,
+                  lambda: assert_every_first_stage_equals_fresh_build(tmp_path / "live", documents, tmp_path, options))
     manifest = read_manifest(tmp_path / "live")
     names = [s["name"] for s in manifest["segments"]]
     assert [list(manifest[kind][model]["segments"]) for kind, model in (("dense", "tiny"), ("impact", "tiny-splade"))
