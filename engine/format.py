@@ -14,9 +14,12 @@ import json
 import math
 import mmap
 import os
+import re
 import shutil
 import signal
+import threading
 import time
+import weakref
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -108,15 +111,34 @@ def write_array(path: Path, array: np.ndarray) -> None:
         os.fsync(f.fileno())
 
 
+_NPY_HEADER = re.compile(rb"\{'descr': '([<>|=][a-z]\d+)', 'fortran_order': (True|False), 'shape': \(([\d, ]*)\), \}")
+
+
+def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, Fortran order, dtype, data offset) of an open .npy file. Headers as np.save writes them are read with
+    one pattern (numpy's reader evaluates the header as Python, 50 us an array); anything else goes through it."""
+    head = f.read(256)
+    if head[:6] == b"\x93NUMPY" and head[6] in (1, 2):
+        start = 10 if head[6] == 1 else 12
+        size = int.from_bytes(head[8:start], "little")
+        match = _NPY_HEADER.match(head, start, start + size)
+        if match:
+            shape = tuple(int(n) for n in match[3].split(b",") if n.strip())
+            return shape, match[2] == b"True", np.dtype(match[1].decode()), start + size
+    f.seek(0)
+    npy = np.lib.format
+    read_header = npy.read_array_header_1_0 if npy.read_magic(f) == (1, 0) else npy.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(f)
+    return shape, fortran_order, dtype, f.tell()
+
+
 def open_array(path: Path) -> np.ndarray:
     """A .npy file memory-mapped as a plain read-only ndarray (np.memmap's per-slice overhead dominates small reads,
     and np.load's mapping costs more than reading the header and mapping the file here: a commit opens dozens)."""
     try:
         with open(path, "rb") as f:
-            npy = np.lib.format
-            read_header = npy.read_array_header_1_0 if npy.read_magic(f) == (1, 0) else npy.read_array_header_2_0
-            shape, fortran_order, dtype = read_header(f)
-            offset, count = f.tell(), math.prod(shape)
+            shape, fortran_order, dtype, offset = _npy_header(f)
+            count = math.prod(shape)
             if dtype.hasobject:
                 raise ValueError("holds Python objects")
             size = os.fstat(f.fileno()).st_size
@@ -443,9 +465,9 @@ POSTINGS_FORMATS = ("raw", "packed")
 
 def pack_segment(directory: Path) -> None:
     """Rewrites a finished, not yet committed segment's postings with the block codec (engine/codec.py)."""
-    segment = PostingLists(directory)
-    if segment.packed:
+    if json.loads(_read_meta(directory)).get("postings") == "packed":
         return
+    segment = PostingLists(directory)
     for name, array in zip(PACKED_FILES, encode(segment.docs, segment.tfs, segment.offsets)):
         write_array(directory / f"{name}.npy", array)
     meta = {**segment.meta, "postings": "packed"}
@@ -508,15 +530,13 @@ class PostingLists:
     """Terms and their postings with block maxima, memory-mapped: what the kernels read. A segment adds passages to
     them; an impact index (learned sparse weights over the index's passages) is nothing more."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, meta_bytes: bytes | None = None) -> None:
         self.directory = directory
-        meta_path = directory / "segment.json"
+        self.meta_bytes = _read_meta(directory) if meta_bytes is None else meta_bytes
         try:
-            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise IndexFormatError(f"{meta_path}: missing; the index is damaged") from None
+            self.meta = json.loads(self.meta_bytes)
         except (ValueError, UnicodeDecodeError) as e:
-            raise IndexFormatError(f"{meta_path}: damaged ({e})") from None
+            raise IndexFormatError(f"{directory / 'segment.json'}: damaged ({e})") from None
         verify_files(directory, self.meta.get("files"))
         self.terms = StringTable(directory, "terms")
         self.offsets = open_array(directory / "postings.offsets.npy")
@@ -550,11 +570,18 @@ class PostingLists:
         return self._decoded[1] if self._raw is None else self._raw[1]
 
 
+def _read_meta(directory: Path) -> bytes:
+    try:
+        return (directory / "segment.json").read_bytes()
+    except FileNotFoundError:
+        raise IndexFormatError(f"{directory / 'segment.json'}: missing; the index is damaged") from None
+
+
 class Segment(PostingLists):
     """A read-only, memory-mapped segment: postings, passage lengths, ids and the document store."""
 
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
+    def __init__(self, directory: Path, meta_bytes: bytes | None = None) -> None:
+        super().__init__(directory, meta_bytes)
         self.lengths = open_array(directory / "lengths.npy")
         self.passage_doc = open_array(directory / "passages.doc.npy")
         self.passage_part = open_array(directory / "passages.part.npy")
@@ -573,6 +600,36 @@ class Segment(PostingLists):
     @cached_property
     def total_tokens(self) -> int:
         return int(self.meta["tokens"])
+
+
+_open_segments: weakref.WeakValueDictionary[str, Segment] = weakref.WeakValueDictionary()
+_open_segments_lock = threading.Lock()
+
+
+def open_segment(directory: Path) -> Segment:
+    """A segment mapped once per process: every reader (and the writer that published it) shares its maps, so that a
+    refresh after a small commit maps only what is new. A folder whose segment.json differs from the mapped one's
+    holds another segment (an index rebuilt in place); its files are checked as at any open."""
+    meta_bytes = _read_meta(directory)
+    key = os.path.abspath(directory)
+    with _open_segments_lock:
+        segment = _open_segments.get(key)
+    if segment is not None and segment.meta_bytes == meta_bytes:
+        verify_files(directory, segment.meta.get("files"))
+        return segment
+    segment = Segment(directory, meta_bytes)
+    with _open_segments_lock:
+        _open_segments[key] = segment
+    return segment
+
+
+def publish_segment(segment: Segment, directory: Path) -> None:
+    """Moves a finished segment's folder to its committed name; its maps stay valid and are shared from there."""
+    os.replace(segment.directory, directory)
+    segment.directory = directory
+    segment.store.path = directory / "store.zst"
+    with _open_segments_lock:
+        _open_segments[os.path.abspath(directory)] = segment
 
 
 @dataclass(frozen=True)

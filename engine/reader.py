@@ -17,7 +17,15 @@ import numpy as np
 
 from engine.analysis import AnalyzerConfig
 from engine.errors import SiftError
-from engine.format import NO_DELETIONS, Deletions, IndexFormatError, Segment, read_deletions, read_manifest
+from engine.format import (
+    NO_DELETIONS,
+    Deletions,
+    IndexFormatError,
+    Segment,
+    open_segment,
+    read_deletions,
+    read_manifest,
+)
 
 
 class DocumentNotFoundError(SiftError, KeyError):
@@ -105,7 +113,7 @@ class IndexReader:
         self.analyzer_config = AnalyzerConfig.from_dict(self.manifest["analyzer"])
         opened = {segment.directory.name: segment for segment in reuse}
         entries = self.manifest["segments"]
-        self.segments = [opened.get(s["name"]) or Segment(self.path / s["name"]) for s in entries]
+        self.segments = [opened.get(s["name"]) or open_segment(self.path / s["name"]) for s in entries]
         self.deletions: list[Deletions] = [read_deletions(self.path / s["deletions"]) if s.get("deletions")
                                            else NO_DELETIONS for s in entries]  # fmt: skip
         # per segment, the kernels' mask of live passages (None: nothing deleted there)

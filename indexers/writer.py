@@ -54,6 +54,7 @@ from engine.format import (
     commit_manifest,
     failpoint,
     live_folders,
+    publish_segment,
     read_manifest,
     write_deletions,
 )
@@ -395,7 +396,7 @@ class IndexWriter:
         for plan in kept:
             name = plan.entry["name"]
             if plan.staged:
-                os.replace(plan.segment.directory, self.index_dir / name)
+                publish_segment(plan.segment, self.index_dir / name)
             staged_deletions = self.staging / (plan.entry.get("deletions") or "-")
             if staged_deletions.exists():
                 os.replace(staged_deletions, self.index_dir / plan.entry["deletions"])

@@ -14,6 +14,7 @@ from engine.format import (
     Segment,
     StringTable,
     compute_blocks,
+    open_array,
     sort_terms,
     write_strings,
 )
@@ -57,6 +58,18 @@ def test_findable_string_table_finds_unsorted_ids(tmp_path_factory, ids, probes)
     table = StringTable(directory, "docids", findable=True)
     assert table[:] == ids
     assert table.find_many([*ids, *probes]).tolist() == [ids.index(p) if p in ids else -1 for p in [*ids, *probes]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(["u1", "u2", "<u4", "<i8", ">i2", "<f4", "<f8", "|b1", "<U3", "<c16"]),
+       st.lists(st.integers(0, 4), max_size=3), st.booleans())  # fmt: skip
+def test_arrays_open_as_numpy_wrote_them(tmp_path_factory, dtype, shape, fortran):
+    path = tmp_path_factory.mktemp("npy") / "a.npy"
+    array = np.arange(int(np.prod(shape)), dtype=np.int64).astype(dtype).reshape(shape, order="F" if fortran else "C")
+    np.save(path, array)
+    opened = open_array(path)
+    assert opened.dtype == array.dtype and opened.shape == array.shape and np.array_equal(opened, array)
+    assert opened.flags.f_contiguous == array.flags.f_contiguous
 
 
 @settings(max_examples=30, deadline=None)

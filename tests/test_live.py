@@ -5,6 +5,7 @@ the same statistics, the same scores to the bit, the same ids (up to exact score
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -311,8 +312,22 @@ def test_refresh_reuses_the_segments_that_did_not_change(tmp_path):
     with IndexWriter(tmp_path / "idx") as writer:
         writer.add([document("b", ["fox"])])
         writer.commit()
+        published = writer.reader.segments[1]
     newer = index.refresh()
     assert len(newer.segments) == 2 and newer.segments[0] is index.segments[0]
+    assert newer.segments[1] is published  # the writer's maps, shared: a small commit maps nothing twice
+    assert open_index(tmp_path / "idx").segments[1] is published
+
+
+def test_an_index_rebuilt_in_place_is_never_answered_from_the_old_maps(tmp_path):
+    build_index([document("a", ["fox"]), document("b", ["river"])], tmp_path / "idx")
+    old = open_index(tmp_path / "idx")
+    shutil.rmtree(tmp_path / "idx")  # deleted and built again: generation 1 again, under the same folder names
+    build_index([document("z", ["fox", "fox"])], tmp_path / "idx")
+    fresh = open_index(tmp_path / "idx")
+    assert fresh.segments[0].directory.name == old.segments[0].directory.name  # the same folder name, reused
+    assert fresh.segments[0] is not old.segments[0]
+    assert fresh.search("fox", 10).ids == ["z"] and old.search("fox", 10).ids == ["a"]
 
 
 LIVE_FAILPOINTS = ["after-flush", "after-add", "merge", "before-commit", "before-manifest-rename", "after-commit"]
