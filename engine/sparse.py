@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from numba import njit
 
 from engine.analysis import Analyzer
 from engine.codec import BLOCK, decode_block
-from engine.format import PostingLists
+from engine.format import PostingLists, Segment
 from engine.reader import IndexReader, Results, rank_documents
 
 DEFAULT_K1 = 0.9
@@ -79,6 +80,18 @@ def lucene_norm_bytes(lengths: np.ndarray) -> np.ndarray:
     return (np.searchsorted(LUCENE_LENGTH_TABLE, np.asarray(lengths, dtype=np.int64), side="right") - 1).astype(
         np.uint8
     )
+
+
+_segment_norm_bytes: weakref.WeakKeyDictionary[Segment, np.ndarray] = weakref.WeakKeyDictionary()
+
+
+def segment_norm_bytes(segment: Segment) -> np.ndarray:
+    """A segment's Lucene norm bytes, computed once per open segment (they depend on its lengths only) and shared
+    by every reader's searcher: a refresh after a small commit does not touch every passage again."""
+    found = _segment_norm_bytes.get(segment)
+    if found is None:
+        found = _segment_norm_bytes[segment] = lucene_norm_bytes(segment.lengths)
+    return found
 
 
 def norm_inverse_table(params: BM25Params, avgdl: float, max_index: int) -> np.ndarray:
@@ -660,7 +673,7 @@ class BM25Searcher:
         key = (params.k1, params.b, params.length_norm)
         if key not in self._norm_cache:
             if params.length_norm == "lucene":
-                indexes = [lucene_norm_bytes(s.lengths) for s in self.segments]
+                indexes = [segment_norm_bytes(s) for s in self.segments]
                 lengths = LUCENE_LENGTH_TABLE
             else:
                 indexes = [np.asarray(s.lengths) for s in self.segments]
