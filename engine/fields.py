@@ -17,10 +17,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.errors import SiftError
+
+if TYPE_CHECKING:
+    from engine.format import Folder
 
 FIELD_TYPES = ("keyword", "keyword[]", "int", "float", "date")
 RESERVED = ("id", "part", "title", "text", "score", "rank", "doc_id")
@@ -119,21 +123,19 @@ class ColumnsWriter:
 class Columns:
     """A segment's field values, memory-mapped: per document, and as masks for filters."""
 
-    def __init__(self, directory: Path, fields: dict[str, str]) -> None:
-        from engine.format import StringTable, open_array
+    def __init__(self, files: Folder, fields: dict[str, str]) -> None:
+        from engine.format import StringTable
 
         self.fields = fields
         self.numeric: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.keywords: dict[str, tuple[np.ndarray, np.ndarray, StringTable]] = {}
         for name, kind in fields.items():
-            prefix = directory / _files(name)
+            prefix = _files(name)
             if kind in ("int", "float", "date"):
-                self.numeric[name] = (open_array(Path(f"{prefix}.values.npy")),
-                                      open_array(Path(f"{prefix}.present.npy")))  # fmt: skip
+                self.numeric[name] = (files.array(f"{prefix}.values.npy"), files.array(f"{prefix}.present.npy"))
             else:
-                self.keywords[name] = (open_array(Path(f"{prefix}.offsets.npy")),
-                                       open_array(Path(f"{prefix}.codes.npy")),
-                                       StringTable(directory, f"{_files(name)}.dict"))  # fmt: skip
+                self.keywords[name] = (files.array(f"{prefix}.offsets.npy"), files.array(f"{prefix}.codes.npy"),
+                                       StringTable(files, f"{prefix}.dict"))  # fmt: skip
 
     def values(self, doc: int) -> dict:
         """A document's fields as they were given (dates as ISO 8601 strings); absent ones left out."""

@@ -23,7 +23,6 @@ from engine.format import (
     failpoint,
     finish_segment,
     merge_segments,
-    pack_segment,
     write_array,
     write_postings,
     write_strings,
@@ -402,11 +401,8 @@ def write_passages(
         flushes = len(flushed)
         if options.merge and len(flushed) > 1:
             merged = staging / "merged"
-            merge_segments([Segment(p) for p in flushed], merged)
+            merge_segments([Segment(p) for p in flushed], merged, packed=pack)
             for folder in flushed:
                 shutil.rmtree(folder)
             flushed = [merged]
-        if options.postings == "packed":
-            for folder in flushed:
-                pack_segment(folder)
     return flushed, BuildReport(staging, count, passages, flushes, time.perf_counter() - started, 0)

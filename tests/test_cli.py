@@ -94,8 +94,8 @@ def test_errors_are_one_line_with_non_zero_exit(tmp_path, args, message):
 
 @pytest.mark.parametrize(
     ("damaged", "how"),
-    [("manifest.json", "garbage"), ("SEGMENT/segment.json", "truncate"), ("SEGMENT/lengths.npy", "truncate"),
-     ("SEGMENT/postings.words.npy", "truncate"), ("SEGMENT/store.zst", "garbage")],
+    [("manifest.json", "garbage"), ("SEGMENT/segment.json", "truncate"), ("SEGMENT/segment.cfs", "truncate"),
+     ("SEGMENT/segment.cfs", "garbage")],
 )  # fmt: skip
 def test_a_damaged_index_is_a_one_line_error_naming_the_file(tmp_path, corpus_file, damaged, how):
     assert sift("index", str(corpus_file), str(tmp_path / "idx"), "--quiet").returncode == 0

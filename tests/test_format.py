@@ -11,6 +11,7 @@ from engine.format import (
     BLOCK_SIZE,
     DocStore,
     DocStoreWriter,
+    Folder,
     Segment,
     StringTable,
     compute_blocks,
@@ -29,7 +30,7 @@ def test_string_table_finds_every_term_and_only_those(tmp_path_factory, terms, p
     directory = tmp_path_factory.mktemp("strings")
     ordered = sort_terms(terms)
     write_strings(directory, "terms", ordered)
-    table = StringTable(directory, "terms")
+    table = StringTable(Folder(directory), "terms")
     assert len(table) == len(ordered) and table[:] == ordered
     for i, term in enumerate(ordered):
         assert table.find(term) == i
@@ -45,7 +46,7 @@ def test_string_table_finds_every_term_and_only_those(tmp_path_factory, terms, p
 def test_string_table_takes_any_strings_in_any_order(tmp_path_factory, strings, data):
     directory = tmp_path_factory.mktemp("take")
     write_strings(directory, "ids", strings)
-    table = StringTable(directory, "ids")
+    table = StringTable(Folder(directory), "ids")
     picks = data.draw(st.lists(st.integers(0, len(strings) - 1), max_size=20)) if strings else []
     assert table.take(picks) == [strings[i] for i in picks]  # NUL inside a string takes the slow path
 
@@ -55,7 +56,7 @@ def test_string_table_takes_any_strings_in_any_order(tmp_path_factory, strings, 
 def test_findable_string_table_finds_unsorted_ids(tmp_path_factory, ids, probes):
     directory = tmp_path_factory.mktemp("ids")
     write_strings(directory, "docids", ids, findable=True)
-    table = StringTable(directory, "docids", findable=True)
+    table = StringTable(Folder(directory), "docids", findable=True)
     assert table[:] == ids
     assert table.find_many([*ids, *probes]).tolist() == [ids.index(p) if p in ids else -1 for p in [*ids, *probes]]
 
@@ -80,7 +81,7 @@ def test_document_store_round_trip(tmp_path_factory, texts):
     for i, text in enumerate(texts):
         writer.add_many([[str(i), i % 3, "", text]])
     writer.close()
-    store = DocStore(directory)
+    store = DocStore(Folder(directory))
     for i in reversed(range(len(texts))):  # any order: each read is one block
         assert store[i] == {"id": str(i), "part": i % 3, "title": "", "text": texts[i]}
 

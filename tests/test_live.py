@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import DATA, WORDS, register_lookup_model, requires_data, write_jsonl
-from engine.format import IndexLockedError, live_folders, read_manifest
+from engine.format import COMPOUND, IndexLockedError, live_folders, read_manifest
 from engine.index import open_index
 from indexers.corpus import Document
 from indexers.inverted import BuildOptions
@@ -390,49 +390,58 @@ def test_sigkill_at_every_failpoint_of_add_delete_and_merge_leaves_one_whole_com
     assert kills >= 10
 
 
-def damaged_copies(index_dir, tmp_path):
-    """Every file of the index, one at a time: truncated, a part zero-filled, one byte flipped."""
-    import shutil
+def _damages(path):
+    """(what, damaged bytes) for a file: truncated, a part zero-filled, one byte flipped; in a compound file, the
+    bytes of each member zero-filled and flipped as well."""
+    original = path.read_bytes()
+    spans = [(0, len(original))]
+    if path.name == COMPOUND:
+        members = json.loads((path.parent / "segment.json").read_text())["compound"]
+        spans += [(offset, size) for offset, size, *_ in members.values() if size]
+    yield "truncate", original[: len(original) // 2]
+    for offset, size in spans:
+        data = bytearray(original)
+        start = offset + size // 3
+        data[start : start + max(1, size // 4)] = bytes(max(1, size // 4))[: offset + size - start]
+        yield f"zero {offset}+{size}", bytes(data)
+        data = bytearray(original)
+        data[offset + size // 2] ^= 0x5A
+        yield f"flip {offset}+{size}", bytes(data)
 
+
+def damaged_copies(index_dir, tmp_path):
+    """Every file of the index (every member of a compound file), one at a time, damaged each way of _damages."""
     files = sorted(p.relative_to(index_dir) for p in index_dir.rglob("*")
                    if p.is_file() and p.name != "write.lock")  # fmt: skip
     for number, relative in enumerate(files):
-        for damage in ("truncate", "zero", "flip"):
-            target = tmp_path / f"damaged-{number}-{damage}"
-            shutil.copytree(index_dir, target)
-            path = target / relative
-            original = path.read_bytes()
-            data = bytearray(original)
-            if damage == "truncate":
-                data = data[: len(data) // 2]
-            elif damage == "zero":
-                start = len(data) // 3
-                data[start : start + max(1, len(data) // 4)] = bytes(max(1, len(data) // 4))[: len(data) - start]
-            else:
-                data[len(data) // 2] ^= 0x5A
-            if bytes(data) == original:  # zeros over zeros: nothing damaged
-                shutil.rmtree(target)
+        for trial, (damage, data) in enumerate(_damages(index_dir / relative)):
+            if data == (index_dir / relative).read_bytes():  # zeros over zeros: nothing damaged
                 continue
-            path.write_bytes(bytes(data))
+            target = tmp_path / f"damaged-{number}-{trial}"
+            shutil.copytree(index_dir, target)
+            (target / relative).write_bytes(data)
             yield target, str(relative), damage
             shutil.rmtree(target)
 
 
-def test_every_damaged_file_is_reported_by_sift_check_and_never_answers_wrongly(tmp_path):
+@pytest.mark.parametrize("compound", [True, False], ids=["compound", "separate-files"])
+def test_every_damaged_file_is_reported_by_sift_check_and_never_answers_wrongly(tmp_path, monkeypatch, compound):
     from engine.format import IndexFormatError, check_index
 
-    records = [{"_id": f"d{i}", "text": " ".join(WORDS[i % 30 : i % 30 + 7]), "year": 1990 + i % 30}
-               for i in range(400)]  # fmt: skip
-    corpus = write_jsonl(tmp_path / "c.jsonl", records)
-    subprocess.run([sys.executable, "-m", "sift", "index", str(corpus), str(tmp_path / "idx"), "--field", "year:int",
-                    "--quiet"], check=True, capture_output=True)  # fmt: skip
+    if not compound:
+        monkeypatch.setattr("engine.format.COMPOUND_BYTES", 0)
+    documents = [Document(f"d{i}", " ".join(WORDS[i % 30 : i % 30 + 7]), fields={"year": 1990 + i % 30})
+                 for i in range(400)]  # fmt: skip
+    build_index(documents, tmp_path / "idx", BuildOptions(fields={"year": "int"}))
     with IndexWriter(tmp_path / "idx") as writer:  # deletions files too
         writer.delete(["d3", "d7"])
         writer.commit()
+    (segment,) = read_manifest(tmp_path / "idx")["segments"]
+    assert (tmp_path / "idx" / segment["name"] / COMPOUND).exists() == compound
     expected = snapshot(tmp_path / "idx")
-    assert check_index(tmp_path / "idx")["files"] > 20
+    assert check_index(tmp_path / "idx")["files"] > (5 if compound else 20)
     trials = caught_at_open = 0
-    for damaged, name, _ in damaged_copies(tmp_path / "idx", tmp_path):
+    for damaged, name, damage in damaged_copies(tmp_path / "idx", tmp_path):
         trials += 1
         with pytest.raises(IndexFormatError, match=name.split("/")[-1].replace(".", r"\.")):
             check_index(damaged)
@@ -442,7 +451,7 @@ def test_every_damaged_file_is_reported_by_sift_check_and_never_answers_wrongly(
             assert name.split("/")[-1] in str(error) or name.split("/")[0] in str(error)
             caught_at_open += 1
             continue
-        assert found == expected, name  # whatever opening let through still answers rightly
+        assert found == expected, (name, damage)  # whatever opening let through still answers rightly
     assert trials >= 60 and caught_at_open == trials
 
 
