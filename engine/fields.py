@@ -16,7 +16,6 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,7 +23,7 @@ import numpy as np
 from engine.errors import SiftError
 
 if TYPE_CHECKING:
-    from engine.format import Folder
+    from engine.format import Folder, FolderWriter
 
 FIELD_TYPES = ("keyword", "keyword[]", "int", "float", "date")
 RESERVED = ("id", "part", "title", "text", "score", "rank", "doc_id")
@@ -100,24 +99,24 @@ class ColumnsWriter:
         for name in self.fields:
             self.values[name].append((values or {}).get(name))
 
-    def write(self, directory: Path) -> None:
-        from engine.format import write_array, write_strings
+    def write(self, out: FolderWriter) -> None:
+        from engine.format import write_strings
 
         for name, kind in self.fields.items():
-            column, prefix = self.values[name], directory / _files(name)
+            column, prefix = self.values[name], _files(name)
             if kind in ("int", "float", "date"):
                 dtype = np.float64 if kind == "float" else np.int64
-                write_array(Path(f"{prefix}.values.npy"), np.array([v or 0 for v in column], dtype=dtype))
-                write_array(Path(f"{prefix}.present.npy"), np.array([v is not None for v in column], dtype=np.uint8))
+                out.array(f"{prefix}.values.npy", np.array([v or 0 for v in column], dtype=dtype))
+                out.array(f"{prefix}.present.npy", np.array([v is not None for v in column], dtype=np.uint8))
                 continue
             lists = [([v] if isinstance(v, str) else v or []) for v in column]
             dictionary = sorted({v for values in lists for v in values}, key=lambda v: v.encode("utf-8"))
             code = {v: i for i, v in enumerate(dictionary)}
             offsets = np.zeros(len(lists) + 1, dtype=np.int64)
             np.cumsum([len(values) for values in lists], out=offsets[1:])
-            write_array(Path(f"{prefix}.offsets.npy"), offsets)
-            write_array(Path(f"{prefix}.codes.npy"), np.array([code[v] for vs in lists for v in vs], dtype=np.int64))
-            write_strings(directory, f"{_files(name)}.dict", dictionary)
+            out.array(f"{prefix}.offsets.npy", offsets)
+            out.array(f"{prefix}.codes.npy", np.array([code[v] for vs in lists for v in vs], dtype=np.int64))
+            write_strings(out, f"{prefix}.dict", dictionary)
 
 
 class Columns:
@@ -239,13 +238,13 @@ def _compare(values: np.ndarray, op: str, literals: list[float]) -> np.ndarray:
             ">=": values >= literal}[op]  # fmt: skip
 
 
-def merge_columns(directory: Path, fields: dict[str, str], parts: Sequence[tuple[Columns, int]]) -> None:
+def merge_columns(out: FolderWriter, fields: dict[str, str], parts: Sequence[tuple[Columns, int]]) -> None:
     """One segment's columns from several (columns, documents) in order: what a merge of their segments writes."""
     writer = ColumnsWriter(fields)
     for columns, documents in parts:
         for doc in range(documents):
             writer.add(columns.raw(doc))
-    writer.write(directory)
+    writer.write(out)
 
 
 # --- filter expressions -------------------------------------------------------------------------------------------

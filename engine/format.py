@@ -170,20 +170,67 @@ def write_json(path: Path, data: dict) -> None:
         os.fsync(f.fileno())
 
 
+class FolderWriter:
+    """A folder being written, its arrays and byte strings by name: each to a file of its own, or, in memory, for a
+    folder expected to be small, so that finish_segment writes them as one compound file without creating a file
+    per member (a one-document commit's segment). Files written into the folder directly (the document store)
+    join either way."""
+
+    def __init__(self, directory: Path, in_memory: bool = False) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.members: dict[str, np.ndarray | bytes] | None = {} if in_memory else None
+        self._scratch: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, array: np.ndarray) -> None:
+        if self._scratch.get(name) is array:  # filled in place (scratch)
+            if isinstance(array, np.memmap):
+                array.flush()
+            return
+        if self.members is None:
+            write_array(self.directory / name, array)
+        else:
+            array = np.asarray(array)
+            self.members[name] = np.array(array, dtype=_stored_type(name, array), order="C")
+
+    def bytes(self, name: str, data: bytes) -> None:
+        if self.members is None:
+            _disk_full_failpoint(self.directory / name)
+            (self.directory / name).write_bytes(data)
+        else:
+            self.members[name] = bytes(data)
+
+    def scratch(self, name: str, dtype, length: int) -> np.ndarray:
+        """An array to fill in place that is the member `name` (a mapped file, or memory)."""
+        if self.members is None:
+            array = np.lib.format.open_memmap(self.directory / name, mode="w+", dtype=dtype, shape=(length,))
+        else:
+            array = self.members[name] = np.zeros(length, dtype=dtype)
+        self._scratch[name] = array
+        return array
+
+    def remove(self, name: str) -> None:
+        self._scratch.pop(name, None)
+        if self.members is not None:
+            self.members.pop(name, None)
+        else:
+            (self.directory / name).unlink()
+
+
 # --- string tables -------------------------------------------------------------------------------------------------
 
 
-def write_strings(directory: Path, name: str, strings: Sequence[str], findable: bool = False) -> None:
+def write_strings(out: FolderWriter, name: str, strings: Sequence[str], findable: bool = False) -> None:
     """Strings as one UTF-8 blob plus offsets: memory-mapped, no load cost on open. findable: also their order
     sorted by UTF-8 bytes (NAME.order.npy), so that StringTable.find_many finds unsorted strings."""
     encoded = [s.encode("utf-8") for s in strings]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in encoded], out=offsets[1:])
-    (directory / f"{name}.blob").write_bytes(b"".join(encoded))
-    write_array(directory / f"{name}.offsets.npy", offsets)
+    out.bytes(f"{name}.blob", b"".join(encoded))
+    out.array(f"{name}.offsets.npy", offsets)
     if findable:
         order = sorted(range(len(encoded)), key=encoded.__getitem__)
-        write_array(directory / f"{name}.order.npy", np.asarray(order, dtype=np.uint32))
+        out.array(f"{name}.order.npy", np.asarray(order, dtype=np.uint32))
 
 
 class StringTable(Sequence[str]):
@@ -307,7 +354,6 @@ class DocStoreWriter:
     (one encoder call per block, not per passage), with an offset table."""
 
     def __init__(self, directory: Path) -> None:
-        self._directory = directory
         self._file = open(directory / "store.zst", "wb")
         self._compressor = zstandard.ZstdCompressor(level=3)
         self._pending: list[list] = []
@@ -323,6 +369,11 @@ class DocStoreWriter:
     def aligned(self) -> bool:
         return not self._pending
 
+    @property
+    def bytes(self) -> int:
+        """Compressed bytes written so far."""
+        return self._offsets[-1]
+
     def add_raw_blocks(self, store: DocStore) -> None:
         """Appends whole compressed blocks of another store (used by merges; no recompression)."""
         if self._pending:
@@ -337,12 +388,13 @@ class DocStoreWriter:
         self._file.write(block)
         self._offsets.append(self._offsets[-1] + len(block))
 
-    def close(self) -> None:
+    def close(self, out: FolderWriter) -> None:
+        """Finishes the store file, its offset table written into out."""
         if self._pending:
             self._write_block(self._pending)
             self._pending = []
         self._file.close()
-        write_array(self._directory / "store.offsets.npy", np.asarray(self._offsets, dtype=np.int64))
+        out.array("store.offsets.npy", np.asarray(self._offsets, dtype=np.int64))
 
 
 class DocStore:
@@ -432,27 +484,24 @@ def _term_chunks(offsets: np.ndarray) -> Iterator[tuple[int, int]]:
 
 
 def write_postings(
-    directory: Path, terms: Sequence[str], offsets: np.ndarray, docs: np.ndarray, tfs: np.ndarray, lengths: np.ndarray,
-    packed: bool = False,
+    out: FolderWriter, terms: Sequence[str], offsets: np.ndarray, docs: np.ndarray, tfs: np.ndarray,
+    lengths: np.ndarray, packed: bool = False,
 ) -> dict:
     """Terms (sorted), postings (raw, or packed with the block codec) and their block maxima. docs/tfs may be
-    memory maps already in place. Returns what the segment's metadata must say about them."""
-    write_strings(directory, "terms", terms)
-    write_array(directory / "postings.offsets.npy", offsets)
+    out's scratch arrays, already in place. Returns what the segment's metadata must say about them."""
+    write_strings(out, "terms", terms)
+    out.array("postings.offsets.npy", offsets)
     if packed:
         for name, array in zip(PACKED_FILES, encode(docs, tfs, offsets)):
-            write_array(directory / f"{name}.npy", array)
+            out.array(f"{name}.npy", array)
     else:
-        for name, array in (("postings.docs.npy", docs), ("postings.tfs.npy", tfs)):
-            if isinstance(array, np.memmap):
-                array.flush()
-            else:
-                write_array(directory / name, array)
+        out.array("postings.docs.npy", docs)
+        out.array("postings.tfs.npy", tfs)
     blocks = compute_blocks(docs, tfs, offsets, lengths)
-    write_array(directory / "blocks.offsets.npy", blocks.offsets)
-    write_array(directory / "blocks.max_tf.npy", blocks.max_tf)
-    write_array(directory / "blocks.min_length.npy", blocks.min_length)
-    write_array(directory / "blocks.last_doc.npy", blocks.last_doc)
+    out.array("blocks.offsets.npy", blocks.offsets)
+    out.array("blocks.max_tf.npy", blocks.max_tf)
+    out.array("blocks.min_length.npy", blocks.min_length)
+    out.array("blocks.last_doc.npy", blocks.last_doc)
     return {"postings": "packed"} if packed else {}
 
 
@@ -464,16 +513,28 @@ COMPOUND = "segment.cfs"
 COMPOUND_BYTES = 1 << 20  # a finished folder up to this size is packed into one file, checked whole at every open
 
 
-def finish_segment(directory: Path, meta: dict) -> None:
+def finish_segment(out: FolderWriter, meta: dict) -> None:
     """Makes a written folder durable and marks it finished: segment.json, written last, lists every file's size and
-    checksum (a folder without it was never finished). A small folder's files are first packed into one compound
-    file, as Lucene's .cfs: a one-document commit then costs one fsync and one map instead of dozens."""
+    checksum (a folder without it was never finished). A small folder's members are packed into one compound file,
+    as Lucene's .cfs: a one-document commit then costs one fsync and one map instead of dozens."""
+    directory = out.directory
     files = sorted(path for path in directory.iterdir() if path.is_file() and path.name != "segment.json")
-    if sum(path.stat().st_size for path in files) <= COMPOUND_BYTES:
-        meta = {**meta, "compound": _pack_compound(directory, files)}
-    else:
+    members: dict[str, np.ndarray | bytes] = dict(out.members or {})
+    size = sum(path.stat().st_size for path in files) + sum(len(m) if isinstance(m, bytes) else m.nbytes
+                                                             for m in members.values())  # fmt: skip
+    if size <= COMPOUND_BYTES:
         for path in files:
-            fsync_path(path)
+            members[path.name] = open_array(path) if path.suffix == ".npy" else path.read_bytes()
+        meta = {**meta, "compound": _write_compound(directory / COMPOUND, members)}
+        for path in files:
+            path.unlink()
+    else:
+        spill = FolderWriter(directory)
+        for name, member in members.items():
+            (spill.bytes if isinstance(member, bytes) else spill.array)(name, member)
+        for path in directory.iterdir():
+            if path.is_file():
+                fsync_path(path)
     write_json(directory / "segment.json", {**meta, "files": file_checksums(directory)})
     fsync_path(directory)
 
@@ -481,29 +542,26 @@ def finish_segment(directory: Path, meta: dict) -> None:
 _ALIGN = 64
 
 
-def _pack_compound(directory: Path, files: Sequence[Path]) -> dict[str, list]:
-    """Writes files into the folder's compound file and removes them. Returns its table: per member, [offset, size]
-    of its bytes, and for an array [offset, size, dtype, shape, Fortran order] of its data (headers are dropped)."""
-    members: dict[str, list] = {}
-    path = directory / COMPOUND
+def _write_compound(path: Path, members: dict[str, np.ndarray | bytes]) -> dict[str, list]:
+    """Writes members into one synced file. Returns its table: per member, [offset, size] of its bytes, and for an
+    array [offset, size, dtype, shape, Fortran order] of its data."""
+    table: dict[str, list] = {}
     _disk_full_failpoint(path)
     with open(path, "wb") as out:
-        for member in files:
-            if member.suffix == ".npy":
-                array = open_array(member)
-                fortran = bool(array.flags.f_contiguous and not array.flags.c_contiguous)
-                data = array.tobytes(order="F" if fortran else "C")
-                described = [array.dtype.str, list(array.shape), fortran]
+        for name in sorted(members):
+            member = members[name]
+            if isinstance(member, bytes):
+                data, described = member, []
             else:
-                data, described = member.read_bytes(), []
+                fortran = bool(member.flags.f_contiguous and not member.flags.c_contiguous)
+                data = member.tobytes(order="F" if fortran else "C")
+                described = [member.dtype.str, list(member.shape), fortran]
             out.write(bytes(-out.tell() % _ALIGN))
-            members[member.name] = [out.tell(), len(data), *described]
+            table[name] = [out.tell(), len(data), *described]
             out.write(data)
         out.flush()
         os.fsync(out.fileno())
-    for member in files:
-        member.unlink()
-    return members
+    return table
 
 
 class Folder:
@@ -761,7 +819,8 @@ NO_DELETIONS = Deletions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(
 def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = False) -> dict:
     """Rewrites several segments as one, passages renumbered in segment order, its postings packed or raw. Returns
     the new segment's meta."""
-    directory.mkdir(parents=True, exist_ok=True)
+    sources = sum(sum(size for size, _ in s.meta["files"].values()) for s in segments)
+    out = FolderWriter(directory, in_memory=sources <= COMPOUND_BYTES)
     vocabulary = sort_terms(set().union(*(s.terms[:] for s in segments)))
     position = {t: i for i, t in enumerate(vocabulary)}
     maps = [np.fromiter((position[t] for t in s.terms[:]), dtype=np.int64, count=len(s.terms)) for s in segments]
@@ -771,8 +830,8 @@ def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = 
     offsets = np.zeros(len(vocabulary) + 1, dtype=np.int64)
     np.cumsum(df, out=offsets[1:])
     total = int(offsets[-1])
-    docs = np.lib.format.open_memmap(directory / "postings.docs.npy", mode="w+", dtype=np.uint32, shape=(total,))
-    tfs = np.lib.format.open_memmap(directory / "postings.tfs.npy", mode="w+", dtype=np.uint32, shape=(total,))
+    docs = out.scratch("postings.docs.npy", np.uint32, total)
+    tfs = out.scratch("postings.tfs.npy", np.uint32, total)
     already = np.zeros(len(vocabulary), dtype=np.int64)  # postings of each term placed by earlier segments
     base = 0
     for seg, mapping in zip(segments, maps):
@@ -789,10 +848,10 @@ def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = 
     lengths = np.concatenate([s.lengths for s in segments]).astype(np.uint32)
     doc_base = np.cumsum([0] + [len(s.doc_ids) for s in segments[:-1]])
     passage_doc = np.concatenate([s.passage_doc.astype(np.int64) + b for s, b in zip(segments, doc_base)])
-    write_array(directory / "lengths.npy", lengths)
-    write_array(directory / "passages.doc.npy", passage_doc.astype(np.uint32))
-    write_array(directory / "passages.part.npy", np.concatenate([s.passage_part for s in segments]))
-    write_strings(directory, "docids", [d for s in segments for d in s.doc_ids], findable=True)
+    out.array("lengths.npy", lengths)
+    out.array("passages.doc.npy", passage_doc.astype(np.uint32))
+    out.array("passages.part.npy", np.concatenate([s.passage_part for s in segments]))
+    write_strings(out, "docids", [d for s in segments for d in s.doc_ids], findable=True)
     store = DocStoreWriter(directory)
     for s in segments:
         if store.aligned and (s.passages % STORE_BLOCK == 0 or s is segments[-1]):
@@ -800,16 +859,16 @@ def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = 
         else:
             for i in range(s.passages):
                 store.add_many([s.store.row(i)])
-    store.close()
+    store.close(out)
     fields = segments[0].meta.get("fields") or {}
     if fields:
-        merge_columns(directory, fields, [(s.columns, len(s.doc_ids)) for s in segments])
+        merge_columns(out, fields, [(s.columns, len(s.doc_ids)) for s in segments])
     failpoint("merge")
-    postings = write_postings(directory, vocabulary, offsets, docs, tfs, lengths, packed)
+    postings = write_postings(out, vocabulary, offsets, docs, tfs, lengths, packed)
     del docs, tfs
     if packed:  # the raw postings were the codec's input only
-        (directory / "postings.docs.npy").unlink()
-        (directory / "postings.tfs.npy").unlink()
+        out.remove("postings.docs.npy")
+        out.remove("postings.tfs.npy")
     meta = {
         "passages": len(lengths),
         "documents": int(sum(len(s.doc_ids) for s in segments)),
@@ -821,7 +880,7 @@ def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = 
         **({"fields": fields} if fields else {}),
         **postings,
     }
-    finish_segment(directory, meta)
+    finish_segment(out, meta)
     return meta
 
 

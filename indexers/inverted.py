@@ -17,13 +17,14 @@ from numba import njit
 from engine.analysis import Analyzer, AnalyzerConfig, TermBytes
 from engine.fields import ColumnsWriter
 from engine.format import (
+    COMPOUND_BYTES,
     POSTINGS_FORMATS,
     DocStoreWriter,
+    FolderWriter,
     Segment,
     failpoint,
     finish_segment,
     merge_segments,
-    write_array,
     write_postings,
     write_strings,
 )
@@ -262,7 +263,9 @@ class _PendingSegment:
 
     def flush(self, packed: bool) -> Path:
         """Writes the pending passages as a finished segment folder, its postings packed or raw."""
-        self.store.close()
+        small = self.postings * _BYTES_PER_POSTING + self.store.bytes <= COMPOUND_BYTES
+        out = FolderWriter(self.directory, in_memory=small)  # a compound file at the end: skip the member files
+        self.store.close(out)
         by_id = self.vocabulary.terms()
         order = sorted(range(len(by_id)), key=lambda i: by_id[i].encode("utf-8"))
         terms = [by_id[i] for i in order]
@@ -277,14 +280,14 @@ class _PendingSegment:
         np.cumsum(np.bincount(term_of_posting, minlength=len(terms)), out=offsets[1:])
         passages, tfs = group_by_term(term_of_posting, offsets, passages, tfs)
         lengths = np.frombuffer(self.lengths, dtype=np.uint32)
-        write_array(self.directory / "lengths.npy", lengths)
-        write_array(self.directory / "passages.doc.npy", np.frombuffer(self.passage_doc, dtype=np.uint32))
-        write_array(self.directory / "passages.part.npy", np.frombuffer(self.passage_part, dtype=np.uint32))
-        write_strings(self.directory, "docids", self.doc_ids, findable=True)
-        postings = write_postings(self.directory, terms, offsets, passages, tfs, lengths, packed)
+        out.array("lengths.npy", lengths)
+        out.array("passages.doc.npy", np.frombuffer(self.passage_doc, dtype=np.uint32))
+        out.array("passages.part.npy", np.frombuffer(self.passage_part, dtype=np.uint32))
+        write_strings(out, "docids", self.doc_ids, findable=True)
+        postings = write_postings(out, terms, offsets, passages, tfs, lengths, packed)
         if self.fields:
-            self.columns.write(self.directory)
-        finish_segment(self.directory, {**self.meta(len(terms), int(offsets[-1])), **postings})
+            self.columns.write(out)
+        finish_segment(out, {**self.meta(len(terms), int(offsets[-1])), **postings})
         return self.directory
 
     def meta(self, terms: int, postings: int) -> dict:

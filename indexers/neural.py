@@ -21,6 +21,8 @@ import numpy as np
 from engine.encoders import BiEncoder, SpladeEncoder
 from engine.errors import SiftError
 from engine.format import (
+    COMPOUND_BYTES,
+    FolderWriter,
     PostingLists,
     Segment,
     failpoint,
@@ -254,8 +256,9 @@ def _write_impacts(folder: Path, tokens: list[str], term_of_posting: np.ndarray,
     offsets = np.zeros(len(terms) + 1, dtype=np.int64)
     np.cumsum(np.bincount(term_of_posting, minlength=len(terms)), out=offsets[1:])
     docs, tfs = group_by_term(term_of_posting, offsets, passages, impacts.astype(np.uint32))
-    postings = write_postings(folder, terms, offsets, docs, tfs, np.zeros(n, dtype=np.uint32), packed)
+    out = FolderWriter(folder, in_memory=len(docs) * 8 <= COMPOUND_BYTES)
+    postings = write_postings(out, terms, offsets, docs, tfs, np.zeros(n, dtype=np.uint32), packed)
     built = {"terms": len(terms), "postings": len(docs), "scale": IMPACT_SCALE}
-    finish_segment(folder, {"model": model, "passages": n, **built, **postings})
+    finish_segment(out, {"model": model, "passages": n, **built, **postings})
     failpoint("after-impact")
     return built

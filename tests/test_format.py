@@ -1,6 +1,8 @@
 """The on-disk format: string tables, the document store, block maxima and segment merges."""
 
+import json
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 from hypothesis import given, settings
@@ -12,11 +14,14 @@ from engine.format import (
     DocStore,
     DocStoreWriter,
     Folder,
+    FolderWriter,
     Segment,
     StringTable,
     compute_blocks,
+    finish_segment,
     open_array,
     sort_terms,
+    verify_files,
     write_strings,
 )
 from indexers.corpus import CorpusReader, open_source
@@ -29,7 +34,7 @@ from indexers.writer import build_index
 def test_string_table_finds_every_term_and_only_those(tmp_path_factory, terms, probes):
     directory = tmp_path_factory.mktemp("strings")
     ordered = sort_terms(terms)
-    write_strings(directory, "terms", ordered)
+    write_strings(FolderWriter(directory), "terms", ordered)
     table = StringTable(Folder(directory), "terms")
     assert len(table) == len(ordered) and table[:] == ordered
     for i, term in enumerate(ordered):
@@ -45,7 +50,7 @@ def test_string_table_finds_every_term_and_only_those(tmp_path_factory, terms, p
 @given(st.lists(st.text(alphabet="ab\0é\n", max_size=6), max_size=30), st.data())
 def test_string_table_takes_any_strings_in_any_order(tmp_path_factory, strings, data):
     directory = tmp_path_factory.mktemp("take")
-    write_strings(directory, "ids", strings)
+    write_strings(FolderWriter(directory), "ids", strings)
     table = StringTable(Folder(directory), "ids")
     picks = data.draw(st.lists(st.integers(0, len(strings) - 1), max_size=20)) if strings else []
     assert table.take(picks) == [strings[i] for i in picks]  # NUL inside a string takes the slow path
@@ -55,7 +60,7 @@ def test_string_table_takes_any_strings_in_any_order(tmp_path_factory, strings, 
 @given(st.lists(st.text(max_size=8), max_size=40, unique=True), st.lists(st.text(max_size=8), max_size=10))
 def test_findable_string_table_finds_unsorted_ids(tmp_path_factory, ids, probes):
     directory = tmp_path_factory.mktemp("ids")
-    write_strings(directory, "docids", ids, findable=True)
+    write_strings(FolderWriter(directory), "docids", ids, findable=True)
     table = StringTable(Folder(directory), "docids", findable=True)
     assert table[:] == ids
     assert table.find_many([*ids, *probes]).tolist() == [ids.index(p) if p in ids else -1 for p in [*ids, *probes]]
@@ -73,6 +78,42 @@ def test_arrays_open_as_numpy_wrote_them(tmp_path_factory, dtype, shape, fortran
     assert opened.flags.f_contiguous == array.flags.f_contiguous
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[a-z]{1,8}\.(npy|blob)", fullmatch=True),
+                       st.tuples(st.sampled_from(["<u4", "<i8", "|u1", "<f4"]), st.integers(0, 3000)), max_size=8),
+       st.booleans(), st.integers(0, 40_000))  # fmt: skip
+def test_a_finished_folder_reads_back_whatever_its_layout(tmp_path_factory, members, in_memory, compound_bytes):
+    """Members kept in memory or written as files, packed into a compound file or left as files (the size decides,
+    whatever the writer expected): every member reads back as written."""
+    directory = tmp_path_factory.mktemp("folder")
+    out = FolderWriter(directory, in_memory=in_memory)
+    written = {}
+    for name, (dtype, length) in members.items():
+        if name.endswith(".npy"):
+            written[name] = (np.arange(length) * 7919 % 251).astype(dtype)
+            out.array(name, written[name])
+        else:
+            written[name] = bytes(range(256)) * (length // 256) + b"x" * (length % 256)
+            out.bytes(name, written[name])
+    with patch("engine.format.COMPOUND_BYTES", compound_bytes):
+        finish_segment(out, {"test": True})
+    meta = json.loads((directory / "segment.json").read_text())
+    size = sum(v.nbytes if isinstance(v, np.ndarray) else len(v) for v in written.values())
+    headers = 128 * sum(name.endswith(".npy") for name in written)  # counted too where members were files
+    if "compound" in meta:
+        assert size <= compound_bytes and sorted(meta["files"]) == ["segment.cfs"]
+    else:
+        assert size + headers > compound_bytes and sorted(meta["files"]) == sorted(written)
+    verify_files(directory, meta["files"], full=True)
+    folder = Folder(directory, meta.get("compound"))
+    for name, value in written.items():
+        if name.endswith(".npy"):
+            array = folder.array(name)
+            assert array.dtype == value.dtype and np.array_equal(array, value)
+        else:
+            assert bytes(folder.bytes(name)) == value
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.text(max_size=30), max_size=100))
 def test_document_store_round_trip(tmp_path_factory, texts):
@@ -80,7 +121,7 @@ def test_document_store_round_trip(tmp_path_factory, texts):
     writer = DocStoreWriter(directory)
     for i, text in enumerate(texts):
         writer.add_many([[str(i), i % 3, "", text]])
-    writer.close()
+    writer.close(FolderWriter(directory))
     store = DocStore(Folder(directory))
     for i in reversed(range(len(texts))):  # any order: each read is one block
         assert store[i] == {"id": str(i), "part": i % 3, "title": "", "text": texts[i]}
