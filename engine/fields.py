@@ -238,11 +238,12 @@ def _compare(values: np.ndarray, op: str, literals: list[float]) -> np.ndarray:
             ">=": values >= literal}[op]  # fmt: skip
 
 
-def merge_columns(out: FolderWriter, fields: dict[str, str], parts: Sequence[tuple[Columns, int]]) -> None:
-    """One segment's columns from several (columns, documents) in order: what a merge of their segments writes."""
+def merge_columns(out: FolderWriter, fields: dict[str, str], parts: Sequence[tuple[Columns, np.ndarray]]) -> None:
+    """One segment's columns from several (columns, documents kept) in order: what a merge of their segments
+    writes."""
     writer = ColumnsWriter(fields)
     for columns, documents in parts:
-        for doc in range(documents):
+        for doc in documents.tolist():
             writer.add(columns.raw(doc))
     writer.write(out)
 

@@ -816,17 +816,28 @@ def read_deletions(directory: Path) -> Deletions:
 NO_DELETIONS = Deletions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0, 0)
 
 
-def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = False) -> dict:
-    """Rewrites several segments as one, passages renumbered in segment order, its postings packed or raw. Returns
-    the new segment's meta."""
+def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = False,
+                   deleted: Sequence[np.ndarray] | None = None) -> dict:  # fmt: skip
+    """Rewrites several segments as one from their postings, without their deleted passages (deleted: per segment,
+    its deleted passage numbers), the rest renumbered in segment order: the segment a fresh build of the live
+    passages writes, at the cost of copying postings rather than analyzing text again. Returns its meta."""
+    deleted = deleted if deleted is not None else [np.zeros(0, np.int64)] * len(segments)
+    keeps = []
+    for seg, gone in zip(segments, deleted):
+        keep = np.ones(seg.passages, dtype=bool)
+        keep[np.asarray(gone, dtype=np.int64)] = False
+        keeps.append(keep)
     sources = sum(sum(size for size, _ in s.meta["files"].values()) for s in segments)
     out = FolderWriter(directory, in_memory=sources <= COMPOUND_BYTES)
-    vocabulary = sort_terms(set().union(*(s.terms[:] for s in segments)))
+    kept_df = [_kept_postings_per_term(seg, keep) for seg, keep in zip(segments, keeps)]
+    vocabulary = sort_terms(set().union(*(seg.terms.take(np.flatnonzero(df)) for seg, df in zip(segments, kept_df))))
     position = {t: i for i, t in enumerate(vocabulary)}
-    maps = [np.fromiter((position[t] for t in s.terms[:]), dtype=np.int64, count=len(s.terms)) for s in segments]
+    maps = [np.fromiter((position.get(t, -1) for t in s.terms[:]), dtype=np.int64, count=len(s.terms))
+            for s in segments]  # fmt: skip
     df = np.zeros(len(vocabulary), dtype=np.int64)
-    for seg, mapping in zip(segments, maps):
-        np.add.at(df, mapping, np.diff(seg.offsets))
+    for mapping, counts in zip(maps, kept_df):
+        present = mapping >= 0
+        np.add.at(df, mapping[present], counts[present])
     offsets = np.zeros(len(vocabulary) + 1, dtype=np.int64)
     np.cumsum(df, out=offsets[1:])
     total = int(offsets[-1])
@@ -834,35 +845,45 @@ def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = 
     tfs = out.scratch("postings.tfs.npy", np.uint32, total)
     already = np.zeros(len(vocabulary), dtype=np.int64)  # postings of each term placed by earlier segments
     base = 0
-    for seg, mapping in zip(segments, maps):
+    for seg, mapping, keep in zip(segments, maps, keeps):
+        renumber = np.cumsum(keep) - 1 + base  # a kept passage's number in the merged segment
         for t0, t1 in _term_chunks(seg.offsets):
             p0, p1 = int(seg.offsets[t0]), int(seg.offsets[t1])
-            counts = np.diff(seg.offsets[t0 : t1 + 1])
-            targets = mapping[t0:t1]
-            shift = offsets[targets] + already[targets] - seg.offsets[t0:t1]
-            destination = np.repeat(shift, counts) + np.arange(p0, p1)
-            docs[destination] = np.asarray(seg.docs[p0:p1]) + base
-            tfs[destination] = seg.tfs[p0:p1]
-        already[mapping] += np.diff(seg.offsets)
-        base += seg.passages
-    lengths = np.concatenate([s.lengths for s in segments]).astype(np.uint32)
-    doc_base = np.cumsum([0] + [len(s.doc_ids) for s in segments[:-1]])
-    passage_doc = np.concatenate([s.passage_doc.astype(np.int64) + b for s, b in zip(segments, doc_base)])
+            chunk_docs = np.asarray(seg.docs[p0:p1])
+            kept = np.flatnonzero(keep[chunk_docs])
+            term = np.repeat(np.arange(t0, t1), np.diff(seg.offsets[t0 : t1 + 1]))[kept]  # ascending
+            rank = np.arange(len(term)) - np.searchsorted(term, term)  # within its term, among kept postings
+            target = mapping[term]
+            destination = offsets[target] + already[target] + rank
+            docs[destination] = renumber[chunk_docs[kept]]
+            tfs[destination] = np.asarray(seg.tfs[p0:p1])[kept]
+            already += np.bincount(target, minlength=len(already))
+        base += int(keep.sum())
+    lengths = np.concatenate([np.asarray(s.lengths)[keep] for s, keep in zip(segments, keeps)]).astype(np.uint32)
+    live_docs = []  # per segment, its documents with a kept passage (a document's passages go together)
+    passage_doc, doc_base = [], 0
+    for seg, keep in zip(segments, keeps):
+        doc_of = np.asarray(seg.passage_doc, dtype=np.int64)[keep]
+        live = np.unique(doc_of)
+        passage_doc.append(np.searchsorted(live, doc_of) + doc_base)
+        live_docs.append(live)
+        doc_base += len(live)
     out.array("lengths.npy", lengths)
-    out.array("passages.doc.npy", passage_doc.astype(np.uint32))
-    out.array("passages.part.npy", np.concatenate([s.passage_part for s in segments]))
-    write_strings(out, "docids", [d for s in segments for d in s.doc_ids], findable=True)
+    out.array("passages.doc.npy", np.concatenate(passage_doc).astype(np.uint32))
+    out.array("passages.part.npy", np.concatenate([np.asarray(s.passage_part)[k] for s, k in zip(segments, keeps)]))
+    write_strings(out, "docids", [d for s, live in zip(segments, live_docs) for d in s.doc_ids.take(live)],
+                  findable=True)  # fmt: skip
     store = DocStoreWriter(directory)
-    for s in segments:
-        if store.aligned and (s.passages % STORE_BLOCK == 0 or s is segments[-1]):
+    for s, keep in zip(segments, keeps):
+        whole = bool(keep.all())
+        if whole and store.aligned and (s.passages % STORE_BLOCK == 0 or s is segments[-1]):
             store.add_raw_blocks(s.store)
         else:
-            for i in range(s.passages):
-                store.add_many([s.store.row(i)])
+            store.add_many([s.store.row(i) for i in np.flatnonzero(keep).tolist()])
     store.close(out)
     fields = segments[0].meta.get("fields") or {}
     if fields:
-        merge_columns(out, fields, [(s.columns, len(s.doc_ids)) for s in segments])
+        merge_columns(out, fields, [(s.columns, live) for s, live in zip(segments, live_docs)])
     failpoint("merge")
     postings = write_postings(out, vocabulary, offsets, docs, tfs, lengths, packed)
     del docs, tfs
@@ -871,9 +892,9 @@ def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = 
         out.remove("postings.tfs.npy")
     meta = {
         "passages": len(lengths),
-        "documents": int(sum(len(s.doc_ids) for s in segments)),
-        "tokens": int(sum(s.total_tokens for s in segments)),
-        "scored_passages": int(sum(s.meta["scored_passages"] for s in segments)),
+        "documents": doc_base,
+        "tokens": int(lengths.sum(dtype=np.int64)),
+        "scored_passages": int(np.count_nonzero(lengths)),
         "terms": len(vocabulary),
         "postings": total,
         "block_size": BLOCK_SIZE,
@@ -882,6 +903,18 @@ def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = 
     }
     finish_segment(out, meta)
     return meta
+
+
+def _kept_postings_per_term(segment: Segment, keep: np.ndarray) -> np.ndarray:
+    """Per term of the segment, its postings in kept passages."""
+    if keep.all():
+        return np.diff(np.asarray(segment.offsets)).astype(np.int64)
+    counts = np.zeros(len(segment.terms), dtype=np.int64)
+    for t0, t1 in _term_chunks(segment.offsets):
+        p0, p1 = int(segment.offsets[t0]), int(segment.offsets[t1])
+        term = np.repeat(np.arange(t0, t1), np.diff(segment.offsets[t0 : t1 + 1]))
+        counts[t0:t1] = np.bincount(term[keep[np.asarray(segment.docs[p0:p1])]] - t0, minlength=t1 - t0)
+    return counts
 
 
 # --- manifest and commits ------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,7 @@ from engine.format import (
     commit_manifest,
     failpoint,
     live_folders,
+    merge_segments,
     publish_segment,
     read_manifest,
     write_deletions,
@@ -384,12 +385,14 @@ class IndexWriter:
         kept = [plan for i, plan in enumerate(planned) if i not in merged]
         for group in groups:
             sources = [planned[i] for i in group]
-            merged_plans = self._stage_segments(_live_documents(sources), options, analyzer, generation)
+            folder = self.staging / f"merge-{uuid.uuid4().hex[:8]}"
+            merge_segments([plan.segment for plan in sources], folder, options.postings == "packed",
+                           [plan.deletions.passages for plan in sources])  # fmt: skip
+            merged = self._planned(folder, generation)
             for kind, model in models:
                 rows = [(plan.neural[kind, model], plan.live_passages) for plan in sources]
-                for plan, taken in zip(merged_plans, _split_rows(rows, [p.segment.passages for p in merged_plans])):
-                    plan.neural[kind, model] = self._gather(kind, model, taken, plan.segment.packed)
-            kept += merged_plans
+                merged.neural[kind, model] = self._gather(kind, model, rows, merged.segment.packed)
+            kept.append(merged)
         if groups:
             failpoint("merge")
         neural: dict[str, dict[str, dict[str, str]]] = {kind: {} for kind in NEURAL_KINDS}
@@ -434,17 +437,17 @@ class IndexWriter:
                         generation: int) -> list[_Planned]:  # fmt: skip
         folders, _ = write_passages(documents, self.staging / f"part-{uuid.uuid4().hex[:8]}",
                                     dataclasses.replace(options, merge=True), analyzer=analyzer)  # fmt: skip
-        planned = []
-        for folder in folders:
-            segment = Segment(folder)
-            if not segment.passages:
-                continue
-            self._segment_number += 1
-            name = f"{SEGMENT_PREFIX}{generation:06d}_{self._segment_number:04d}"
-            entry = {"name": name, "passages": segment.passages, "documents": segment.meta["documents"],
-                     "deletions": None}  # fmt: skip
-            planned.append(_Planned(entry, segment, NO_DELETIONS, staged=True))
-        return planned
+        planned = [self._planned(folder, generation) for folder in folders]
+        return [plan for plan in planned if plan.segment.passages]
+
+    def _planned(self, folder: Path, generation: int) -> _Planned:
+        """A staged segment folder, named for the commit that will publish it."""
+        segment = Segment(folder)
+        self._segment_number += 1
+        name = f"{SEGMENT_PREFIX}{generation:06d}_{self._segment_number:04d}"
+        entry = {"name": name, "passages": segment.passages, "documents": segment.meta["documents"],
+                 "deletions": None}  # fmt: skip
+        return _Planned(entry, segment, NO_DELETIONS, staged=True)
 
     # -- the one commit
 
@@ -593,50 +596,11 @@ class _Planned:
         return np.setdiff1d(np.arange(self.segment.passages), self.deletions.passages)
 
 
-def _split_rows(rows: Rows, sizes: list[int]) -> list[Rows]:
-    """Rows (folder, passages) taken in order, cut into consecutive parts of the given sizes: the segments a
-    merge wrote, each taking the next passages of its sources."""
-    pending = [(folder, taken) for folder, taken in rows if len(taken)]
-    parts = []
-    for size in sizes:
-        part = []
-        while size:
-            folder, taken = pending[0]
-            n = min(size, len(taken))
-            part.append((folder, taken[:n]))
-            size -= n
-            pending[0] = (folder, taken[n:])
-            if not len(pending[0][1]):
-                pending.pop(0)
-        parts.append(part)
-    return parts
-
-
-def _live_documents(plans: list[_Planned]) -> Iterator[list[Passage]]:
-    """The live passages of segments, read back from their stores and grouped by document, in order: a merge
-    rewrites them through the indexer, so the merged segment equals a fresh build of the same documents."""
-    for plan in plans:
-        segment = plan.segment
-        deleted = set(plan.deletions.passages.tolist())
-        passage_doc = np.asarray(segment.passage_doc)
-        parts: list[Passage] = []
-        for n in range(segment.passages):
-            if n in deleted:
-                continue
-            if parts and passage_doc[n] != passage_doc[n - 1]:
-                yield parts
-                parts = []
-            doc_id, part, title, text = segment.store.fields(n, "id", "part", "title", "text")
-            values = segment.columns.raw(int(passage_doc[n])) if segment.columns is not None else {}
-            parts.append(Passage(doc_id, part, title, text, values))
-        if parts:
-            yield parts
-
-
 @dataclasses.dataclass(frozen=True)
 class MergePolicy:
-    """Tiered merging, after Lucene's TieredMergePolicy: segments are grouped in tiers of similar size (powers of
-    `segments_per_tier` above `floor_passages`); a tier holding `segments_per_tier` segments is merged into one,
+    """Tiered merging, after Lucene's TieredMergePolicy: segments are grouped in tiers of similar size (those below
+    `floor_passages`, then powers of `segments_per_tier` above it, so that small commits never merge into a big
+    segment's rewrite); a tier holding `segments_per_tier` segments is merged into one,
     and a segment whose deleted share passes `max_deleted_share` is rewritten without them. A commit never rewrites
     more than `max_merge_passages` live passages (bigger merges are compact()'s)."""
 
@@ -653,8 +617,8 @@ class MergePolicy:
         tiers: dict[int, list[int]] = {}
         for i, (live, _) in enumerate(sizes):
             if i not in expunge:
-                size = max(live, self.floor_passages)
-                tier = int(math.log(size / self.floor_passages, self.segments_per_tier) + 1e-9)
+                tier = 0 if live < self.floor_passages else 1 + int(
+                    math.log(live / self.floor_passages, self.segments_per_tier) + 1e-9)
                 tiers.setdefault(tier, []).append(i)
         for members in tiers.values():
             members.sort(key=lambda i: sizes[i][0])

@@ -168,6 +168,8 @@ def test_merge_policy_merges_full_tiers_and_expunges_deletions():
     assert policy.choose([(5, 5), (6, 6), (100, 100)]) == []
     assert policy.choose([(5, 5), (6, 6), (7, 7), (100, 100)]) == [[0, 1, 2]]
     assert policy.choose([(60, 100), (50, 50)]) == [[0]]  # 40% deleted
+    assert policy.choose([(1, 1), (1, 1), (20, 20)]) == []  # small commits never drag a bigger segment in
+    assert policy.choose([(12, 12), (1, 1), (29, 29), (15, 15)]) == [[0, 2, 3]]  # 10 <= size < 30: one tier
     assert MergePolicy.compact([(5, 5), (5, 5), (5, 5), (5, 5)], 2) == [[0, 1], [2, 3]]
     assert MergePolicy.compact([(5, 5), (4, 5)], 2) == [[1]]  # only the one with deletions is rewritten
 
