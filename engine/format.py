@@ -165,7 +165,7 @@ def _map_bytes(path: Path) -> bytes | mmap.mmap:
 def write_json(path: Path, data: dict) -> None:
     _disk_full_failpoint(path)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, ensure_ascii=False)
+        f.write(json.dumps(data, ensure_ascii=False))  # one line: json's C encoder (indenting is 10x slower)
         f.flush()
         os.fsync(f.fileno())
 
@@ -714,6 +714,15 @@ class Segment(PostingLists):
     @property
     def passages(self) -> int:
         return len(self.lengths)
+
+    @cached_property
+    def tie_keys(self) -> np.ndarray:
+        """An int64 per passage ordering it by (document id, part), for exact score ties (IndexReader.tie_keys);
+        computed once per open segment."""
+        order = np.asarray(self.doc_ids._order, dtype=np.int64)
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        return (rank[np.asarray(self.passage_doc)] << 24) | np.asarray(self.passage_part, np.int64)
 
     @cached_property
     def total_tokens(self) -> int:

@@ -273,18 +273,12 @@ class IndexReader:
 
     # -- exact ties
 
-    @cached_property
+    @property
     def tie_keys(self) -> list[np.ndarray]:
         """Per segment, an int64 per passage ordering it by (document id, part): exact score ties go by document
         id, so results do not depend on how segments number passages (a merge, an update or a fresh build of the
         same documents ranks them alike)."""
-        keys = []
-        for segment in self.segments:
-            order = np.asarray(segment.doc_ids._order, dtype=np.int64)
-            rank = np.empty(len(order), dtype=np.int64)
-            rank[order] = np.arange(len(order))
-            keys.append((rank[np.asarray(segment.passage_doc)] << 24) | np.asarray(segment.passage_part, np.int64))
-        return keys
+        return [segment.tie_keys for segment in self.segments]
 
     def order_ties(self, passages: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
         """The best k of passages from several segments, as positions: by score, exact ties by (document id, part)
