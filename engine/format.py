@@ -37,7 +37,8 @@ from engine.fields import Columns, merge_columns
 FORMAT_NAME = "sift-index"
 # 2: narrow integer files, document store blocks as JSON arrays; 3: document ids findable, a deletions slot
 NEURAL_KINDS = ("dense", "impact")  # manifest sections: per model, its settings and a folder per segment
-FORMAT_VERSION = 4  # 4: dense and SPLADE parts per segment (3 had one folder per model)
+FORMAT_VERSION = 5  # 5: compound files, checksummed metadata; 4: dense and SPLADE parts per segment (3: per model)
+READ_VERSIONS = (3, 4, 5)  # 3 only without neural parts
 MANIFEST = "manifest.json"
 LOCK = "write.lock"
 STAGING_PREFIX = ".staging-"
@@ -163,11 +164,35 @@ def _map_bytes(path: Path) -> bytes | mmap.mmap:
 
 
 def write_json(path: Path, data: dict) -> None:
+    """Metadata as one line (json's C encoder: indenting is 10x slower), with a CRC32 of its own content."""
     _disk_full_failpoint(path)
+    data = {key: value for key, value in data.items() if key != "checksum"}
+    data["checksum"] = _json_checksum(data)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, ensure_ascii=False))  # one line: json's C encoder (indenting is 10x slower)
+        f.write(json.dumps(data, ensure_ascii=False))
         f.flush()
         os.fsync(f.fileno())
+
+
+def _json_checksum(content: dict) -> int:
+    """CRC32 of metadata without its checksum, in one canonical form."""
+    content = {key: value for key, value in content.items() if key != "checksum"}
+    return zlib.crc32(json.dumps(content, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+
+
+def parse_meta(path: Path, raw: bytes) -> dict:
+    """A metadata file's content, its checksum verified. Metadata written before format 5 has none and is indented
+    over several lines; one-line metadata must carry a valid one. Damage is an IndexFormatError naming the file."""
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise IndexFormatError(f"{path}: damaged ({e})") from None
+    if not isinstance(meta, dict):
+        raise IndexFormatError(f"{path}: damaged (not a JSON object)")
+    older = b"\n" in raw.strip() and "checksum" not in meta
+    if not older and meta.get("checksum") != _json_checksum(meta):
+        raise IndexFormatError(f"{path}: damaged (its checksum does not match its content)")
+    return meta
 
 
 class FolderWriter:
@@ -645,10 +670,7 @@ class PostingLists:
 
     def __init__(self, directory: Path, meta_bytes: bytes | None = None) -> None:
         self.meta_bytes = _read_meta(directory) if meta_bytes is None else meta_bytes
-        try:
-            self.meta = json.loads(self.meta_bytes)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise IndexFormatError(f"{directory / 'segment.json'}: damaged ({e})") from None
+        self.meta = parse_meta(directory / "segment.json", self.meta_bytes)
         verify_files(directory, self.meta.get("files"))
         self.files = files = Folder(directory, self.meta.get("compound"))
         self.terms = StringTable(files, "terms")
@@ -804,11 +826,9 @@ def write_deletions(directory: Path, deletions: Deletions) -> None:
 def read_deletions(directory: Path) -> Deletions:
     path = directory / "deletions.json"
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = parse_meta(path, path.read_bytes())
     except FileNotFoundError:
         raise IndexFormatError(f"{path}: missing; the index is damaged") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise IndexFormatError(f"{path}: damaged ({e})") from None
     verify_files(directory, meta.get("files"))
     passages = np.asarray(open_array(directory / "deleted.npy"), dtype=np.int64)
     if len(passages) != meta.get("passages"):
@@ -945,27 +965,19 @@ def read_manifest(index_dir: Path) -> dict:
     if manifest.get("format_version") == 3 and neural:
         raise IndexFormatError(f"{path}: its dense or SPLADE parts were written by an older Sift (one folder for the "
                                "whole index); rebuild the index with sift index ... --dense/--splade")  # fmt: skip
-    if manifest.get("format_version") not in (3, FORMAT_VERSION):  # 3 without neural parts reads as 4
+    if manifest.get("format_version") not in READ_VERSIONS:
         raise IndexFormatError(
             f"{path}: format version {manifest.get('format_version')} is not supported "
             f"(this Sift reads version {FORMAT_VERSION}); rebuild the index"
         )
-    if manifest.get("format_version") == FORMAT_VERSION and manifest.get("checksum") != _manifest_checksum(manifest):
+    if manifest["format_version"] >= 4 and manifest.get("checksum") != _json_checksum(manifest):
         raise IndexFormatError(f"{path}: damaged manifest (its checksum does not match its content)")
     return manifest
-
-
-def _manifest_checksum(manifest: dict) -> int:
-    """CRC32 of the manifest's content without its checksum, in one canonical form."""
-    content = {key: value for key, value in manifest.items() if key != "checksum"}
-    return zlib.crc32(json.dumps(content, sort_keys=True, ensure_ascii=False).encode("utf-8"))
 
 
 def commit_manifest(index_dir: Path, manifest: dict) -> None:
     """The one atomic step of every change: the new manifest replaces the old by rename."""
     manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest, "committed": time.time()}
-    manifest.pop("checksum", None)
-    manifest["checksum"] = _manifest_checksum(manifest)
     temporary = index_dir / f"{MANIFEST}.tmp"
     write_json(temporary, manifest)
     failpoint("before-manifest-rename")
@@ -1012,10 +1024,8 @@ def check_index(index_dir: Path) -> dict:
         directory = index_dir / folder
         for meta_name in ("segment.json", "deletions.json", "dense.json"):
             if (directory / meta_name).exists():
-                try:
-                    listed = json.loads((directory / meta_name).read_text(encoding="utf-8")).get("files")
-                except (ValueError, UnicodeDecodeError) as e:
-                    raise IndexFormatError(f"{directory / meta_name}: damaged ({e})") from None
+                path = directory / meta_name
+                listed = parse_meta(path, path.read_bytes()).get("files")
                 if listed is None:
                     raise IndexFormatError(f"{directory / meta_name}: lists no checksums (written by an older Sift); "
                                            "rebuild the index to check it")  # fmt: skip

@@ -3,7 +3,6 @@ sparse weights against an impact index, scored by the BM25 kernels in linear mod
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from functools import partial
@@ -12,7 +11,7 @@ import numpy as np
 
 from engine.encoders import BiEncoder, SpladeEncoder
 from engine.errors import SiftError
-from engine.format import IndexFormatError, PostingLists, verify_files
+from engine.format import IndexFormatError, PostingLists, parse_meta, verify_files
 from engine.reader import IndexReader, Results, rank_documents
 from engine.sparse import ALGORITHMS, term_ranges, top_postings
 
@@ -47,8 +46,8 @@ class DenseSearcher:
         self.faiss = []
         for folder in _segment_folders(index, entry):
             try:
-                meta = json.loads((folder / "dense.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
+                meta = parse_meta(folder / "dense.json", (folder / "dense.json").read_bytes())
+            except OSError as e:
                 raise IndexFormatError(f"{folder / 'dense.json'}: missing or damaged ({e})") from None
             verify_files(folder, meta.get("files"))
             flags = faiss.IO_FLAG_MMAP if meta["faiss"] == "flat" else 0

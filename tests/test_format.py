@@ -5,6 +5,7 @@ from pathlib import Path
 from unittest.mock import patch
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,13 +16,16 @@ from engine.format import (
     DocStoreWriter,
     Folder,
     FolderWriter,
+    IndexFormatError,
     Segment,
     StringTable,
     compute_blocks,
     finish_segment,
     open_array,
+    parse_meta,
     sort_terms,
     verify_files,
+    write_json,
     write_strings,
 )
 from indexers.corpus import CorpusReader, open_source
@@ -114,6 +118,31 @@ def test_a_finished_folder_reads_back_whatever_its_layout(tmp_path_factory, memb
             assert bytes(folder.bytes(name)) == value
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_metadata_with_any_byte_flipped_is_an_error_or_unchanged(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("meta") / "segment.json"
+    meta = {"passages": 1054, "tokens": 73211, "files": {"segment.cfs": [40960, 123456789]}, "fields": {"y": "int"}}
+    write_json(path, meta)
+    raw = bytearray(path.read_bytes())
+    assert parse_meta(path, bytes(raw)) == {**meta, "checksum": parse_meta(path, bytes(raw))["checksum"]}
+    at = data.draw(st.integers(0, len(raw) - 1))
+    raw[at] ^= data.draw(st.integers(1, 255))
+    try:
+        damaged = parse_meta(path, bytes(raw))
+    except IndexFormatError as error:
+        assert str(path) in str(error)
+    else:
+        assert {k: v for k, v in damaged.items() if k != "checksum"} == meta  # whitespace only
+
+
+def test_metadata_written_before_checksums_still_reads():
+    older = json.dumps({"passages": 3, "files": {}}, indent=1).encode()
+    assert parse_meta(Path("segment.json"), older) == {"passages": 3, "files": {}}
+    with pytest.raises(IndexFormatError, match="checksum"):
+        parse_meta(Path("segment.json"), json.dumps({"passages": 3, "files": {}}).encode())  # one line: must have one
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.text(max_size=30), max_size=100))
 def test_document_store_round_trip(tmp_path_factory, texts):
@@ -160,7 +189,7 @@ def segment_arrays(index_dir: Path) -> dict:
             for name in ("offsets", "docs", "tfs", "lengths", "passage_doc", "passage_part")
         },
         **{f"blocks.{k}": np.asarray(v).tolist() for k, v in vars(segment.blocks).items()},
-        "meta": {k: v for k, v in segment.meta.items() if k != "block_size"},
+        "meta": {k: v for k, v in segment.meta.items() if k not in ("block_size", "checksum")},
     }
 
 
