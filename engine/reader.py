@@ -282,15 +282,21 @@ class IndexReader:
 
     def order_ties(self, passages: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
         """The best k of passages from several segments, as positions: by score, exact ties by (document id, part)
-        as each segment's kernel ordered them."""
+        as each segment's kernel ordered them. Only the ties that reach the top k look up their ids."""
         order = np.lexsort((passages, -scores))
-        if len(np.unique(scores)) == len(scores):
+        ranked = scores[order]
+        if len(order) > k:  # everything scoring as the k-th best may still take one of the k places
+            end = int(np.searchsorted(-ranked, -ranked[k - 1], side="right")) if k else 0
+            order, ranked = order[:end], ranked[:end]
+        tied = np.flatnonzero(np.r_[False, ranked[1:] == ranked[:-1]] | np.r_[ranked[:-1] == ranked[1:], False])
+        if not len(tied):
             return order[:k]
-        _, doc_ids = self.ids(passages)
-        segments, local = self._locate(passages)
+        _, doc_ids = self.ids(passages[order[tied]])
+        segments, local = self._locate(passages[order[tied]])
         parts = [int(self.segments[s].passage_part[n]) for s, n in zip(segments.tolist(), local.tolist())]
-        keyed = sorted(range(len(passages)), key=lambda i: (-scores[i], doc_ids[i].encode("utf-8"), parts[i]))
-        return np.array(keyed[:k], dtype=np.int64)
+        keyed = sorted(range(len(tied)), key=lambda i: (-ranked[tied[i]], doc_ids[i].encode("utf-8"), parts[i]))
+        order[tied] = order[tied[keyed]]
+        return order[:k]
 
     # -- filters
 

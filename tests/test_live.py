@@ -308,6 +308,20 @@ def test_the_embedding_api_writes_and_refreshes_while_old_readers_keep_their_com
     assert new.refresh().search("fox", 10).ids == ["z"]
 
 
+def test_exact_ties_across_segments_rank_by_document_id_at_every_k(tmp_path):
+    ids = [f"t{n}" for n in np.random.default_rng(3).permutation(30)]  # ties, added in no particular order
+    build_index([document(ids[0], ["fox", "river"]), document("best", ["fox", "fox"])], tmp_path / "idx")
+    with IndexWriter(tmp_path / "idx", merge_policy=MergePolicy(segments_per_tier=100)) as writer:
+        for start in range(1, 30, 10):
+            writer.add([document(doc_id, ["fox", "river"]) for doc_id in ids[start : start + 10]])
+            writer.commit()
+    index = open_index(tmp_path / "idx")
+    assert len(index.segments) == 4
+    tied = sorted(ids, key=lambda d: d.encode())
+    for k in (1, 2, 5, 11, 31, 40):
+        assert index.search("fox", k).ids == ["best", *tied][:k]
+
+
 def test_refresh_reuses_the_segments_that_did_not_change(tmp_path):
     build_index([document("a", ["fox"])], tmp_path / "idx")
     index = open_index(tmp_path / "idx")
