@@ -13,8 +13,11 @@ from functools import cached_property
 import numpy as np
 
 from engine.format import read_manifest
-from engine.reader import Hit, IndexReader, Results, indexed_text
+from engine.query import TreeSearcher, parse_query, query_terms, snippet
+from engine.reader import ADAPTIVE_CANDIDATES, Hit, IndexReader, Results, adaptive_k, indexed_text, rank_documents
 from engine.sparse import BM25Params, BM25Searcher
+
+SYNTAXES = ("plain", "lucene")
 
 __all__ = ["Hit", "Index", "Results", "indexed_text", "open_index"]
 
@@ -30,17 +33,51 @@ class Index(IndexReader):
     def default_params(self) -> BM25Params:
         return self.bm25.default_params
 
-    def search(self, query: str | Sequence[str], k: int = 10, params: BM25Params | None = None,
-               documents: bool = False, algorithm: str = "auto", filter: str | None = None) -> Results:  # fmt: skip
+    def search(self, query: str | Sequence[str], k: int | str = 10, params: BM25Params | None = None,
+               documents: bool = False, algorithm: str = "auto", filter: str | None = None, syntax: str = "plain",
+               offset: int = 0) -> Results:  # fmt: skip
         """BM25 top-k. documents=True ranks documents by their best passage (the default for split indexes).
-        filter: e.g. "year >= 2019 AND journal IN [Nature, Science]" over fields declared at index time."""
-        return self.bm25.search(query, k, params, documents, algorithm, filter)
+        filter: e.g. "year >= 2019 AND journal IN [Nature, Science]" over fields declared at index time.
+        syntax: "plain" (every character is text) or "lucene" (engine/query.py: +, -, AND, OR, NOT, (), ^).
+        offset: skip that many hits (pagination: ranks k+1... of the same ranking). k="auto": Adaptive-k, cut at
+        the largest score gap among the best ADAPTIVE_CANDIDATES (engine/reader.adaptive_k)."""
+        if k == "auto":
+            ranked = self.search(query, ADAPTIVE_CANDIDATES, params, documents, algorithm, filter, syntax)
+            return ranked.head(adaptive_k(ranked.scores)).page(offset)
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise ValueError(f'k must be a whole number or "auto", got {k!r}')
+        if syntax not in SYNTAXES:
+            raise ValueError(f"unknown query syntax {syntax!r}; choose one of {', '.join(SYNTAXES)}")
+        if offset < 0:
+            raise ValueError(f"offset must be 0 or more, got {offset}")
+        if syntax == "plain":
+            return self.bm25.search(query, k + offset, params, documents, algorithm, filter).page(offset)
+        if not isinstance(query, str):
+            raise ValueError("a query in the lucene syntax is text, not terms")
+        tree, masks, searcher = parse_query(query), self.filter_masks(filter), TreeSearcher(self.bm25)
+
+        def top(rows: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
+            return [searcher.search_passages(tree, depth, params, masks) for _ in rows]
+
+        if documents and self.split_passages:
+            return rank_documents(self, top, 1, k + offset, self.passages)[0].page(offset)
+        return self.hits(*top(np.zeros(1), k + offset)[0], as_documents=False).page(offset)
 
     def batch_search(self, queries: Sequence[str | Sequence[str]], k: int = 10, params: BM25Params | None = None,
                      documents: bool = False, threads: int | None = None, algorithm: str = "auto",
                      filter: str | None = None) -> list[Results]:  # fmt: skip
         """Many queries at once, in order, scored on a pool of threads; results equal single searches."""
         return self.bm25.batch_search(queries, k, params, documents, threads, algorithm, filter)
+
+    def snippets(self, hits: Results, query: str, syntax: str = "plain", length: int = 200) -> list[str]:
+        """Per hit, the fragment of its passage (title and text) that best matches the query, its words marked."""
+        terms = query_terms(query, self.bm25.analyzer, syntax)
+        return [snippet(indexed_text(*self.segment_fields(hit.passage)), terms, self.bm25.analyzer, length)
+                for hit in hits]  # fmt: skip
+
+    def segment_fields(self, passage: int) -> tuple[str, str]:
+        record = self.fetch(passage)
+        return record.get("title", ""), record.get("text", "")
 
     def refresh(self) -> Index:
         """The newest commit: self when nothing newer was committed, else a new Index sharing this one's memory maps

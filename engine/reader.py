@@ -56,11 +56,26 @@ class Results(Sequence[Hit]):
     """One query's hits, held as columns (ids, doc_ids, scores, passages); a Hit is made only when one is asked for.
     Compares equal to another Results or a list holding the same hits."""
 
-    __slots__ = ("doc_ids", "ids", "passages", "scores", "timings")
+    __slots__ = ("doc_ids", "first_rank", "ids", "passages", "scores", "timings")
 
-    def __init__(self, ids: list[str], doc_ids: list[str], scores: np.ndarray, passages: np.ndarray) -> None:
+    def __init__(self, ids: list[str], doc_ids: list[str], scores: np.ndarray, passages: np.ndarray,
+                 first_rank: int = 1) -> None:  # fmt: skip
         self.ids, self.doc_ids, self.scores, self.passages = ids, doc_ids, scores, passages
+        self.first_rank = first_rank  # a later page's first hit has the rank it has in the whole ranking
         self.timings: dict[str, float] = {}  # seconds per pipeline stage, for this query (set by pipelines)
+
+    def head(self, k: int) -> Results:
+        """The first k hits."""
+        head = Results(self.ids[:k], self.doc_ids[:k], self.scores[:k], self.passages[:k], self.first_rank)
+        head.timings = self.timings
+        return head
+
+    def page(self, offset: int) -> Results:
+        """The hits after the first `offset`, keeping their ranks: page 2 continues page 1 exactly."""
+        page = Results(self.ids[offset:], self.doc_ids[offset:], self.scores[offset:], self.passages[offset:],
+                       self.first_rank + offset)  # fmt: skip
+        page.timings = self.timings
+        return page
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -69,7 +84,7 @@ class Results(Sequence[Hit]):
         if isinstance(i, slice):
             return self.hits()[i]
         i = range(len(self))[i]
-        return Hit(self.ids[i], self.doc_ids[i], float(self.scores[i]), i + 1, int(self.passages[i]))
+        return Hit(self.ids[i], self.doc_ids[i], float(self.scores[i]), i + self.first_rank, int(self.passages[i]))
 
     def __iter__(self):
         return iter(self.hits())
@@ -86,8 +101,21 @@ class Results(Sequence[Hit]):
 
     def hits(self) -> list[Hit]:
         # tuple.__new__ builds the named tuples in C; Hit(...) would run a Python-level __new__ per hit (4x slower)
-        fields = zip(self.ids, self.doc_ids, self.scores.tolist(), range(1, len(self) + 1), self.passages.tolist())
+        ranks = range(self.first_rank, self.first_rank + len(self))
+        fields = zip(self.ids, self.doc_ids, self.scores.tolist(), ranks, self.passages.tolist())
         return list(map(tuple.__new__, repeat(Hit, len(self)), fields))
+
+
+ADAPTIVE_CANDIDATES = 100  # k="auto" looks for the largest score gap among this many best candidates
+
+
+def adaptive_k(scores: np.ndarray) -> int:
+    """Adaptive-k (Taguchi et al., 2025): how many of a ranking's best candidates to keep, cut where the score
+    distribution shows its largest gap between consecutive scores. Any scores (BM25, dense, reranked)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) < 2:
+        return len(scores)
+    return int(np.argmax(scores[:-1] - scores[1:])) + 1
 
 
 class IndexReader:

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from sift.cli.common import add_bm25_options, bm25_params, positive_int, snippet
+from sift.cli.common import add_bm25_options, bm25_params, positive_int
 
 
 def register(commands) -> None:
@@ -18,9 +18,21 @@ def register(commands) -> None:
     search.add_argument(
         "--pipeline", default="bm25", help="bm25 (default), dense, splade, hybrid, rrf(bm25,dense), dense(MODEL), ..."
     )
-    search.add_argument("-k", type=positive_int, default=10, help="results to return (10)")
+    search.add_argument("-k", type=_k_or_auto, default=10,
+                        help='results to return (10), or "auto": Adaptive-k, cut where the scores of the best 100 '
+                        "show their largest gap")  # fmt: skip
+    search.add_argument("--offset", type=int, default=0, metavar="N",
+                        help="skip the first N results: the next page (ranks N+1 to N+k of the same ranking)")
+    search.add_argument("--syntax", choices=("plain", "lucene"), default="plain",
+                        help="plain (default): every character is text. lucene: +required -excluded, AND, OR, NOT, "
+                        "(groups), term^2 boosts, as Lucene's query parser reads them (bm25 pipeline)")  # fmt: skip
     search.add_argument("--documents", action="store_true", help="rank documents by their best passage")
-    search.add_argument("--text", action="store_true", help="include each result's stored text")
+    search.add_argument("--text", action="store_true", help="include each result's stored text and its snippet")
+    search.add_argument("--snippets", action="store_true",
+                        help="include each result's best-matching fragment, the query's words marked <mark>...</mark> "
+                        "(stemmed forms count)")  # fmt: skip
+    search.add_argument("--fragment-length", type=positive_int, default=200, metavar="CHARS",
+                        help="snippet length in characters (200)")
     add_bm25_options(search)
     search.add_argument("--json", action="store_true", help="print one JSON object")
     search.add_argument("--filter", metavar="EXPRESSION",
@@ -82,22 +94,36 @@ def register(commands) -> None:
     info.set_defaults(handler=_cmd_info)
 
 
+def _k_or_auto(text: str) -> int | str:
+    return "auto" if text == "auto" else positive_int(text)
+
+
 def _cmd_search(args) -> int:
     from engine.index import open_index
+    from engine.reader import ADAPTIVE_CANDIDATES, adaptive_k
 
     index = open_index(args.index_dir)
     started = time.perf_counter()
+    if args.offset < 0:
+        raise ValueError(f"--offset must be 0 or more, got {args.offset}")
+    depth = ADAPTIVE_CANDIDATES if args.k == "auto" else args.k + args.offset
     if args.pipeline == "bm25":
-        hits = index.search(args.query, args.k, bm25_params(index, args), args.documents, args.algorithm,
-                            args.filter)  # fmt: skip
+        ranked = index.search(args.query, depth, bm25_params(index, args), args.documents, args.algorithm,
+                              args.filter, args.syntax)  # fmt: skip
     else:
         from engine.pipeline import Pipeline
 
+        if args.syntax != "plain":
+            raise ValueError(f"--syntax {args.syntax} works with the bm25 pipeline only, not {args.pipeline}")
         pipeline = Pipeline(index, args.pipeline, params=bm25_params(index, args), algorithm=args.algorithm)
-        hits = pipeline.search([args.query], args.k, args.filter)[0]
+        ranked = pipeline.search([args.query], depth, args.filter)[0]
+    chosen = adaptive_k(ranked.scores) if args.k == "auto" else args.k + args.offset
+    hits = ranked.head(chosen).page(args.offset)
     elapsed_ms = (time.perf_counter() - started) * 1000
+    fragments = (index.snippets(hits, args.query, args.syntax, args.fragment_length) if args.snippets or args.text
+                 else [None] * len(hits))  # fmt: skip
     results = []
-    for hit in hits:
+    for hit, fragment in zip(hits, fragments):
         item = hit.to_dict()
         if args.text or index.fields:
             record = index.fetch(hit.passage)
@@ -105,18 +131,21 @@ def _cmd_search(args) -> int:
                 item["fields"] = record["fields"]
             if args.text:
                 item["title"], item["text"] = record.get("title", ""), record.get("text", "")
+        if fragment is not None:
+            item["snippet"] = fragment
         results.append(item)
     if args.json:
         stages = {stage: round(seconds * 1000, 3) for stage, seconds in getattr(hits, "timings", {}).items()}
-        print(json.dumps({"query": args.query, "k": args.k, "took_ms": round(elapsed_ms, 3), "stages_ms": stages,
-                          "results": results}))  # fmt: skip
+        adaptive = {"k_chosen": chosen} if args.k == "auto" else {}
+        print(json.dumps({"query": args.query, "k": args.k, **adaptive, "offset": args.offset, "syntax": args.syntax,
+                          "took_ms": round(elapsed_ms, 3), "stages_ms": stages, "results": results}))  # fmt: skip
         return 0
     if not hits:
         print("no results")
     for hit, item in zip(hits, results):
         print(f"{hit.rank:>4}  {hit.score:9.4f}  {hit.id}")
-        if args.text:
-            print(f"      {snippet(item['title'] + ' ' + item['text'])}")
+        if "snippet" in item:
+            print(f"      {item['snippet']}")
     return 0
 
 

@@ -1,0 +1,450 @@
+"""The query syntax (`syntax="lucene"`): Lucene's classic parser's language, read into a tree, and BM25 over it.
+
+Plain text stays the default (every character is text). In the syntax: terms, `+required`, `-excluded`, `AND`,
+`OR`, `NOT`, parentheses, `term^2.5` boosts; `"phrases"`, `"phrase"~N`, `term~N` and `field:` parse (and print back)
+but are refused when searched until positions, fuzzy expansion and per-field indexes exist. Clauses combine as
+Lucene's QueryParser combines them (default operator OR; `a AND b` makes both required; `NOT` excludes), and a
+matching passage scores the sum of its matching clauses' BM25 (Lucene's BooleanQuery), each times its boost.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import partial
+
+import numba
+import numpy as np
+
+from engine.analysis import Analyzer
+from engine.errors import SiftError
+from engine.sparse import BLOCK, BM25Params, BM25Searcher, _load_block, top_k
+
+MUST, SHOULD, MUST_NOT = "+", "", "-"
+
+
+class QuerySyntaxError(SiftError, ValueError):
+    """A query that the syntax cannot read; the message names the position (0-based character offset)."""
+
+
+@dataclass(frozen=True)
+class Term:
+    text: str
+    field: str | None = None
+    boost: float = 1.0
+    fuzzy: int | None = None  # term~N: edits allowed
+
+
+@dataclass(frozen=True)
+class Phrase:
+    words: tuple[str, ...]
+    field: str | None = None
+    boost: float = 1.0
+    slop: int = 0
+
+
+@dataclass(frozen=True)
+class Group:
+    clauses: tuple[tuple[str, Term | Phrase | Group], ...]  # (occur, node): MUST, SHOULD or MUST_NOT
+    boost: float = 1.0
+
+
+Node = Term | Phrase | Group
+
+
+def to_text(node: Node, top: bool = True) -> str:
+    """The query written back in the syntax: parse_query(to_text(q)) == q."""
+    if isinstance(node, Group):
+        inner = " ".join(occur + to_text(child, False) for occur, child in node.clauses)
+        text = inner if top else f"({inner})"
+    elif isinstance(node, Phrase):
+        text = '"' + " ".join(node.words) + '"' + (f"~{node.slop}" if node.slop else "")
+    else:
+        text = _escape(node.text) + (f"~{node.fuzzy}" if node.fuzzy is not None else "")
+    prefix = f"{node.field}:" if isinstance(node, Term | Phrase) and node.field else ""
+    return prefix + text + (f"^{node.boost!r}" if node.boost != 1.0 else "")
+
+
+_SPECIAL = set('+-!():^[]"{}~*?\\/&|')
+_OPERATORS = ("AND", "OR", "NOT")
+
+
+def _escape(word: str) -> str:
+    escaped = "".join("\\" + c if c in _SPECIAL or c.isspace() else c for c in word)
+    return "\\" + escaped if word in _OPERATORS else escaped
+
+
+# --- parsing --------------------------------------------------------------------------------------------------------
+
+
+def parse_query(text: str) -> Group:
+    """The query's tree: a Group of (occur, node) clauses. QuerySyntaxError says what is wrong and where."""
+    parser = _Parser(text)
+    group = parser.clauses(top=True)
+    return group
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.at = 0
+
+    def error(self, message: str, at: int | None = None) -> QuerySyntaxError:
+        at = self.at if at is None else at
+        return QuerySyntaxError(f"query syntax: {message} at position {at}: {self.text[:at]}»{self.text[at:]}")
+
+    def skip_space(self) -> None:
+        while self.at < len(self.text) and self.text[self.at].isspace():
+            self.at += 1
+
+    def peek_word(self) -> str:
+        """The next bare operator word (AND, OR, NOT, &&, ||) if one starts here, else ""."""
+        for word in ("AND", "OR", "NOT", "&&", "||"):
+            end = self.at + len(word)
+            if self.text.startswith(word, self.at) and (end == len(self.text) or self.text[end].isspace()
+                                                         or self.text[end] in '("'):  # fmt: skip
+                return word
+        return ""
+
+    def clauses(self, top: bool) -> Group:
+        """Lucene's QueryParserBase.addClause: a conjunction makes the clause before it required (AND) or leaves it
+        optional (OR); NOT or '-' excludes, '+' or AND requires, anything else is optional."""
+        clauses: list[list] = []
+        conjunction = ""
+        while True:
+            self.skip_space()
+            if self.at >= len(self.text):
+                break
+            if self.text[self.at] == ")":
+                if top:
+                    raise self.error("')' without a matching '('")
+                break
+            word = self.peek_word()
+            if word in ("AND", "&&", "OR", "||"):
+                if not clauses or conjunction:
+                    raise self.error(f"{word} needs a clause on each side")
+                conjunction = "AND" if word in ("AND", "&&") else "OR"
+                self.at += len(word)
+                continue
+            occur = None
+            if word == "NOT":
+                occur = MUST_NOT
+                self.at += 3
+                self.skip_space()
+            elif self.text[self.at] in "+-!":
+                occur = MUST if self.text[self.at] == "+" else MUST_NOT
+                self.at += 1
+            if self.at >= len(self.text) or self.text[self.at].isspace() or self.text[self.at] == ")":
+                raise self.error("an operator with nothing after it")
+            node = self.clause()
+            if conjunction == "AND" and clauses and clauses[-1][0] == SHOULD:
+                clauses[-1][0] = MUST
+            if occur is None:
+                occur = MUST if conjunction == "AND" else SHOULD
+            clauses.append([occur, node])
+            conjunction = ""
+        if conjunction:
+            raise self.error("AND/OR at the end of the query")
+        if not clauses and not top:
+            raise self.error("empty parentheses")
+        return Group(tuple((occur, node) for occur, node in clauses))
+
+    def clause(self) -> Node:
+        start = self.at
+        field_name = None
+        word = self._word()
+        if word is not None and self.at < len(self.text) and self.text[self.at] == ":":
+            field_name = word
+            self.at += 1
+            if self.at >= len(self.text) or self.text[self.at].isspace():
+                raise self.error(f"nothing after the field name {field_name}:")
+            word = None
+        elif word is not None:
+            return self._modifiers(Term(word))
+        if self.text[self.at] == "(":
+            self.at += 1
+            group = self.clauses(top=False)
+            if self.at >= len(self.text) or self.text[self.at] != ")":
+                raise self.error("'(' without a matching ')'", start)
+            self.at += 1
+            if field_name is not None:
+                raise self.error("a field before parentheses is not supported; write field:term for each term", start)
+            return self._modifiers(group)
+        if self.text[self.at] == '"':
+            self.at += 1
+            end = self.text.find('"', self.at)
+            if end < 0:
+                raise self.error('a phrase without its closing "', self.at - 1)
+            words = tuple(self.text[self.at : end].split())
+            self.at = end + 1
+            if not words:
+                raise self.error("an empty phrase", end)
+            phrase = Phrase(words, field_name)
+            if self.at < len(self.text) and self.text[self.at] == "~":
+                self.at += 1
+                phrase = Phrase(words, field_name, slop=self._integer("a phrase's ~ needs a whole number (slop)"))
+            return self._modifiers(phrase)
+        word = self._word()
+        if word is None:
+            raise self.error(f"unexpected {self.text[self.at]!r}")
+        return self._modifiers(Term(word, field_name))
+
+    def _word(self) -> str | None:
+        """A bare word with backslash escapes, or None where none starts."""
+        out = []
+        while self.at < len(self.text):
+            c = self.text[self.at]
+            if c == "\\":
+                if self.at + 1 >= len(self.text):
+                    raise self.error("a backslash at the end of the query")
+                out.append(self.text[self.at + 1])
+                self.at += 2
+                continue
+            if c.isspace() or c in '():^"~' or (c in "+-!" and not out) or c in "[]{}":
+                break
+            out.append(c)
+            self.at += 1
+        return "".join(out) if out else None
+
+    def _integer(self, message: str) -> int:
+        start = self.at
+        while self.at < len(self.text) and self.text[self.at].isdigit():
+            self.at += 1
+        if start == self.at:
+            raise self.error(message)
+        return int(self.text[start : self.at])
+
+    def _modifiers(self, node: Node) -> Node:
+        if isinstance(node, Term) and self.at < len(self.text) and self.text[self.at] == "~":
+            self.at += 1
+            edits = self._integer("a fuzzy term's ~ needs a whole number of edits (1 or 2)")
+            if edits > 2:
+                raise self.error("fuzzy terms allow at most 2 edits", self.at - 1)
+            node = Term(node.text, node.field, node.boost, edits)
+        if self.at < len(self.text) and self.text[self.at] == "^":
+            self.at += 1
+            start = self.at
+            while self.at < len(self.text) and (self.text[self.at].isdigit() or self.text[self.at] == "."):
+                self.at += 1
+            try:
+                boost = float(self.text[start : self.at])
+            except ValueError:
+                raise self.error("^ needs a number (a boost)", start) from None
+            if boost <= 0:
+                raise self.error("a boost must be above 0", start)
+            node = Group(node.clauses, boost) if isinstance(node, Group) else _with_boost(node, boost)
+        if self.at < len(self.text) and not (self.text[self.at].isspace() or self.text[self.at] == ")"):
+            raise self.error(f"unexpected {self.text[self.at]!r}")
+        return node
+
+
+def _with_boost(node: Term | Phrase, boost: float) -> Term | Phrase:
+    if isinstance(node, Term):
+        return Term(node.text, node.field, boost, node.fuzzy)
+    return Phrase(node.words, node.field, boost, node.slop)
+
+
+# --- BM25 over a query tree -----------------------------------------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True)
+def read_postings(postings, start, end, first_block, block_last_doc):
+    """One term's postings (passage ids, term frequencies), decoded if packed."""
+    docs = np.empty(end - start, dtype=np.int64)
+    tfs = np.empty(end - start, dtype=np.int64)
+    block_docs = np.empty(BLOCK, dtype=np.int64)
+    block_tfs = np.empty(BLOCK, dtype=np.int64)
+    block = first_block
+    for at in range(start, end, BLOCK):
+        n = min(BLOCK, end - at)
+        _load_block(postings, block_last_doc, first_block, block, at, n, block_docs, block_tfs, True)
+        docs[at - start : at - start + n] = block_docs[:n]
+        tfs[at - start : at - start + n] = block_tfs[:n]
+        block += 1
+    return docs, tfs
+
+
+class TreeSearcher:
+    """Top k of the passages a query tree matches, by Lucene's BooleanQuery scoring with BM25: exact, the matching
+    set restricted as the tree says (tested against brute force), scores equal to the kernels' for a plain query."""
+
+    def __init__(self, bm25: BM25Searcher) -> None:
+        self.bm25 = bm25
+        self.reader = bm25.reader
+
+    def search_passages(self, tree: Group, k: int, params: BM25Params | None = None,
+                        masks: list | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        params = params or self.bm25.default_params
+        tree = self._analyzed(tree)
+        if tree is None or not _can_match(tree):
+            raise QuerySyntaxError("the query has no term left to match (only excluded terms, or only stopwords); "
+                                   "add one, e.g. 'cancer NOT mouse'")  # fmt: skip
+        terms = sorted({leaf.text for leaf in _leaves(tree)})
+        entries = dict(zip(terms, self.bm25._entries(terms)))
+        idfs = {term: np.float32(entry[0]) for term, entry in entries.items()}
+        norms = self.bm25.norms(params)
+        masks = masks if masks is not None else self.reader.live
+        found_docs, found_scores = [], []
+        for i, segment in enumerate(self.reader.segments):
+            postings = {}
+            for term in terms:
+                located = entries[term][1][i]
+                if located is not None:
+                    docs, tfs = read_postings(segment.postings, located[0], located[1], located[2],
+                                              segment.blocks.last_doc)  # fmt: skip
+                    postings[term] = (docs, tfs)
+            positive = [postings[leaf.text][0] for leaf in _leaves(tree, positive_only=True) if leaf.text in postings]
+            if not positive:
+                continue
+            candidates = np.unique(np.concatenate(positive))
+            if masks[i] is not None:
+                candidates = candidates[masks[i][candidates] != 0]
+            if not len(candidates):
+                continue
+            leaf_scores = partial(_leaf_scores, candidates=candidates, postings=postings, idfs=idfs,
+                                  inverse=norms.inverse[norms.per_segment[i][candidates]])
+            matched, scores = _evaluate(tree, leaf_scores, len(candidates), 1.0)
+            keep = np.flatnonzero(matched)
+            if not len(keep):
+                continue
+            keys = self.reader.tie_keys[i][candidates[keep]]
+            best, best_scores = top_k(np.arange(len(keep)), scores[keep], k, keys)
+            found_docs.append(candidates[keep[best]] + self.reader.bases[i])
+            found_scores.append(best_scores)
+        if not found_docs:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        docs, scores = np.concatenate(found_docs), np.concatenate(found_scores)
+        order = self.reader.order_ties(docs, scores, k) if len(found_docs) > 1 else slice(None)
+        return docs[order], scores[order]
+
+    def _analyzed(self, node: Node) -> Node | None:
+        """Leaves run through the index's analyzer: a word of several tokens becomes a group of optional terms (as
+        Lucene's parser makes it), a stopword disappears; refused: what this index cannot search yet."""
+        if isinstance(node, Phrase):
+            raise QuerySyntaxError(f'phrase queries ("{" ".join(node.words)}") need positions, which this Sift does '
+                                   "not index yet; search the words without quotes")  # fmt: skip
+        if isinstance(node, Term):
+            if node.field is not None:
+                raise QuerySyntaxError(f"field queries ({node.field}:{node.text}) are not supported yet: the "
+                                       "index searches title and text together; narrow by metadata with --filter")
+            if node.fuzzy is not None:
+                raise QuerySyntaxError(f"fuzzy terms ({node.text}~{node.fuzzy}) are not supported yet")
+            tokens = self.bm25.analyzer.analyze(node.text)
+            if not tokens:
+                return None
+            if len(tokens) == 1:
+                return Term(tokens[0], boost=node.boost)
+            return Group(tuple((SHOULD, Term(t)) for t in tokens), node.boost)
+        analyzed = [(occur, self._analyzed(child)) for occur, child in node.clauses]
+        clauses = tuple((occur, child) for occur, child in analyzed if child is not None)
+        return Group(clauses, node.boost) if clauses else None
+
+
+def _leaf_scores(leaf: Term, boost: float, candidates: np.ndarray, postings: dict, idfs: dict,
+                 inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(matched, BM25) of one term per candidate, computed as the kernels compute it (float32, same operations)."""
+    matched = np.zeros(len(candidates), dtype=bool)
+    scores = np.zeros(len(candidates), dtype=np.float32)
+    if leaf.text in postings:
+        docs, tfs = postings[leaf.text]
+        at = np.minimum(np.searchsorted(docs, candidates), len(docs) - 1)
+        matched = docs[at] == candidates
+        weight = idfs[leaf.text] * np.float32(boost * leaf.boost)
+        tf = tfs[at[matched]].astype(np.float32)
+        scores[matched] = weight - weight / (np.float32(1) + tf * inverse[matched])
+    return matched, scores
+
+
+def _leaves(node: Node, positive_only: bool = False):
+    if isinstance(node, Term):
+        yield node
+        return
+    for occur, child in node.clauses:
+        if not (positive_only and occur == MUST_NOT):
+            yield from _leaves(child, positive_only)
+
+
+def _can_match(node: Node) -> bool:
+    """Whether some passage could match: a group needs a positive clause that can."""
+    if isinstance(node, Term):
+        return True
+    return any(occur != MUST_NOT and _can_match(child) for occur, child in node.clauses)
+
+
+def _evaluate(node: Node, leaf_scores, n: int, boost: float) -> tuple[np.ndarray, np.ndarray]:
+    """(matched, score) per candidate: a group matches when every required clause does, no excluded one does, and
+    (without required clauses) some optional one does; it scores the sum of its matching clauses, in order."""
+    if isinstance(node, Term):
+        return leaf_scores(node, boost)
+    boost *= node.boost
+    required = any(occur == MUST for occur, _ in node.clauses)
+    matched = np.full(n, required)
+    excluded = np.zeros(n, dtype=bool)
+    score = np.zeros(n, dtype=np.float32)
+    for occur, child in node.clauses:
+        child_matched, child_score = _evaluate(child, leaf_scores, n, boost)
+        if occur == MUST_NOT:
+            excluded |= child_matched
+            continue
+        if occur == MUST:
+            matched &= child_matched
+        elif not required:
+            matched |= child_matched
+        score = np.where(child_matched, score + child_score, score)
+    return matched & ~excluded, score
+
+
+# --- snippets -------------------------------------------------------------------------------------------------------
+
+
+def query_terms(query: str, analyzer: Analyzer, syntax: str = "plain") -> set[str]:
+    """The index terms a query looks for (the excluded ones left out): what snippets mark."""
+    if syntax == "plain":
+        return set(analyzer.analyze(query))
+    return {term for leaf in _leaves(parse_query(query), positive_only=True) if isinstance(leaf, Term)
+            for term in analyzer.analyze(leaf.text)}  # fmt: skip
+
+
+def snippet(text: str, terms: set[str], analyzer: Analyzer, length: int = 200, mark: tuple[str, str] = ("<mark>",
+            "</mark>")) -> str:  # fmt: skip
+    """The fragment of about `length` characters holding the most distinct query terms (then the most matches),
+    their words marked. A word matches when the analyzer makes it one of the terms, so stemmed forms count; words
+    are found by a prefix of each term first (stems change only their ending), then analyzed to be sure."""
+    found = []
+    if terms:
+        prefixes = sorted({t[: max(2, len(t) - 1)] for t in terms}, key=len, reverse=True)
+        pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, prefixes)) + r")\w*", re.IGNORECASE)
+        for match in pattern.finditer(text):
+            for start, end in analyzer.token_spans(match.group()):
+                analyzed = analyzer.analyze(match.group()[start:end])
+                if analyzed and analyzed[0] in terms:
+                    found.append((match.start() + start, match.start() + end, analyzed[0]))
+    if not found:
+        return _cut(text, 0, length, [], mark)
+    best, best_key, last = 0, (0, 0), 0
+    for first in range(len(found)):  # windows starting at each match: most distinct terms, then most matches
+        while last + 1 < len(found) and found[last + 1][1] - found[first][0] <= length:
+            last += 1
+        last = max(last, first)
+        key = (len({term for _, _, term in found[first : last + 1]}), last + 1 - first)
+        if key > best_key:
+            best, best_key = first, key
+    inside = [m for m in found[best:] if m[1] - found[best][0] <= length]
+    span = inside[-1][1] - inside[0][0]
+    start = max(0, inside[0][0] - (length - span) // 2)
+    while start > 0 and not text[start - 1].isspace():  # begin on a word
+        start -= 1
+    return _cut(text, start, length, inside, mark)
+
+
+def _cut(text: str, start: int, length: int, marked: list, mark: tuple[str, str]) -> str:
+    end = min(len(text), start + length)
+    while end < len(text) and not text[end].isspace():  # end on a word
+        end += 1
+    out, at = [], start
+    for first, last, _ in marked:
+        if first >= at and last <= end:
+            out += [text[at:first], mark[0], text[first:last], mark[1]]
+            at = last
+    out.append(text[at:end])
+    return ("…" if start > 0 else "") + "".join(out).strip() + ("…" if end < len(text) else "")
