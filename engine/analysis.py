@@ -123,13 +123,7 @@ class Analyzer:
         return [m.span() for m in self._pattern.finditer(text)]
 
     def analyze(self, text: str) -> list[str]:
-        # Lower-casing the whole text first is equivalent to Lucene's per-token filter, and much faster.
-        if self.config.lowercase:
-            text = text.lower()
-        tokens = self.tokenize(text)
-        stripped = self.config.possessives and _APOSTROPHE.search(text) is not None
-        if stripped:
-            tokens = [t[:-2] if t[-2:].lower() in _POSSESSIVE_SUFFIXES else t for t in tokens]
+        tokens, stripped = self._tokens(text)
         stop = self._stop
         if self._stem is None:
             if not stop and not stripped:
@@ -140,6 +134,24 @@ class Analyzer:
         if missing:
             self._add_stems(missing)
         return [cache[t] for t in tokens if t and t not in stop]
+
+    def positions(self, text: str) -> list[int]:
+        """The position of each of analyze(text)'s terms: its token's number, removed tokens (stopwords) counted,
+        as Lucene's position increments count them (a phrase does not match across a removed word)."""
+        tokens, _ = self._tokens(text)
+        stop = self._stop
+        return [i for i, t in enumerate(tokens) if t and t not in stop]
+
+    def _tokens(self, text: str) -> tuple[list[str], bool]:
+        """Tokens lower-cased and without possessives; whether any possessive was stripped."""
+        # Lower-casing the whole text first is equivalent to Lucene's per-token filter, and much faster.
+        if self.config.lowercase:
+            text = text.lower()
+        tokens = self.tokenize(text)
+        stripped = self.config.possessives and _APOSTROPHE.search(text) is not None
+        if stripped:
+            tokens = [t[:-2] if t[-2:].lower() in _POSSESSIVE_SUFFIXES else t for t in tokens]
+        return tokens, stripped
 
     def analyze_batch(self, texts: list[str]) -> TermBytes:
         """The terms of many texts at once, as UTF-8 bytes: what the indexer needs, without a str per term where

@@ -92,6 +92,8 @@ _STORED_TYPES = {
     "lengths.npy": (np.uint16, np.uint32),
     "passages.part.npy": (np.uint8, np.uint32),
     "docids.order.npy": (np.uint32, np.int64),
+    "positions.npy": (np.uint16, np.uint32),
+    "positions.offsets.npy": _OFFSETS,
 }
 
 
@@ -726,6 +728,8 @@ class Segment(PostingLists):
         self.passage_doc = files.array("passages.doc.npy")
         self.passage_part = files.array("passages.part.npy")
         self.doc_ids = StringTable(files, "docids", findable=True)
+        self.positions = files.array("positions.npy") if self.meta.get("positions") else None
+        self.position_starts = files.array("positions.offsets.npy") if self.meta.get("positions") else None
         self.store = DocStore(files)
         self.columns = Columns(files, self.meta["fields"]) if self.meta.get("fields") else None
 
@@ -874,7 +878,10 @@ def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = 
     tfs = out.scratch("postings.tfs.npy", np.uint32, total)
     already = np.zeros(len(vocabulary), dtype=np.int64)  # postings of each term placed by earlier segments
     base = 0
+    with_positions = all(s.positions is not None for s in segments)
+    moved = []  # with positions: per segment, (its postings kept, where each went)
     for seg, mapping, keep in zip(segments, maps, keeps):
+        sources, destinations = [], []
         renumber = np.cumsum(keep) - 1 + base  # a kept passage's number in the merged segment
         for t0, t1 in _term_chunks(seg.offsets):
             p0, p1 = int(seg.offsets[t0]), int(seg.offsets[t1])
@@ -887,7 +894,22 @@ def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = 
             docs[destination] = renumber[chunk_docs[kept]]
             tfs[destination] = np.asarray(seg.tfs[p0:p1])[kept]
             already += np.bincount(target, minlength=len(already))
+            if with_positions:
+                sources.append(kept + p0)
+                destinations.append(destination)
+        if with_positions:
+            moved.append((np.concatenate(sources or [np.zeros(0, np.int64)]),
+                          np.concatenate(destinations or [np.zeros(0, np.int64)])))  # fmt: skip
         base += int(keep.sum())
+    if with_positions:
+        starts = np.zeros(total + 1, dtype=np.int64)
+        np.cumsum(tfs, out=starts[1:])
+        positions = np.empty(int(starts[-1]), dtype=np.uint32)
+        for seg, (sources, destinations) in zip(segments, moved):
+            copy_runs(seg.positions, np.asarray(seg.position_starts, dtype=np.int64), sources, positions, starts,
+                      destinations)  # fmt: skip
+        out.array("positions.npy", positions)
+        out.array("positions.offsets.npy", starts)
     lengths = np.concatenate([np.asarray(s.lengths)[keep] for s, keep in zip(segments, keeps)]).astype(np.uint32)
     live_docs = []  # per segment, its documents with a kept passage (a document's passages go together)
     passage_doc, doc_base = [], 0
@@ -928,10 +950,28 @@ def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = 
         "postings": total,
         "block_size": BLOCK_SIZE,
         **({"fields": fields} if fields else {}),
+        **({"positions": True} if with_positions else {}),
         **postings,
     }
     finish_segment(out, meta)
     return meta
+
+
+@numba.njit(nogil=True, cache=True)
+def copy_runs(source, source_starts, source_runs, target, target_starts, target_runs):
+    """Copies run source_runs[j] of source (bounded by source_starts) to run target_runs[j] of target."""
+    for j in range(len(source_runs)):
+        start, end = source_starts[source_runs[j]], source_starts[source_runs[j] + 1]
+        at = target_starts[target_runs[j]]
+        for i in range(end - start):
+            target[at + i] = source[start + i]
+
+
+def copy_runs_reference(source, source_starts, source_runs, target, target_starts, target_runs) -> None:
+    """copy_runs in numpy, for the tests."""
+    for run, to in zip(source_runs.tolist(), target_runs.tolist()):
+        size = source_starts[run + 1] - source_starts[run]
+        target[target_starts[to] : target_starts[to] + size] = source[source_starts[run] : source_starts[run + 1]]
 
 
 def _kept_postings_per_term(segment: Segment, keep: np.ndarray) -> np.ndarray:

@@ -264,6 +264,59 @@ def read_postings(postings, start, end, first_block, block_last_doc):
     return docs, tfs
 
 
+@numba.njit(nogil=True, cache=True)
+def phrase_frequencies(positions, starts, runs, places, slop, present):
+    """Per candidate passage (runs[i, c]: the posting of phrase term i there; present[c]: all terms occur), the
+    phrase's frequency: with slop 0, how often its terms stand at their places; with slop > 0, 1 / (1 + s) where
+    s, the smallest spread of (position - place) over one position of each term, is at most slop (0: no match)."""
+    n_terms, n = runs.shape
+    frequency = np.zeros(n, dtype=np.float32)
+    cursor = np.empty(n_terms, dtype=np.int64)
+    for c in range(n):
+        if not present[c]:
+            continue
+        if slop == 0:
+            first = runs[0, c]
+            count = 0
+            for j in range(starts[first], starts[first + 1]):
+                anchor = np.int64(positions[j]) - places[0]
+                everywhere = True
+                for i in range(1, n_terms):
+                    run = runs[i, c]
+                    lo, hi = starts[run], starts[run + 1]
+                    want = anchor + places[i]
+                    while lo < hi:  # binary search in the run (positions ascend)
+                        mid = (lo + hi) // 2
+                        if np.int64(positions[mid]) < want:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    if lo == starts[run + 1] or np.int64(positions[lo]) != want:
+                        everywhere = False
+                        break
+                if everywhere:
+                    count += 1
+            frequency[c] = count
+            continue
+        for i in range(n_terms):  # smallest range covering one (position - place) of every term
+            cursor[i] = starts[runs[i, c]]
+        best = np.int64(1) << 40
+        while True:
+            low, high, lowest = np.int64(1) << 40, -(np.int64(1) << 40), 0
+            for i in range(n_terms):
+                value = np.int64(positions[cursor[i]]) - places[i]
+                if value < low:
+                    low, lowest = value, i
+                high = max(high, value)
+            best = min(best, high - low)
+            cursor[lowest] += 1
+            if cursor[lowest] == starts[runs[lowest, c] + 1]:
+                break
+        if best <= slop:
+            frequency[c] = np.float32(1) / np.float32(1 + best)
+    return frequency
+
+
 class TreeSearcher:
     """Top k of the passages a query tree matches, by Lucene's BooleanQuery scoring with BM25: exact, the matching
     set restricted as the tree says (tested against brute force), scores equal to the kernels' for a plain query."""
@@ -279,7 +332,7 @@ class TreeSearcher:
         if tree is None or not _can_match(tree):
             raise QuerySyntaxError("the query has no term left to match (only excluded terms, or only stopwords); "
                                    "add one, e.g. 'cancer NOT mouse'")  # fmt: skip
-        terms = sorted({leaf.text for leaf in _leaves(tree)})
+        terms = sorted({term for leaf in _leaves(tree) for term in _terms(leaf)})
         entries = dict(zip(terms, self.bm25._entries(terms)))
         idfs = {term: np.float32(entry[0]) for term, entry in entries.items()}
         norms = self.bm25.norms(params)
@@ -292,8 +345,9 @@ class TreeSearcher:
                 if located is not None:
                     docs, tfs = read_postings(segment.postings, located[0], located[1], located[2],
                                               segment.blocks.last_doc)  # fmt: skip
-                    postings[term] = (docs, tfs)
-            positive = [postings[leaf.text][0] for leaf in _leaves(tree, positive_only=True) if leaf.text in postings]
+                    postings[term] = (docs, tfs, located[0])
+            positive = [postings[term][0] for leaf in _leaves(tree, positive_only=True) for term in _terms(leaf)[:1]
+                        if term in postings]  # a phrase's passages all hold its first term
             if not positive:
                 continue
             candidates = np.unique(np.concatenate(positive))
@@ -302,7 +356,7 @@ class TreeSearcher:
             if not len(candidates):
                 continue
             leaf_scores = partial(_leaf_scores, candidates=candidates, postings=postings, idfs=idfs,
-                                  inverse=norms.inverse[norms.per_segment[i][candidates]])
+                                  inverse=norms.inverse[norms.per_segment[i][candidates]], segment=segment)
             matched, scores = _evaluate(tree, leaf_scores, len(candidates), 1.0)
             keep = np.flatnonzero(matched)
             if not len(keep):
@@ -321,8 +375,17 @@ class TreeSearcher:
         """Leaves run through the index's analyzer: a word of several tokens becomes a group of optional terms (as
         Lucene's parser makes it), a stopword disappears; refused: what this index cannot search yet."""
         if isinstance(node, Phrase):
-            raise QuerySyntaxError(f'phrase queries ("{" ".join(node.words)}") need positions, which this Sift does '
-                                   "not index yet; search the words without quotes")  # fmt: skip
+            text = " ".join(node.words)
+            if node.field is not None:
+                raise QuerySyntaxError(f'field queries ({node.field}:"{text}") are not supported yet: the '
+                                       "index searches title and text together; narrow by metadata with --filter")
+            if any(segment.positions is None for segment in self.reader.segments):
+                raise QuerySyntaxError(f'the phrase "{text}" needs positions: build the index with sift index '
+                                       "--positions, or search the words without quotes")  # fmt: skip
+            terms, places = self.bm25.analyzer.analyze(text), self.bm25.analyzer.positions(text)
+            if len(terms) < 2:
+                return Term(terms[0], boost=node.boost) if terms else None
+            return _AnalyzedPhrase(tuple(terms), tuple(p - places[0] for p in places), node.slop, node.boost)
         if isinstance(node, Term):
             if node.field is not None:
                 raise QuerySyntaxError(f"field queries ({node.field}:{node.text}) are not supported yet: the "
@@ -340,13 +403,40 @@ class TreeSearcher:
         return Group(clauses, node.boost) if clauses else None
 
 
-def _leaf_scores(leaf: Term, boost: float, candidates: np.ndarray, postings: dict, idfs: dict,
-                 inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(matched, BM25) of one term per candidate, computed as the kernels compute it (float32, same operations)."""
+@dataclass(frozen=True)
+class _AnalyzedPhrase:
+    """A phrase as index terms, each with its place in the phrase (removed words counted), and its slop."""
+
+    terms: tuple[str, ...]
+    places: tuple[int, ...]
+    slop: int = 0
+    boost: float = 1.0
+
+
+def _leaf_scores(leaf: Term | _AnalyzedPhrase, boost: float, candidates: np.ndarray, postings: dict, idfs: dict,
+                 inverse: np.ndarray, segment) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(matched, BM25) of one term or phrase per candidate, computed as the kernels compute it (float32, same
+    operations). A phrase scores as Lucene's PhraseQuery: its frequency as tf, the sum of its terms' idf."""
     matched = np.zeros(len(candidates), dtype=bool)
     scores = np.zeros(len(candidates), dtype=np.float32)
+    if isinstance(leaf, _AnalyzedPhrase):
+        if not all(term in postings for term in leaf.terms):
+            return matched, scores
+        runs = np.empty((len(leaf.terms), len(candidates)), dtype=np.int64)
+        present = np.ones(len(candidates), dtype=bool)
+        for i, term in enumerate(leaf.terms):
+            docs = postings[term][0]
+            at = np.minimum(np.searchsorted(docs, candidates), len(docs) - 1)
+            present &= docs[at] == candidates
+            runs[i] = at + postings[term][2]  # the posting's number in the segment
+        frequency = phrase_frequencies(segment.positions, np.asarray(segment.position_starts, dtype=np.int64),
+                                       runs, np.array(leaf.places, dtype=np.int64), leaf.slop, present)  # fmt: skip
+        matched = frequency > 0
+        weight = np.float32(sum(np.float32(idfs[t]) for t in leaf.terms)) * np.float32(boost * leaf.boost)
+        scores[matched] = weight - weight / (np.float32(1) + frequency[matched] * inverse[matched])
+        return matched, scores
     if leaf.text in postings:
-        docs, tfs = postings[leaf.text]
+        docs, tfs, _ = postings[leaf.text]
         at = np.minimum(np.searchsorted(docs, candidates), len(docs) - 1)
         matched = docs[at] == candidates
         weight = idfs[leaf.text] * np.float32(boost * leaf.boost)
@@ -355,8 +445,12 @@ def _leaf_scores(leaf: Term, boost: float, candidates: np.ndarray, postings: dic
     return matched, scores
 
 
+def _terms(leaf: Term | _AnalyzedPhrase) -> tuple[str, ...]:
+    return leaf.terms if isinstance(leaf, _AnalyzedPhrase) else (leaf.text,)
+
+
 def _leaves(node: Node, positive_only: bool = False):
-    if isinstance(node, Term):
+    if isinstance(node, Term | _AnalyzedPhrase):
         yield node
         return
     for occur, child in node.clauses:
@@ -366,7 +460,7 @@ def _leaves(node: Node, positive_only: bool = False):
 
 def _can_match(node: Node) -> bool:
     """Whether some passage could match: a group needs a positive clause that can."""
-    if isinstance(node, Term):
+    if isinstance(node, Term | _AnalyzedPhrase):
         return True
     return any(occur != MUST_NOT and _can_match(child) for occur, child in node.clauses)
 
@@ -374,7 +468,7 @@ def _can_match(node: Node) -> bool:
 def _evaluate(node: Node, leaf_scores, n: int, boost: float) -> tuple[np.ndarray, np.ndarray]:
     """(matched, score) per candidate: a group matches when every required clause does, no excluded one does, and
     (without required clauses) some optional one does; it scores the sum of its matching clauses, in order."""
-    if isinstance(node, Term):
+    if isinstance(node, Term | _AnalyzedPhrase):
         return leaf_scores(node, boost)
     boost *= node.boost
     required = any(occur == MUST for occur, _ in node.clauses)
@@ -401,8 +495,19 @@ def query_terms(query: str, analyzer: Analyzer, syntax: str = "plain") -> set[st
     """The index terms a query looks for (the excluded ones left out): what snippets mark."""
     if syntax == "plain":
         return set(analyzer.analyze(query))
-    return {term for leaf in _leaves(parse_query(query), positive_only=True) if isinstance(leaf, Term)
-            for term in analyzer.analyze(leaf.text)}  # fmt: skip
+    words = [leaf.text if isinstance(leaf, Term) else " ".join(leaf.words)
+             for leaf in _written_leaves(parse_query(query))]  # fmt: skip
+    return {term for text in words for term in analyzer.analyze(text)}
+
+
+def _written_leaves(node: Node):
+    """The terms and phrases of a parsed query outside exclusions."""
+    if isinstance(node, Term | Phrase):
+        yield node
+        return
+    for occur, child in node.clauses:
+        if occur != MUST_NOT:
+            yield from _written_leaves(child)
 
 
 def snippet(text: str, terms: set[str], analyzer: Analyzer, length: int = 200, mark: tuple[str, str] = ("<mark>",
@@ -434,7 +539,7 @@ def snippet(text: str, terms: set[str], analyzer: Analyzer, length: int = 200, m
     start = max(0, inside[0][0] - (length - span) // 2)
     while start > 0 and not text[start - 1].isspace():  # begin on a word
         start -= 1
-    return _cut(text, start, length, inside, mark)
+    return _cut(text, start, length, found, mark)  # every match the fragment holds is marked
 
 
 def _cut(text: str, start: int, length: int, marked: list, mark: tuple[str, str]) -> str:

@@ -9,6 +9,7 @@ from array import array
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ class BuildOptions:
     postings: str = "packed"
     overwrite: bool = False
     fields: dict = field(default_factory=dict)  # metadata fields stored as columns: name -> type (engine/fields.py)
+    positions: bool = False  # store each term's positions in each passage (phrase and proximity queries)
 
     def __post_init__(self) -> None:
         if self.passage_window < 0 or self.passage_stride < 0:
@@ -212,8 +214,10 @@ class TermTable:
 class _PendingSegment:
     """Postings of the passages added since the last flush, in compact arrays, plus their stored text and fields."""
 
-    def __init__(self, directory: Path, fields: dict | None = None) -> None:
+    def __init__(self, directory: Path, fields: dict | None = None, positions: bool = False) -> None:
         self.directory = directory
+        self.with_positions = positions
+        self.tokens_seen: list[tuple[np.ndarray, np.ndarray]] = []  # (term ids, positions) per batch, if kept
         directory.mkdir(parents=True)
         self.vocabulary = TermTable()
         self._last_seen = np.full(1024, -1, dtype=np.int64)
@@ -235,7 +239,8 @@ class _PendingSegment:
 
     @property
     def memory_bytes(self) -> int:
-        return self.postings * _BYTES_PER_POSTING + self.vocabulary.memory_bytes
+        tokens = sum(len(positions) for _, positions in self.tokens_seen)
+        return self.postings * _BYTES_PER_POSTING + tokens * 12 + self.vocabulary.memory_bytes
 
     def add_documents(self, documents: list[list[Passage]], analyzer: Analyzer) -> None:
         """A batch of documents, each as its passages: analysis per passage, counting for the batch at once."""
@@ -252,6 +257,12 @@ class _PendingSegment:
         term_ids = self.vocabulary.ids(analyzed)
         if len(self.vocabulary) > len(self._last_seen):
             self._last_seen = np.full(2 * len(self.vocabulary), -1, dtype=np.int64)
+        if self.with_positions:
+            positions = [analyzer.positions(p.indexed_text) for p in passages]
+            if [len(found) for found in positions] != lengths.tolist():
+                raise AssertionError("the analyzer's positions disagree with its terms")
+            joined = np.fromiter(chain.from_iterable(positions), dtype=np.uint32, count=int(lengths.sum()))
+            self.tokens_seen.append((np.asarray(term_ids, dtype=np.int64), joined))
         chunk = count_terms(term_ids, lengths, first_passage, self._last_seen)
         self.chunks.append(chunk)
         self.postings += len(chunk[0])
@@ -278,6 +289,8 @@ class _PendingSegment:
         term_of_posting = rank[term_ids]
         offsets = np.zeros(len(terms) + 1, dtype=np.int64)
         np.cumsum(np.bincount(term_of_posting, minlength=len(terms)), out=offsets[1:])
+        if self.with_positions:
+            self._write_positions(out, rank, tfs, term_of_posting, offsets)
         passages, tfs = group_by_term(term_of_posting, offsets, passages, tfs)
         lengths = np.frombuffer(self.lengths, dtype=np.uint32)
         out.array("lengths.npy", lengths)
@@ -290,6 +303,20 @@ class _PendingSegment:
         finish_segment(out, {**self.meta(len(terms), int(offsets[-1])), **postings})
         return self.directory
 
+    def _write_positions(self, out: FolderWriter, rank: np.ndarray, tfs: np.ndarray, term_of_posting: np.ndarray,
+                         offsets: np.ndarray) -> None:  # fmt: skip
+        """Every token's position, grouped as the postings are (by term, then passage) and ascending within each:
+        positions.npy, and per posting where its run starts (positions.offsets.npy)."""
+        term_ids, positions = (np.concatenate(parts) for parts in zip(*self.tokens_seen))
+        passage = np.repeat(np.arange(len(self.lengths), dtype=np.int64), np.frombuffer(self.lengths, np.uint32))
+        order = np.lexsort((passage, rank[term_ids]))  # stable: positions stay ascending within a passage
+        grouped_tfs = group_by_term(term_of_posting, offsets, tfs, tfs)[1]
+        run_starts = np.zeros(len(grouped_tfs) + 1, dtype=np.int64)
+        np.cumsum(grouped_tfs, out=run_starts[1:])
+        out.array("positions.npy", positions[order])
+        out.array("positions.offsets.npy", run_starts)
+        self.tokens_seen = []
+
     def meta(self, terms: int, postings: int) -> dict:
         return {
             "passages": self.passages,
@@ -299,6 +326,7 @@ class _PendingSegment:
             "terms": terms,
             "postings": postings,
             **({"fields": self.fields} if self.fields else {}),
+            **({"positions": True} if self.with_positions else {}),
         }
 
 
@@ -374,7 +402,7 @@ def write_passages(
         flushed: list[Path] = []
         # postings are packed as they are written, except in segments a merge will read again (it packs its own)
         pack = options.postings == "packed"
-        pending = _PendingSegment(staging / "part_0000", options.fields)
+        pending = _PendingSegment(staging / "part_0000", options.fields, options.positions)
         budget = options.memory_mb * 2**20
         count = passages = 0
         batch: list[list[Passage]] = []
@@ -391,7 +419,7 @@ def write_passages(
                 if pending.memory_bytes >= budget:
                     flushed.append(pending.flush(pack and not options.merge))
                     failpoint("after-flush")
-                    pending = _PendingSegment(staging / f"part_{len(flushed):04d}", options.fields)
+                    pending = _PendingSegment(staging / f"part_{len(flushed):04d}", options.fields, options.positions)
                 if on_progress:
                     on_progress(count)
         if batch:

@@ -449,7 +449,7 @@ def reprune(index_dir: str | os.PathLike, spec: PruneSpec, on_progress: Callable
         build_options = BuildOptions(analyzer=analyzer, bm25=BM25Params(k1=bm25["k1"], b=bm25["b"],
                                      length_norm=bm25.get("length_norm", "lucene")), passage_window=window,
                                      passage_stride=stride, postings="packed" if packed else "raw",
-                                     memory_mb=memory_mb)  # fmt: skip
+                                     memory_mb=memory_mb, positions=bool(manifest.get("positions")))  # fmt: skip
         report = writer.build_inverted(CorpusReader(source, skip_bad=True), build_options, recorded,
                                        pruned=pruned, pruning=record)  # fmt: skip
         neural = {}

@@ -180,6 +180,7 @@ class IndexWriter:
             "passages": {"window": options.passage_window, "stride": options.passage_stride or options.passage_window},
             "source": source or {},
             "fields": options.fields,
+            "positions": options.positions,
         }
         if pruning:
             settings["pruning"] = pruning
@@ -327,6 +328,7 @@ class IndexWriter:
             analyzer=AnalyzerConfig.from_dict(manifest["analyzer"]), bm25=BM25Params(**manifest["bm25"]),
             passage_window=manifest["passages"]["window"], passage_stride=manifest["passages"]["stride"],
             postings="packed" if packed else "raw", fields=manifest.get("fields") or {},
+            positions=bool(manifest.get("positions")),
         )  # fmt: skip
 
     def _deletions(self, segment: int, analyzer: Analyzer) -> Deletions:

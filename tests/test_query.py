@@ -2,7 +2,7 @@
 force over random small corpora."""
 
 import re
-from itertools import pairwise
+from itertools import pairwise, product
 
 import numpy as np
 import pytest
@@ -10,8 +10,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.analysis import Analyzer
+from engine.format import copy_runs, copy_runs_reference
 from engine.index import open_index
-from engine.query import MUST, MUST_NOT, SHOULD, Group, Phrase, QuerySyntaxError, Term, parse_query, snippet, to_text
+from engine.query import (
+    MUST,
+    MUST_NOT,
+    SHOULD,
+    Group,
+    Phrase,
+    QuerySyntaxError,
+    Term,
+    parse_query,
+    read_postings,
+    snippet,
+    to_text,
+)
 from engine.reader import adaptive_k
 from indexers.corpus import Document
 from indexers.inverted import BuildOptions
@@ -211,3 +224,87 @@ def test_k_auto_returns_the_head_before_the_largest_gap(tmp_path):
     ranked = index.search("fox", 100)
     chosen = index.search("fox", "auto")
     assert chosen == ranked.head(adaptive_k(ranked.scores)) and 1 <= len(chosen) < len(ranked)
+
+
+# --- positions and phrases ------------------------------------------------------------------------------------------
+
+PHRASE_WORDS = ["heart", "failure", "the", "of", "river", "stone"]  # two stopwords: positions count them
+
+
+def brute_force_phrase(analyzer: Analyzer, text: str, words: list[str], slop: int) -> bool:
+    terms, places = analyzer.analyze(" ".join(words)), analyzer.positions(" ".join(words))
+    found = {}
+    for term, position in zip(analyzer.analyze(text), analyzer.positions(text)):
+        found.setdefault(term, []).append(position)
+    if len(terms) < 2:
+        return bool(terms) and terms[0] in found
+    if not all(t in found for t in terms):
+        return False
+    spreads = (max(p - q for p, q in zip(choice, places)) - min(p - q for p, q in zip(choice, places))
+               for choice in product(*(found[t] for t in terms)))  # fmt: skip
+    return min(spreads) <= slop
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(corpus=st.lists(st.lists(st.sampled_from(PHRASE_WORDS), min_size=1, max_size=14), min_size=1, max_size=25),
+       phrases=st.lists(st.tuples(st.lists(st.sampled_from(PHRASE_WORDS), min_size=2, max_size=3), st.integers(0, 3)),
+                        min_size=1, max_size=5),
+       deleted=st.sets(st.integers(0, 24), max_size=4), packed=st.booleans())  # fmt: skip
+def test_phrases_match_exactly_where_brute_force_finds_them(tmp_path_factory, corpus, phrases, deleted, packed):
+    """Positions survive flushes, live adds, deletions and merges: over several segments, then compacted to one."""
+    path = tmp_path_factory.mktemp("p") / "idx"
+    documents = [Document(f"d{i}", " ".join(words)) for i, words in enumerate(corpus)]
+    half = max(1, len(documents) // 2)
+    build_index(documents[:half], path, BuildOptions(positions=True, postings="packed" if packed else "raw",
+                                                     memory_mb=1))  # fmt: skip
+    with IndexWriter(path, merge_policy=MergePolicy(segments_per_tier=100)) as writer:
+        if documents[half:]:
+            writer.add(documents[half:])
+            writer.commit()
+        writer.delete([f"d{i}" for i in deleted])
+        writer.commit()
+        for compacted in (False, True):
+            if compacted:
+                writer.compact(1)
+                writer.commit()
+            index = open_index(path)
+            analyzer = Analyzer(index.analyzer_config)
+            for words, slop in phrases:
+                query = '"' + " ".join(words) + '"' + (f"~{slop}" if slop else "")
+                expected = {d.id for d in documents if int(d.id[1:]) not in deleted
+                            and brute_force_phrase(analyzer, d.text, words, slop)}  # fmt: skip
+                if not analyzer.analyze(" ".join(words)):
+                    continue
+                found = index.search(query, 1000, syntax="lucene")
+                assert set(found.ids) == expected, (query, compacted)
+
+
+def test_a_phrase_without_positions_is_a_clear_error(tmp_path):
+    build_index([Document("a", "heart failure")], tmp_path / "idx")
+    with pytest.raises(QuerySyntaxError, match="--positions"):
+        open_index(tmp_path / "idx").search('"heart failure"', 10, syntax="lucene")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 50), max_size=6), min_size=1, max_size=8), st.data())
+def test_copy_runs_equals_its_reference(runs, data):
+    source = np.array([v for run in runs for v in run], dtype=np.uint32)
+    source_starts = np.cumsum([0] + [len(r) for r in runs]).astype(np.int64)
+    picked = np.array(data.draw(st.permutations(range(len(runs)))), dtype=np.int64)
+    target_starts = np.cumsum([0] + [len(runs[p]) for p in picked]).astype(np.int64)
+    fast, slow = np.zeros(len(source), np.uint32), np.zeros(len(source), np.uint32)
+    targets = np.arange(len(picked), dtype=np.int64)
+    copy_runs(source, source_starts, picked, fast, target_starts, targets)
+    copy_runs_reference(source, source_starts, picked, slow, target_starts, targets)
+    assert np.array_equal(fast, slow) and np.array_equal(fast, np.array([v for p in picked for v in runs[p]]))
+
+
+def test_read_postings_equals_the_whole_segment_decoded(tmp_path):
+    documents = [Document(f"d{i}", " ".join(np.random.default_rng(i).choice(VOCABULARY, 30))) for i in range(700)]
+    build_index(documents, tmp_path / "idx", BuildOptions(postings="packed"))
+    segment = open_index(tmp_path / "idx").segments[0]
+    for term in range(len(segment.terms)):
+        start, end = int(segment.offsets[term]), int(segment.offsets[term + 1])
+        docs, tfs = read_postings(segment.postings, start, end, int(segment.blocks.offsets[term]),
+                                  segment.blocks.last_doc)  # fmt: skip
+        assert np.array_equal(docs, segment.docs[start:end]) and np.array_equal(tfs, segment.tfs[start:end])
