@@ -71,8 +71,8 @@ class Index(IndexReader):
 
     def snippets(self, hits: Results, query: str, syntax: str = "plain", length: int = 200) -> list[str]:
         """Per hit, the fragment of its passage (title and text) that best matches the query, its words marked."""
-        terms = query_terms(query, self.bm25.analyzer, syntax)
-        return [snippet(indexed_text(*self.segment_fields(hit.passage)), terms, self.bm25.analyzer, length)
+        terms, memo = query_terms(query, self.bm25.analyzer, syntax), {}
+        return [snippet(indexed_text(*self.segment_fields(hit.passage)), terms, self.bm25.analyzer, length, memo=memo)
                 for hit in hits]  # fmt: skip
 
     def segment_fields(self, passage: int) -> tuple[str, str]:

@@ -511,29 +511,42 @@ def _written_leaves(node: Node):
 
 
 def snippet(text: str, terms: set[str], analyzer: Analyzer, length: int = 200, mark: tuple[str, str] = ("<mark>",
-            "</mark>")) -> str:  # fmt: skip
+            "</mark>"), memo: dict | None = None) -> str:  # fmt: skip
     """The fragment of about `length` characters holding the most distinct query terms (then the most matches),
     their words marked. A word matches when the analyzer makes it one of the terms, so stemmed forms count; words
-    are found by a prefix of each term first (stems change only their ending), then analyzed to be sure."""
+    are found by a prefix of each term first (stems change only their ending), then analyzed to be sure. memo:
+    word -> its term or None, shared by the snippets of one query's hits."""
+    memo = {} if memo is None else memo
     found = []
     if terms:
         prefixes = sorted({t[: max(2, len(t) - 1)] for t in terms}, key=len, reverse=True)
-        pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, prefixes)) + r")\w*", re.IGNORECASE)
-        for match in pattern.finditer(text):
-            for start, end in analyzer.token_spans(match.group()):
-                analyzed = analyzer.analyze(match.group()[start:end])
-                if analyzed and analyzed[0] in terms:
-                    found.append((match.start() + start, match.start() + end, analyzed[0]))
+        alternatives = r"\b(?:" + "|".join(map(re.escape, prefixes)) + r")\w*"
+        ascii_text = text.isascii()  # lower-casing ASCII keeps every offset: match without IGNORECASE (3x faster)
+        pattern = re.compile(alternatives) if ascii_text else re.compile(alternatives, re.IGNORECASE)
+        for match in pattern.finditer(text.lower() if ascii_text else text):
+            word = text[match.start() : match.end()]
+            if word not in memo:
+                memo[word] = [(a, b, t[0]) for a, b in analyzer.token_spans(word)
+                              if (t := analyzer.analyze(word[a:b])) and t[0] in terms]  # fmt: skip
+            found += [(match.start() + a, match.start() + b, term) for a, b, term in memo[word]]
     if not found:
         return _cut(text, 0, length, [], mark)
-    best, best_key, last = 0, (0, 0), 0
+    best, best_key, last = 0, (0, 0), -1
+    counts: dict[str, int] = {}
     for first in range(len(found)):  # windows starting at each match: most distinct terms, then most matches
         while last + 1 < len(found) and found[last + 1][1] - found[first][0] <= length:
             last += 1
-        last = max(last, first)
-        key = (len({term for _, _, term in found[first : last + 1]}), last + 1 - first)
+            counts[found[last][2]] = counts.get(found[last][2], 0) + 1
+        if last < first:  # a single match longer than the fragment
+            last = first
+            counts[found[first][2]] = counts.get(found[first][2], 0) + 1
+        key = (len(counts), last + 1 - first)
         if key > best_key:
             best, best_key = first, key
+        term = found[first][2]
+        counts[term] -= 1
+        if not counts[term]:
+            del counts[term]
     inside = [m for m in found[best:] if m[1] - found[best][0] <= length]
     span = inside[-1][1] - inside[0][0]
     start = max(0, inside[0][0] - (length - span) // 2)

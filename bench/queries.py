@@ -1,0 +1,120 @@
+"""Queries as people write them, measured on the shared collections (each built with and without positions):
+
+    python3 -m bench.queries [--collections scifact,vaswani,cranfield]
+
+- the positional index's size, against the same index without positions;
+- speed, one thread, each collection's test queries: plain BM25 top-10; the same as a phrase of their first two
+  words ("w1 w2", lucene syntax); top-10 with snippets against without;
+- Adaptive-k (k="auto", the largest score gap among the best 100) against fixed k for BM25: mean passages
+  returned, recall of the relevant ones among them (R@100 of the cut ranking), nDCG@10 of the cut ranking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+
+from bench.harness import DATA, WORK, directory_bytes, publish
+from engine.evaluation import evaluate
+from engine.index import open_index
+from engine.reader import ADAPTIVE_CANDIDATES, adaptive_k
+from indexers.corpus import CorpusReader, open_source, read_qrels, read_queries
+from indexers.inverted import BuildOptions
+from indexers.writer import build_index
+
+FIXED_K = (1, 3, 5, 10, 20)
+
+
+def _qps(search, queries: list[str], rounds: int = 3) -> float:
+    for query in queries[:20]:
+        search(query)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for query in queries:
+            search(query)
+    return rounds * len(queries) / (time.perf_counter() - started)
+
+
+def _phrase(index, text: str) -> str | None:
+    """The query's first two words that the analyzer keeps, as a phrase."""
+    words = [w for w in index.bm25.analyzer.tokenize(text) if index.bm25.analyzer.analyze(w)][:2]
+    return '"' + " ".join(w.replace('"', "") for w in words) + '"' if len(words) == 2 else None
+
+
+def run_collection(name: str) -> dict:
+    folder = DATA / name
+    corpus = next(folder.glob("corpus.*"))
+    sizes = {}
+    for positions in (False, True):
+        path = WORK / "queries" / f"{name}-{'positions' if positions else 'plain'}"
+        shutil.rmtree(path, ignore_errors=True)
+        build_index(CorpusReader(open_source(corpus), skip_bad=True), path, BuildOptions(positions=positions))
+        sizes[positions] = directory_bytes(path)
+    index = open_index(path)
+    queries = read_queries(folder / "queries.test.tsv")
+    qrels = read_qrels(folder / "qrels.test.txt")
+    texts = [text for _, text in queries]
+    phrases = [p for p in (_phrase(index, t) for t in texts) if p]
+    row = {
+        "documents": index.documents, "queries": len(queries),
+        "index_mb": round(sizes[False] / 2**20, 2), "with_positions_mb": round(sizes[True] / 2**20, 2),
+        "positions_cost": round(sizes[True] / sizes[False], 3),
+        "qps_bm25": round(_qps(lambda q: index.search(q, 10), texts), 1),
+        "qps_phrase": round(_qps(lambda q: index.search(q, 10, syntax="lucene"), phrases), 1),
+        "phrase_queries": len(phrases),
+    }  # fmt: skip
+    plain = _qps(lambda q: index.search(q, 10), texts)
+    with_text = _qps(lambda q: [index.fetch(hit.passage) for hit in index.search(q, 10)], texts)
+    with_snippets = _qps(lambda q: index.snippets(index.search(q, 10), q), texts)
+    row["snippet_cost"] = round(with_text / with_snippets, 2)
+    row["snippet_cost_bare"] = round(plain / with_snippets, 2)
+    ranked = {qid: index.search(text, ADAPTIVE_CANDIDATES) for qid, text in queries}
+    cuts = {"auto": {qid: adaptive_k(r.scores) for qid, r in ranked.items()}}
+    cuts.update({str(k): dict.fromkeys(ranked, k) for k in FIXED_K})
+    row["cutoffs"] = {}
+    for label, chosen in cuts.items():
+        run = {qid: dict(r.head(chosen[qid]).pairs()) for qid, r in ranked.items()}
+        measures = evaluate(run, qrels, ["nDCG@10", "R@100"]).means
+        returned = sum(len(run[qid]) for qid in run) / len(run)
+        row["cutoffs"][label] = {"mean_k": round(returned, 2), "recall": round(measures["R@100"], 4),
+                                 "ndcg10": round(measures["nDCG@10"], 4)}  # fmt: skip
+    return row
+
+
+def render(report: dict) -> str:
+    lines = [
+        "# Queries: positions, phrases, snippets and Adaptive-k",
+        "",
+        f"Date: {report['date']}; {report['machine']['cpu']}, {report['machine']['cores']} cores; one thread; "
+        "each collection's test queries. Phrase queries: each query's first two kept words as a phrase "
+        "(lucene syntax). Snippet cost: top-10 with snippets ÷ top-10 with its stored texts (what a results page "
+        "shows anyway), and ÷ top-10 alone (ids and scores).",
+        "",
+        "| collection | documents | index MB | with positions MB | size × | BM25 top-10 QPS | phrase QPS "
+        "(queries) | snippet cost (÷ with texts / ÷ alone) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in report["collections"].items():
+        lines.append(f"| {name} | {row['documents']:,} | {row['index_mb']} | {row['with_positions_mb']} | "
+                     f"{row['positions_cost']}× | {row['qps_bm25']:,} | {row['qps_phrase']:,} "
+                     f"({row['phrase_queries']}) | {row['snippet_cost']}× / {row['snippet_cost_bare']}× |")  # fmt: skip
+    lines += ["", "Adaptive-k (BM25): passages returned per query, recall of the relevant ones among them, nDCG@10 "
+              "of the cut ranking.", "", "| collection | cut | mean k | recall | nDCG@10 |", "|---|---|---|---|---|"]
+    for name, row in report["collections"].items():
+        for label, cut in row["cutoffs"].items():
+            lines.append(f"| {name} | {'auto' if label == 'auto' else 'k=' + label} | {cut['mean_k']} | "
+                         f"{cut['recall']} | {cut['ndcg10']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--collections", default="scifact,vaswani,cranfield")
+    args = parser.parse_args(argv)
+    names = [n for n in args.collections.split(",") if (DATA / n).is_dir()]
+    publish("queries", {"collections": {name: run_collection(name) for name in names}}, render)
+
+
+if __name__ == "__main__":
+    main()
