@@ -16,6 +16,7 @@ from engine.format import read_manifest
 from engine.query import TreeSearcher, parse_query, query_terms, snippet
 from engine.reader import ADAPTIVE_CANDIDATES, Hit, IndexReader, Results, adaptive_k, indexed_text, rank_documents
 from engine.sparse import BM25Params, BM25Searcher
+from engine.typos import correct
 
 SYNTAXES = ("plain", "lucene")
 
@@ -35,12 +36,22 @@ class Index(IndexReader):
 
     def search(self, query: str | Sequence[str], k: int | str = 10, params: BM25Params | None = None,
                documents: bool = False, algorithm: str = "auto", filter: str | None = None, syntax: str = "plain",
-               offset: int = 0) -> Results:  # fmt: skip
+               offset: int = 0, typos: str = "off") -> Results:  # fmt: skip
         """BM25 top-k. documents=True ranks documents by their best passage (the default for split indexes).
         filter: e.g. "year >= 2019 AND journal IN [Nature, Science]" over fields declared at index time.
         syntax: "plain" (every character is text) or "lucene" (engine/query.py: +, -, AND, OR, NOT, (), ^).
         offset: skip that many hits (pagination: ranks k+1... of the same ranking). k="auto": Adaptive-k, cut at
-        the largest score gap among the best ADAPTIVE_CANDIDATES (engine/reader.adaptive_k)."""
+        the largest score gap among the best ADAPTIVE_CANDIDATES (engine/reader.adaptive_k). typos="auto": a query
+        term the index does not hold is replaced by its most frequent neighbour within one or two edits
+        (engine/typos.py; plain syntax; in the lucene syntax, write term~1)."""
+        if typos not in ("off", "auto"):
+            raise ValueError(f'typos must be "off" or "auto", got {typos!r}')
+        if typos == "auto":
+            if syntax != "plain":
+                raise ValueError('typos="auto" corrects plain queries; in the lucene syntax write fuzzy terms, term~1')
+            if not isinstance(query, str):
+                raise ValueError('typos="auto" corrects a query\'s text, not terms already analyzed')
+            query = correct(self.bm25.analyzer, self.segments, query)
         if k == "auto":
             ranked = self.search(query, ADAPTIVE_CANDIDATES, params, documents, algorithm, filter, syntax)
             return ranked.head(adaptive_k(ranked.scores)).page(offset)

@@ -2,7 +2,8 @@
 
 Plain text stays the default (every character is text). In the syntax: terms, `+required`, `-excluded`, `AND`,
 `OR`, `NOT`, parentheses, `term^2.5` boosts; `"phrases"`, `"phrase"~N`, `term~N` and `field:` parse (and print back)
-but are refused when searched until positions, fuzzy expansion and per-field indexes exist. Clauses combine as
+phrases need an index built with positions, fuzzy terms expand to the index terms within N edits (engine/typos.py),
+and `field:` is refused until per-field indexes exist. Clauses combine as
 Lucene's QueryParser combines them (default operator OR; `a AND b` makes both required; `NOT` excludes), and a
 matching passage scores the sum of its matching clauses' BM25 (Lucene's BooleanQuery), each times its boost.
 """
@@ -19,6 +20,7 @@ import numpy as np
 from engine.analysis import Analyzer
 from engine.errors import SiftError
 from engine.sparse import BLOCK, BM25Params, BM25Searcher, _load_block, top_k
+from engine.typos import expand
 
 MUST, SHOULD, MUST_NOT = "+", "", "-"
 
@@ -390,11 +392,14 @@ class TreeSearcher:
             if node.field is not None:
                 raise QuerySyntaxError(f"field queries ({node.field}:{node.text}) are not supported yet: the "
                                        "index searches title and text together; narrow by metadata with --filter")
-            if node.fuzzy is not None:
-                raise QuerySyntaxError(f"fuzzy terms ({node.text}~{node.fuzzy}) are not supported yet")
             tokens = self.bm25.analyzer.analyze(node.text)
             if not tokens:
                 return None
+            if node.fuzzy is not None:  # each token by the index terms near it (Lucene sums them too, blended)
+                near = [expand(self.reader.segments, token, node.fuzzy) or [token] for token in tokens]
+                groups = [Group(tuple((SHOULD, Term(t)) for t in terms)) for terms in near]
+                return groups[0] if len(groups) == 1 and node.boost == 1.0 else Group(
+                    tuple((SHOULD, g) for g in groups), node.boost)
             if len(tokens) == 1:
                 return Term(tokens[0], boost=node.boost)
             return Group(tuple((SHOULD, Term(t)) for t in tokens), node.boost)
