@@ -106,24 +106,30 @@ def one_edit(word: str, alphabet: str) -> set[str]:
 MIN_CORRECTED_LENGTH = 4  # shorter words have too many neighbours to guess from
 
 
-def correct(analyzer, segments: Sequence, text: str) -> list[str]:
-    """The query's terms, each term the index does not hold replaced by the most frequent held term of a word one
-    edit from the one typed (edits of the typed word, then analyzed: a typo changes the word, not its stem, so
-    "regulaton" finds "regul" through "regulation"); terms the index holds, short words, and words without such a
-    neighbour stay as they are."""
-    corrected = []
+def correct(analyzer, segments: Sequence, text: str) -> str:
+    """The query with each word whose term the index does not hold replaced by the word one edit from it whose
+    term the index holds most often (edits of the typed word, then analyzed: a typo changes the word, not its stem,
+    so "regulaton" finds "regulation"). Words the index holds, short words, and words without such a neighbour
+    stay as typed; the text around them too. Models read the mended text, BM25 analyzes it."""
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    for token in analyzer.tokenize(text.lower() if analyzer.config.lowercase else text):
-        terms = analyzer.analyze(token)
+    mended, at = [], 0
+    for start, end in analyzer.token_spans(text):
+        token = text[start:end]
+        lowered = token.lower() if analyzer.config.lowercase else token
+        terms = analyzer.analyze(lowered)
         if len(terms) != 1 or len(token) < MIN_CORRECTED_LENGTH or _postings(segments, terms)[0]:
-            corrected += terms
             continue
-        words = one_edit(token, alphabet + "".join(set(token)))
-        candidates = sorted({found[0] for word in words if (found := analyzer.analyze(word))} - set(terms))
+        by_term: dict[str, str] = {}
+        for word in sorted(one_edit(lowered, alphabet + "".join(set(lowered)))):
+            found = analyzer.analyze(word)
+            if len(found) == 1 and found[0] != terms[0]:
+                by_term.setdefault(found[0], word)
+        candidates = sorted(by_term)
         counts = _postings(segments, candidates)
-        best = int(np.argmax(counts)) if len(candidates) else -1
-        corrected.append(candidates[best] if best >= 0 and counts[best] else terms[0])
-    return corrected
+        if len(candidates) and counts.max():
+            mended += [text[at:start], by_term[candidates[int(np.argmax(counts))]]]
+            at = end
+    return "".join(mended) + text[at:]
 
 
 def _postings(segments: Sequence, terms: Sequence[str]) -> np.ndarray:

@@ -56,8 +56,8 @@ def test_correction_leaves_held_terms_and_mends_one_typo(tmp_path):
     build_index([Document(f"d{i}", t) for i, t in enumerate(texts)], tmp_path / "idx")
     index = open_index(tmp_path / "idx")
     analyzer = index.bm25.analyzer
-    assert correct(analyzer, index.segments, "regulation vitamin river") == ["regul", "vitamin", "river"]
-    assert correct(analyzer, index.segments, "regulaton vitamn defciency rivr") == ["regul", "vitamin", "defici",
-                                                                                   "river"]  # fmt: skip
-    assert correct(analyzer, index.segments, "xyzzy ab") == ["xyzzi", "ab"]  # nothing near, too short: unchanged
+    assert correct(analyzer, index.segments, "Regulation, vitamin river") == "Regulation, vitamin river"
+    assert correct(analyzer, index.segments, "Regulaton of vitamn defciency (rivr)") == (
+        "regulation of vitamin deficiency (river)")
+    assert correct(analyzer, index.segments, "xyzzy ab") == "xyzzy ab"  # nothing near, too short: as typed
     assert index.search("regulaton of protiens", 10, typos="auto") == index.search("regulation of proteins", 10)

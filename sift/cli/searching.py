@@ -21,6 +21,9 @@ def register(commands) -> None:
     search.add_argument("-k", type=_k_or_auto, default=10,
                         help='results to return (10), or "auto": Adaptive-k, cut where the scores of the best 100 '
                         "show their largest gap")  # fmt: skip
+    search.add_argument("--typos", choices=("off", "auto"), default="off",
+                        help="auto: a word the index does not hold is replaced by the held word one edit away that the "
+                        "index holds most often, before any pipeline reads the query (plain syntax)")  # fmt: skip
     search.add_argument("--offset", type=int, default=0, metavar="N",
                         help="skip the first N results: the next page (ranks N+1 to N+k of the same ranking)")
     search.add_argument("--syntax", choices=("plain", "lucene"), default="plain",
@@ -107,8 +110,15 @@ def _cmd_search(args) -> int:
     if args.offset < 0:
         raise ValueError(f"--offset must be 0 or more, got {args.offset}")
     depth = ADAPTIVE_CANDIDATES if args.k == "auto" else args.k + args.offset
+    query = args.query
+    if args.typos == "auto":
+        from engine.typos import correct
+
+        if args.syntax != "plain":
+            raise ValueError("--typos auto corrects plain queries; in the lucene syntax write fuzzy terms, term~1")
+        query = correct(index.bm25.analyzer, index.segments, args.query)
     if args.pipeline == "bm25":
-        ranked = index.search(args.query, depth, bm25_params(index, args), args.documents, args.algorithm,
+        ranked = index.search(query, depth, bm25_params(index, args), args.documents, args.algorithm,
                               args.filter, args.syntax)  # fmt: skip
     else:
         from engine.pipeline import Pipeline
@@ -116,11 +126,11 @@ def _cmd_search(args) -> int:
         if args.syntax != "plain":
             raise ValueError(f"--syntax {args.syntax} works with the bm25 pipeline only, not {args.pipeline}")
         pipeline = Pipeline(index, args.pipeline, params=bm25_params(index, args), algorithm=args.algorithm)
-        ranked = pipeline.search([args.query], depth, args.filter)[0]
+        ranked = pipeline.search([query], depth, args.filter)[0]
     chosen = adaptive_k(ranked.scores) if args.k == "auto" else args.k + args.offset
     hits = ranked.head(chosen).page(args.offset)
     elapsed_ms = (time.perf_counter() - started) * 1000
-    fragments = (index.snippets(hits, args.query, args.syntax, args.fragment_length) if args.snippets or args.text
+    fragments = (index.snippets(hits, query, args.syntax, args.fragment_length) if args.snippets or args.text
                  else [None] * len(hits))  # fmt: skip
     results = []
     for hit, fragment in zip(hits, fragments):
@@ -137,6 +147,8 @@ def _cmd_search(args) -> int:
     if args.json:
         stages = {stage: round(seconds * 1000, 3) for stage, seconds in getattr(hits, "timings", {}).items()}
         adaptive = {"k_chosen": chosen} if args.k == "auto" else {}
+        if query != args.query:
+            adaptive["corrected"] = query
         print(json.dumps({"query": args.query, "k": args.k, **adaptive, "offset": args.offset, "syntax": args.syntax,
                           "took_ms": round(elapsed_ms, 3), "stages_ms": stages, "results": results}))  # fmt: skip
         return 0
