@@ -1,5 +1,7 @@
 """Typo tolerance: the edit-distance kernel against its reference, fuzzy terms against brute force, corrections."""
 
+import random
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -10,6 +12,7 @@ from engine.index import open_index
 from engine.typos import correct, edit_distance, one_edit, terms_within
 from indexers.corpus import Document
 from indexers.writer import build_index
+from tools.typos import KINDS, typo, typo_queries
 
 letters = st.text("abcdeé", min_size=0, max_size=7)
 
@@ -61,3 +64,19 @@ def test_correction_leaves_held_terms_and_mends_one_typo(tmp_path):
         "regulation of vitamin deficiency (river)")
     assert correct(analyzer, index.segments, "xyzzy ab") == "xyzzy ab"  # nothing near, too short: as typed
     assert index.search("regulaton of protiens", 10, typos="auto") == index.search("regulation of proteins", 10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text("abcdefghijklmnopqrstuvwxyz", min_size=3, max_size=12), st.sampled_from(KINDS), st.integers(0, 10**6))
+def test_every_kind_of_typo_is_one_edit(word, kind, seed):
+    typed = typo(word, kind, random.Random(seed))
+    assert typed != word and edit_distance(word, typed) == 1
+
+
+def test_typo_queries_are_seeded_and_change_one_word_that_matters():
+    queries = [(str(i), "the effect of vitamin d on bone density in older adults") for i in range(50)]
+    first, again = typo_queries(queries, seed=3), typo_queries(queries, seed=3)
+    assert first == again and first != typo_queries(queries, seed=4)
+    for (_, clean), (_, typed) in zip(queries, first):
+        changed = [(a, b) for a, b in zip(clean.split(), typed.split()) if a != b]
+        assert len(changed) == 1 and changed[0][0] not in ("the", "of", "on", "in")
