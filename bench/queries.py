@@ -5,8 +5,10 @@
 - the positional index's size, against the same index without positions;
 - speed, one thread, each collection's test queries: plain BM25 top-10; the same as a phrase of their first two
   words ("w1 w2", lucene syntax); top-10 with snippets against without;
-- Adaptive-k (k="auto", the largest score gap among the best 100) against fixed k for BM25: mean passages
-  returned, recall of the relevant ones among them (R@100 of the cut ranking), nDCG@10 of the cut ranking.
+- fuzzy terms: each query's first kept word as `word~1`, and the time one expansion over the vocabulary takes;
+- Adaptive-k (k="auto", the largest score gap among the best 100) against fixed k for BM25, dense and hybrid (the
+  last two when the dense model is installed): mean passages returned, recall of the relevant ones among them
+  (R@100 of the cut ranking), nDCG@10 of the cut ranking.
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ import time
 from bench.harness import DATA, WORK, directory_bytes, publish
 from engine.evaluation import evaluate
 from engine.index import open_index
+from engine.models import ModelError, resolve
+from engine.pipeline import Pipeline
 from engine.reader import ADAPTIVE_CANDIDATES, adaptive_k
+from engine.typos import expand
 from indexers.corpus import CorpusReader, open_source, read_qrels, read_queries
 from indexers.inverted import BuildOptions
-from indexers.writer import build_index
+from indexers.writer import build_dense, build_index
+
+DENSE_MODEL = "all-minilm-l6-v2-onnx-int8"
 
 FIXED_K = (1, 3, 5, 10, 20)
 
@@ -34,6 +41,11 @@ def _qps(search, queries: list[str], rounds: int = 3) -> float:
         for query in queries:
             search(query)
     return rounds * len(queries) / (time.perf_counter() - started)
+
+
+def _first_word(index, text: str) -> str | None:
+    words = [w.lower() for w in index.bm25.analyzer.tokenize(text) if index.bm25.analyzer.analyze(w)]
+    return words[0] if words else None
 
 
 def _phrase(index, text: str) -> str | None:
@@ -51,6 +63,13 @@ def run_collection(name: str) -> dict:
         shutil.rmtree(path, ignore_errors=True)
         build_index(CorpusReader(open_source(corpus), skip_bad=True), path, BuildOptions(positions=positions))
         sizes[positions] = directory_bytes(path)
+    pipelines = ["bm25"]
+    try:
+        resolve(DENSE_MODEL)
+        build_dense(path, DENSE_MODEL)
+        pipelines += ["dense", "hybrid"]
+    except ModelError:
+        pass
     index = open_index(path)
     queries = read_queries(folder / "queries.test.tsv")
     qrels = read_qrels(folder / "qrels.test.txt")
@@ -69,16 +88,25 @@ def run_collection(name: str) -> dict:
     with_snippets = _qps(lambda q: index.snippets(index.search(q, 10), q), texts)
     row["snippet_cost"] = round(with_text / with_snippets, 2)
     row["snippet_cost_bare"] = round(plain / with_snippets, 2)
-    ranked = {qid: index.search(text, ADAPTIVE_CANDIDATES) for qid, text in queries}
-    cuts = {"auto": {qid: adaptive_k(r.scores) for qid, r in ranked.items()}}
-    cuts.update({str(k): dict.fromkeys(ranked, k) for k in FIXED_K})
+    words = [w for w in (_first_word(index, t) for t in texts) if w]
+    row["qps_fuzzy"] = round(_qps(lambda w: index.search(f"{w}~1", 10, syntax="lucene"), words), 1)
+    started = time.perf_counter()
+    for word in words:
+        expand(index.segments, index.bm25.analyzer.analyze(word)[0], 2)
+    row["expand2_ms"] = round((time.perf_counter() - started) / len(words) * 1000, 3)
+    row["vocabulary"] = sum(len(segment.terms) for segment in index.segments)
     row["cutoffs"] = {}
-    for label, chosen in cuts.items():
-        run = {qid: dict(r.head(chosen[qid]).pairs()) for qid, r in ranked.items()}
-        measures = evaluate(run, qrels, ["nDCG@10", "R@100"]).means
-        returned = sum(len(run[qid]) for qid in run) / len(run)
-        row["cutoffs"][label] = {"mean_k": round(returned, 2), "recall": round(measures["R@100"], 4),
-                                 "ndcg10": round(measures["nDCG@10"], 4)}  # fmt: skip
+    for expression in pipelines:
+        found = Pipeline(index, expression).search(texts, ADAPTIVE_CANDIDATES)
+        ranked = {qid: r for (qid, _), r in zip(queries, found)}
+        cuts = {"auto": {qid: adaptive_k(r.scores) for qid, r in ranked.items()}}
+        cuts.update({str(k): dict.fromkeys(ranked, k) for k in FIXED_K})
+        for label, chosen in cuts.items():
+            run = {qid: dict(r.head(chosen[qid]).pairs()) for qid, r in ranked.items()}
+            measures = evaluate(run, qrels, ["nDCG@10", "R@100"]).means
+            returned = sum(len(run[qid]) for qid in run) / len(run)
+            row["cutoffs"][f"{expression} {label}"] = {"mean_k": round(returned, 2), "recall": round(
+                measures["R@100"], 4), "ndcg10": round(measures["nDCG@10"], 4)}  # fmt: skip
     return row
 
 
@@ -92,18 +120,21 @@ def render(report: dict) -> str:
         "shows anyway), and ÷ top-10 alone (ids and scores).",
         "",
         "| collection | documents | index MB | with positions MB | size × | BM25 top-10 QPS | phrase QPS "
-        "(queries) | snippet cost (÷ with texts / ÷ alone) |",
-        "|---|---|---|---|---|---|---|---|",
+        "(queries) | fuzzy word~1 QPS | expansion, 2 edits (ms; terms) | snippet cost (÷ with texts / ÷ alone) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in report["collections"].items():
         lines.append(f"| {name} | {row['documents']:,} | {row['index_mb']} | {row['with_positions_mb']} | "
                      f"{row['positions_cost']}× | {row['qps_bm25']:,} | {row['qps_phrase']:,} "
-                     f"({row['phrase_queries']}) | {row['snippet_cost']}× / {row['snippet_cost_bare']}× |")  # fmt: skip
-    lines += ["", "Adaptive-k (BM25): passages returned per query, recall of the relevant ones among them, nDCG@10 "
-              "of the cut ranking.", "", "| collection | cut | mean k | recall | nDCG@10 |", "|---|---|---|---|---|"]
+                     f"({row['phrase_queries']}) | {row['qps_fuzzy']:,} | {row['expand2_ms']} "
+                     f"({row['vocabulary']:,}) | {row['snippet_cost']}× / {row['snippet_cost_bare']}× |")  # fmt: skip
+    lines += ["", "Adaptive-k: passages returned per query, recall of the relevant ones among them, nDCG@10 of the "
+              "cut ranking.", "", "| collection | pipeline | cut | mean k | recall | nDCG@10 |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
     for name, row in report["collections"].items():
         for label, cut in row["cutoffs"].items():
-            lines.append(f"| {name} | {'auto' if label == 'auto' else 'k=' + label} | {cut['mean_k']} | "
+            expression, k = label.split(" ")
+            lines.append(f"| {name} | {expression} | {'auto' if k == 'auto' else 'k=' + k} | {cut['mean_k']} | "
                          f"{cut['recall']} | {cut['ndcg10']} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
