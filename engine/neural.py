@@ -72,13 +72,8 @@ class DenseSearcher:
             for i, options in searched:
                 scores, passages = self.faiss[i].search(vectors[rows], depth, **options)
                 found.append((scores, passages + self.index.bases[i], passages >= 0))
-            merged = []
-            for row in range(len(rows)):
-                passages = np.concatenate([p[row][ok[row]] for _, p, ok in found])
-                scores = np.concatenate([s[row][ok[row]] for s, _, ok in found])
-                order = self.index.order_ties(passages, scores, depth) if len(found) > 1 else slice(None)
-                merged.append((passages[order], scores[order]))
-            return merged
+            return [self.index.merge_tops([p[row][ok[row]] for _, p, ok in found],
+                                          [s[row][ok[row]] for s, _, ok in found], depth) for row in range(len(rows))]
 
         return rank_documents(self.index, top, len(vectors), k, total)
 
@@ -150,11 +145,7 @@ class ImpactSearcher:
             )  # fmt: skip
             found_passages.append(passages + self.index.bases[i])
             found_scores.append(scores)
-        if not found_passages:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        passages, scores = np.concatenate(found_passages), np.concatenate(found_scores)
-        order = self.index.order_ties(passages, scores, k) if len(found_passages) > 1 else slice(None)
-        return passages[order], scores[order]
+        return self.index.merge_tops(found_passages, found_scores, k)
 
     def _scratch(self, segment: int) -> tuple[np.ndarray, np.ndarray]:
         buffers = self._local.__dict__.setdefault("buffers", {})

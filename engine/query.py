@@ -367,11 +367,7 @@ class TreeSearcher:
             best, best_scores = top_k(np.arange(len(keep)), scores[keep], k, keys)
             found_docs.append(candidates[keep[best]] + self.reader.bases[i])
             found_scores.append(best_scores)
-        if not found_docs:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        docs, scores = np.concatenate(found_docs), np.concatenate(found_scores)
-        order = self.reader.order_ties(docs, scores, k) if len(found_docs) > 1 else slice(None)
-        return docs[order], scores[order]
+        return self.reader.merge_tops(found_docs, found_scores, k)
 
     def _analyzed(self, node: Node) -> Node | None:
         """Leaves run through the index's analyzer: a word of several tokens becomes a group of optional terms (as

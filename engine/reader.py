@@ -308,6 +308,16 @@ class IndexReader:
         same documents ranks them alike)."""
         return [segment.tie_keys for segment in self.segments]
 
+    def merge_tops(self, passages: list[np.ndarray], scores: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best k of the segments' own top k lists (global passage numbers, scores best first)."""
+        if not passages:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if len(passages) == 1:
+            return passages[0], scores[0]
+        joined, joined_scores = np.concatenate(passages), np.concatenate(scores)
+        order = self.order_ties(joined, joined_scores, k)
+        return joined[order], joined_scores[order]
+
     def order_ties(self, passages: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
         """The best k of passages from several segments, as positions: by score, exact ties by (document id, part)
         as each segment's kernel ordered them. Only the ties that reach the top k look up their ids."""

@@ -718,13 +718,7 @@ class BM25Searcher:
             )  # fmt: skip
             found_docs.append(docs + self.reader.bases[i])
             found_scores.append(scores)
-        if not found_docs:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        if len(found_docs) == 1:
-            return found_docs[0], found_scores[0]
-        docs, scores = np.concatenate(found_docs), np.concatenate(found_scores)
-        order = self.reader.order_ties(docs, scores, k)
-        return docs[order], scores[order]
+        return self.reader.merge_tops(found_docs, found_scores, k)
 
     def search(
         self,
