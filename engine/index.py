@@ -83,12 +83,7 @@ class Index(IndexReader):
     def snippets(self, hits: Results, query: str, syntax: str = "plain", length: int = 200) -> list[str]:
         """Per hit, the fragment of its passage (title and text) that best matches the query, its words marked."""
         terms, memo = query_terms(query, self.bm25.analyzer, syntax), {}
-        return [snippet(indexed_text(*self.segment_fields(hit.passage)), terms, self.bm25.analyzer, length, memo=memo)
-                for hit in hits]  # fmt: skip
-
-    def segment_fields(self, passage: int) -> tuple[str, str]:
-        record = self.fetch(passage)
-        return record.get("title", ""), record.get("text", "")
+        return [snippet(text, terms, self.bm25.analyzer, length, memo=memo) for text in self.texts(hits.passages)]
 
     def refresh(self) -> Index:
         """The newest commit: self when nothing newer was committed, else a new Index sharing this one's memory maps
