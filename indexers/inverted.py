@@ -289,9 +289,9 @@ class _PendingSegment:
         term_of_posting = rank[term_ids]
         offsets = np.zeros(len(terms) + 1, dtype=np.int64)
         np.cumsum(np.bincount(term_of_posting, minlength=len(terms)), out=offsets[1:])
-        if self.with_positions:
-            self._write_positions(out, rank, tfs, term_of_posting, offsets)
         passages, tfs = group_by_term(term_of_posting, offsets, passages, tfs)
+        if self.with_positions:
+            self._write_positions(out, rank, tfs)
         lengths = np.frombuffer(self.lengths, dtype=np.uint32)
         out.array("lengths.npy", lengths)
         out.array("passages.doc.npy", np.frombuffer(self.passage_doc, dtype=np.uint32))
@@ -303,14 +303,13 @@ class _PendingSegment:
         finish_segment(out, {**self.meta(len(terms), int(offsets[-1])), **postings})
         return self.directory
 
-    def _write_positions(self, out: FolderWriter, rank: np.ndarray, tfs: np.ndarray, term_of_posting: np.ndarray,
-                         offsets: np.ndarray) -> None:  # fmt: skip
+    def _write_positions(self, out: FolderWriter, rank: np.ndarray, grouped_tfs: np.ndarray) -> None:
         """Every token's position, grouped as the postings are (by term, then passage) and ascending within each:
-        positions.npy, and per posting where its run starts (positions.offsets.npy)."""
+        positions.npy, and per posting (grouped_tfs: the postings' tfs in that order) where its run starts
+        (positions.offsets.npy)."""
         term_ids, positions = (np.concatenate(parts) for parts in zip(*self.tokens_seen))
         passage = np.repeat(np.arange(len(self.lengths), dtype=np.int64), np.frombuffer(self.lengths, np.uint32))
         order = np.lexsort((passage, rank[term_ids]))  # stable: positions stay ascending within a passage
-        grouped_tfs = group_by_term(term_of_posting, offsets, tfs, tfs)[1]
         run_starts = np.zeros(len(grouped_tfs) + 1, dtype=np.int64)
         np.cumsum(grouped_tfs, out=run_starts[1:])
         out.array("positions.npy", positions[order])
