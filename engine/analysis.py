@@ -142,6 +142,13 @@ class Analyzer:
         stop = self._stop
         return [i for i, t in enumerate(tokens) if t and t not in stop]
 
+    def extent(self, text: str) -> tuple[int, int]:
+        """(positions the text takes, terms it keeps): where a field that follows it in one passage starts, and the
+        field's length, as positions() and analyze() count them."""
+        tokens, _ = self._tokens(text)
+        stop = self._stop
+        return len(tokens), sum(1 for t in tokens if t and t not in stop)
+
     def _tokens(self, text: str) -> tuple[list[str], bool]:
         """Tokens lower-cased and without possessives; whether any possessive was stripped."""
         # Lower-casing the whole text first is equivalent to Lucene's per-token filter, and much faster.

@@ -94,6 +94,8 @@ _STORED_TYPES = {
     "docids.order.npy": (np.uint32, np.int64),
     "positions.npy": (np.uint16, np.uint32),
     "positions.offsets.npy": _OFFSETS,
+    "title.ends.npy": (np.uint16, np.uint32),
+    "title.lengths.npy": (np.uint16, np.uint32),
 }
 
 
@@ -730,6 +732,9 @@ class Segment(PostingLists):
         self.doc_ids = StringTable(files, "docids", findable=True)
         self.positions = files.array("positions.npy") if self.meta.get("positions") else None
         self.position_starts = files.array("positions.offsets.npy") if self.meta.get("positions") else None
+        titled = self.meta.get("title_field")  # with positions: the title's positions come first, then the text's
+        self.title_ends = files.array("title.ends.npy") if titled else None
+        self.title_lengths = files.array("title.lengths.npy") if titled else None
         self.store = DocStore(files)
         self.columns = Columns(files, self.meta["fields"]) if self.meta.get("fields") else None
 
@@ -910,6 +915,11 @@ def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = 
                       destinations)  # fmt: skip
         out.array("positions.npy", positions)
         out.array("positions.offsets.npy", starts)
+    with_title_field = all(s.title_ends is not None for s in segments)
+    if with_title_field:
+        for file, name in (("title.ends.npy", "title_ends"), ("title.lengths.npy", "title_lengths")):
+            kept = [np.asarray(getattr(s, name))[keep] for s, keep in zip(segments, keeps)]
+            out.array(file, np.concatenate(kept).astype(np.uint32))
     lengths = np.concatenate([np.asarray(s.lengths)[keep] for s, keep in zip(segments, keeps)]).astype(np.uint32)
     live_docs = []  # per segment, its documents with a kept passage (a document's passages go together)
     passage_doc, doc_base = [], 0
@@ -951,6 +961,7 @@ def merge_segments(segments: Sequence[Segment], directory: Path, packed: bool = 
         "block_size": BLOCK_SIZE,
         **({"fields": fields} if fields else {}),
         **({"positions": True} if with_positions else {}),
+        **({"title_field": True} if with_title_field else {}),
         **postings,
     }
     finish_segment(out, meta)

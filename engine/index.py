@@ -13,7 +13,7 @@ from functools import cached_property
 import numpy as np
 
 from engine.format import read_manifest
-from engine.query import TreeSearcher, parse_query, query_terms, snippet
+from engine.query import SHOULD, Group, Term, TreeSearcher, parse_fields, parse_query, query_terms, snippet
 from engine.reader import ADAPTIVE_CANDIDATES, Hit, IndexReader, Results, adaptive_k, indexed_text, rank_documents
 from engine.sparse import BM25Params, BM25Searcher
 from engine.typos import correct
@@ -30,20 +30,27 @@ class Index(IndexReader):
     def bm25(self) -> BM25Searcher:
         return BM25Searcher(self)
 
+    @cached_property
+    def tree_searcher(self) -> TreeSearcher:
+        return TreeSearcher(self.bm25)
+
     @property
     def default_params(self) -> BM25Params:
         return self.bm25.default_params
 
     def search(self, query: str | Sequence[str], k: int | str = 10, params: BM25Params | None = None,
                documents: bool = False, algorithm: str = "auto", filter: str | None = None, syntax: str = "plain",
-               offset: int = 0, typos: str = "off") -> Results:  # fmt: skip
+               offset: int = 0, typos: str = "off",
+               fields: str | dict[str, float] | None = None) -> Results:  # fmt: skip
         """BM25 top-k. documents=True ranks documents by their best passage (the default for split indexes).
         filter: e.g. "year >= 2019 AND journal IN [Nature, Science]" over fields declared at index time.
         syntax: "plain" (every character is text) or "lucene" (engine/query.py: +, -, AND, OR, NOT, (), ^).
         offset: skip that many hits (pagination: ranks k+1... of the same ranking). k="auto": Adaptive-k, cut at
         the largest score gap among the best ADAPTIVE_CANDIDATES (engine/reader.adaptive_k). typos="auto": a query
         term the index does not hold is replaced by its most frequent neighbour within one or two edits
-        (engine/typos.py; plain syntax; in the lucene syntax, write term~1)."""
+        (engine/typos.py; plain syntax; in the lucene syntax, write term~1). fields: where words without field: are
+        searched, e.g. "title^2,text" or {"title": 2.0, "text": 1.0} (each field its own BM25, the scores summed);
+        default: title and text together (contents), as Lucene's parity index; a positional index for the others."""
         if typos not in ("off", "auto"):
             raise ValueError(f'typos must be "off" or "auto", got {typos!r}')
         if typos == "auto":
@@ -53,7 +60,8 @@ class Index(IndexReader):
                 raise ValueError('typos="auto" corrects a query\'s text, not terms already analyzed')
             query = correct(self.bm25.analyzer, self.segments, query)
         if k == "auto":
-            ranked = self.search(query, ADAPTIVE_CANDIDATES, params, documents, algorithm, filter, syntax)
+            ranked = self.search(query, ADAPTIVE_CANDIDATES, params, documents, algorithm, filter, syntax,
+                                 fields=fields)  # fmt: skip
             return ranked.head(adaptive_k(ranked.scores)).page(offset)
         if not isinstance(k, int) or isinstance(k, bool):
             raise ValueError(f'k must be a whole number or "auto", got {k!r}')
@@ -61,14 +69,19 @@ class Index(IndexReader):
             raise ValueError(f"unknown query syntax {syntax!r}; choose one of {', '.join(SYNTAXES)}")
         if offset < 0:
             raise ValueError(f"offset must be 0 or more, got {offset}")
-        if syntax == "plain":
+        fields = parse_fields(fields) if isinstance(fields, str) else fields
+        if syntax == "plain" and not fields:
             return self.bm25.search(query, k + offset, params, documents, algorithm, filter).page(offset)
         if not isinstance(query, str):
-            raise ValueError("a query in the lucene syntax is text, not terms")
-        tree, masks, searcher = parse_query(query), self.filter_masks(filter), TreeSearcher(self.bm25)
+            raise ValueError("a query in the lucene syntax, or over fields, is text, not terms")
+        if syntax == "plain":  # each word a term, in the fields asked for
+            tree = Group(tuple((SHOULD, Term(word)) for word in self.bm25.analyzer.tokenize(query)))
+        else:
+            tree = parse_query(query)
+        masks = self.filter_masks(filter)
 
         def top(rows: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
-            return [searcher.search_passages(tree, depth, params, masks) for _ in rows]
+            return [self.tree_searcher.search_passages(tree, depth, params, masks, fields) for _ in rows]
 
         if documents and self.split_passages:
             return rank_documents(self, top, 1, k + offset, self.passages)[0].page(offset)

@@ -1,9 +1,10 @@
 """The query syntax (`syntax="lucene"`): Lucene's classic parser's language, read into a tree, and BM25 over it.
 
 Plain text stays the default (every character is text). In the syntax: terms, `+required`, `-excluded`, `AND`,
-`OR`, `NOT`, parentheses, `term^2.5` boosts; `"phrases"`, `"phrase"~N`, `term~N` and `field:` parse (and print back)
-phrases need an index built with positions, fuzzy terms expand to the index terms within N edits (engine/typos.py),
-and `field:` is refused until per-field indexes exist. Clauses combine as
+`OR`, `NOT`, parentheses, `term^2.5` boosts, `"phrases"`, `"phrase"~N`, `term~N` and `title:` / `text:` fields.
+Phrases and fields need an index built with positions, fuzzy terms expand to the index terms within N edits
+(engine/typos.py). A word without field: searches title and text together (the `contents`, as Lucene's parity
+index holds them), or the fields named by `fields=` with their boosts. Clauses combine as
 Lucene's QueryParser combines them (default operator OR; `a AND b` makes both required; `NOT` excludes), and a
 matching passage scores the sum of its matching clauses' BM25 (Lucene's BooleanQuery), each times its boost.
 """
@@ -19,7 +20,16 @@ import numpy as np
 
 from engine.analysis import Analyzer
 from engine.errors import SiftError
-from engine.sparse import BLOCK, BM25Params, BM25Searcher, _load_block, top_k
+from engine.sparse import (
+    BLOCK,
+    BM25Params,
+    BM25Searcher,
+    _load_block,
+    idf,
+    lucene_norm_bytes,
+    norm_inverse_table,
+    top_k,
+)
 from engine.typos import expand
 
 MUST, SHOULD, MUST_NOT = "+", "", "-"
@@ -267,13 +277,15 @@ def read_postings(postings, start, end, first_block, block_last_doc):
 
 
 @numba.njit(nogil=True, cache=True)
-def phrase_frequencies(positions, starts, runs, places, slop, present):
+def phrase_frequencies(positions, starts, runs, places, slop, present, low, high):
     """Per candidate passage (runs[i, c]: the posting of phrase term i there; present[c]: all terms occur), the
-    phrase's frequency: with slop 0, how often its terms stand at their places; with slop > 0, 1 / (1 + s) where
-    s, the smallest spread of (position - place) over one position of each term, is at most slop (0: no match)."""
+    phrase's frequency among the positions in [low[c], high[c]) (a field's extent): with slop 0, how often its
+    terms stand at their places; with slop > 0, 1 / (1 + s) where s, the smallest spread of (position - place) over
+    one position of each term, is at most slop (0: no match). places ascend from 0."""
     n_terms, n = runs.shape
     frequency = np.zeros(n, dtype=np.float32)
     cursor = np.empty(n_terms, dtype=np.int64)
+    last = places[n_terms - 1]
     for c in range(n):
         if not present[c]:
             continue
@@ -282,6 +294,10 @@ def phrase_frequencies(positions, starts, runs, places, slop, present):
             count = 0
             for j in range(starts[first], starts[first + 1]):
                 anchor = np.int64(positions[j]) - places[0]
+                if anchor < low[c]:
+                    continue
+                if anchor + last >= high[c]:
+                    break
                 everywhere = True
                 for i in range(1, n_terms):
                     run = runs[i, c]
@@ -300,56 +316,118 @@ def phrase_frequencies(positions, starts, runs, places, slop, present):
                     count += 1
             frequency[c] = count
             continue
-        for i in range(n_terms):  # smallest range covering one (position - place) of every term
+        inside = True
+        for i in range(n_terms):  # smallest range covering one (position - place) of every term, within the extent
             cursor[i] = starts[runs[i, c]]
+            end = starts[runs[i, c] + 1]
+            while cursor[i] < end and np.int64(positions[cursor[i]]) < low[c]:
+                cursor[i] += 1
+            if cursor[i] == end or np.int64(positions[cursor[i]]) >= high[c]:
+                inside = False
+        if not inside:
+            continue
         best = np.int64(1) << 40
         while True:
-            low, high, lowest = np.int64(1) << 40, -(np.int64(1) << 40), 0
+            low_value, high_value, lowest = np.int64(1) << 40, -(np.int64(1) << 40), 0
             for i in range(n_terms):
                 value = np.int64(positions[cursor[i]]) - places[i]
-                if value < low:
-                    low, lowest = value, i
-                high = max(high, value)
-            best = min(best, high - low)
+                if value < low_value:
+                    low_value, lowest = value, i
+                high_value = max(high_value, value)
+            best = min(best, high_value - low_value)
             cursor[lowest] += 1
-            if cursor[lowest] == starts[runs[lowest, c] + 1]:
+            if cursor[lowest] == starts[runs[lowest, c] + 1] or np.int64(positions[cursor[lowest]]) >= high[c]:
                 break
         if best <= slop:
             frequency[c] = np.float32(1) / np.float32(1 + best)
     return frequency
 
 
+@numba.njit(nogil=True, cache=True)
+def field_frequencies(positions, starts, first, docs, title_ends, in_title):
+    """Per posting of one term (docs: its passages; first: the number of its first posting), how many of its
+    positions fall in the passage's title (in_title) or in its text (the positions from title_ends[passage] on)."""
+    counts = np.zeros(len(docs), dtype=np.int64)
+    for i in range(len(docs)):
+        end = np.int64(title_ends[docs[i]])
+        for j in range(starts[first + i], starts[first + i + 1]):
+            if (np.int64(positions[j]) < end) == in_title:
+                counts[i] += 1
+    return counts
+
+
+def field_frequencies_reference(positions, starts, first, docs, title_ends, in_title):
+    """field_frequencies in numpy: the reference it is tested against."""
+    runs = np.diff(np.asarray(starts[first : first + len(docs) + 1], dtype=np.int64))
+    owner = np.repeat(np.arange(len(docs)), runs)
+    found = np.asarray(positions[starts[first] : starts[first + len(docs)]], dtype=np.int64)
+    inside = (found < np.asarray(title_ends, dtype=np.int64)[np.asarray(docs)][owner]) == in_title
+    return np.bincount(owner, weights=inside, minlength=len(docs)).astype(np.int64)
+
+
+FIELDS = ("contents", "title", "text")  # contents: title and text together, what a word without field: searches
+_BEYOND = np.int64(1) << 62  # an extent's end past any position
+
+
+def parse_fields(spec: str) -> dict[str, float]:
+    """'title^2,text' -> {'title': 2.0, 'text': 1.0}: the fields a word without field: searches, each boosted."""
+    fields = {}
+    for part in spec.split(","):
+        name, _, boost = part.strip().partition("^")
+        if name not in FIELDS:
+            raise QuerySyntaxError(f"fields {spec!r}: unknown field {name!r}; choose among {', '.join(FIELDS)}")
+        try:
+            fields[name] = float(boost) if boost else 1.0
+        except ValueError:
+            raise QuerySyntaxError(f"fields {spec!r}: {boost!r} is not a boost (a number such as 2 or 0.5)") from None
+        if not 0 < fields[name] < float("inf"):
+            raise QuerySyntaxError(f"fields {spec!r}: a boost must be above 0, got {boost}")
+    return fields
+
+
 class TreeSearcher:
     """Top k of the passages a query tree matches, by Lucene's BooleanQuery scoring with BM25: exact, the matching
-    set restricted as the tree says (tested against brute force), scores equal to the kernels' for a plain query."""
+    set restricted as the tree says (tested against brute force), scores equal to the kernels' for a plain query.
+    title: and text: are fields of their own, each with its own BM25 statistics (docCount, average length, df and
+    length norms), as Lucene scores a field; they are told apart by position, so they need a positional index."""
 
     def __init__(self, bm25: BM25Searcher) -> None:
         self.bm25 = bm25
         self.reader = bm25.reader
+        self._field_norms: dict[tuple, tuple[list[np.ndarray], np.ndarray, int]] = {}
 
-    def search_passages(self, tree: Group, k: int, params: BM25Params | None = None,
-                        masks: list | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def search_passages(self, tree: Group, k: int, params: BM25Params | None = None, masks: list | None = None,
+                        fields: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """fields: where words without field: are searched, with boosts (default: contents, title and text
+        together); e.g. {"title": 2.0, "text": 1.0} scores each word as title:word^2 text:word (Lucene's
+        MultiFieldQueryParser)."""
         params = params or self.bm25.default_params
-        tree = self._analyzed(tree)
+        defaults = {None if name == "contents" else name: boost for name, boost in (fields or {}).items()}
+        tree = self._analyzed(tree, defaults if defaults != {None: 1.0} else {})
         if tree is None or not _can_match(tree):
             raise QuerySyntaxError("the query has no term left to match (only excluded terms, or only stopwords); "
                                    "add one, e.g. 'cancer NOT mouse'")  # fmt: skip
-        terms = sorted({term for leaf in _leaves(tree) for term in _terms(leaf)})
+        keys = list(dict.fromkeys((leaf.field, term) for leaf in _leaves(tree) for term in _terms(leaf)))
+        terms = list(dict.fromkeys(term for _, term in keys))
         entries = dict(zip(terms, self.bm25._entries(terms)))
-        idfs = {term: np.float32(entry[0]) for term, entry in entries.items()}
-        norms = self.bm25.norms(params)
-        masks = masks if masks is not None else self.reader.live
-        found_docs, found_scores = [], []
+        idfs = {(None, term): np.float32(entry[0]) for term, entry in entries.items()}
+        postings = []  # per segment: (field, term) -> (passages, tfs, number of the first posting)
         for i, segment in enumerate(self.reader.segments):
-            postings = {}
+            found = {}
             for term in terms:
                 located = entries[term][1][i]
                 if located is not None:
                     docs, tfs = read_postings(segment.postings, located[0], located[1], located[2],
                                               segment.blocks.last_doc)  # fmt: skip
-                    postings[term] = (docs, tfs, located[0])
-            positive = [postings[term][0] for leaf in _leaves(tree, positive_only=True) for term in _terms(leaf)[:1]
-                        if term in postings]  # a phrase's passages all hold its first term
+                    found[None, term] = (docs, tfs, located[0])
+            postings.append(found)
+        self._add_field_postings(keys, postings, idfs, params)
+        masks = masks if masks is not None else self.reader.live
+        in_tree = {leaf.field for leaf in _leaves(tree)}
+        found_docs, found_scores = [], []
+        for i, segment in enumerate(self.reader.segments):
+            positive = [postings[i][key][0] for leaf in _leaves(tree, positive_only=True)
+                        if (key := _first_key(leaf)) in postings[i]]  # a phrase's passages all hold its first term
             if not positive:
                 continue
             candidates = np.unique(np.concatenate(positive))
@@ -357,51 +435,121 @@ class TreeSearcher:
                 candidates = candidates[masks[i][candidates] != 0]
             if not len(candidates):
                 continue
-            leaf_scores = partial(_leaf_scores, candidates=candidates, postings=postings, idfs=idfs,
-                                  inverse=norms.inverse[norms.per_segment[i][candidates]], segment=segment)
+            inverse = {}
+            for field in in_tree:
+                indexes, table = self.bm25.norms(params)[:2] if field is None else self._norms(field, params)[:2]
+                inverse[field] = table[indexes[i][candidates]]
+            leaf_scores = partial(_leaf_scores, candidates=candidates, postings=postings[i], idfs=idfs,
+                                  inverse=inverse, segment=segment)  # fmt: skip
             matched, scores = _evaluate(tree, leaf_scores, len(candidates), 1.0)
             keep = np.flatnonzero(matched)
             if not len(keep):
                 continue
-            keys = self.reader.tie_keys[i][candidates[keep]]
-            best, best_scores = top_k(np.arange(len(keep)), scores[keep], k, keys)
+            keys_of = self.reader.tie_keys[i][candidates[keep]]
+            best, best_scores = top_k(np.arange(len(keep)), scores[keep], k, keys_of)
             found_docs.append(candidates[keep[best]] + self.reader.bases[i])
             found_scores.append(best_scores)
         return self.reader.merge_tops(found_docs, found_scores, k)
 
-    def _analyzed(self, node: Node) -> Node | None:
+    def _add_field_postings(self, keys: list, postings: list[dict], idfs: dict, params: BM25Params) -> None:
+        """Each field term's postings within its field (a passage holds it there at least once) and its idf from the
+        field's own df and docCount over live passages."""
+        for field, term in keys:
+            if field is None:
+                continue
+            df = 0
+            for segment, found, live in zip(self.reader.segments, postings, self.reader.live):
+                if (None, term) not in found:
+                    continue
+                docs, _, first = found[None, term]
+                tfs = field_frequencies(segment.positions, np.asarray(segment.position_starts, dtype=np.int64),
+                                        first, docs, segment.title_ends, field == "title")  # fmt: skip
+                holds = np.flatnonzero(tfs)
+                if len(holds):
+                    found[field, term] = (docs[holds], tfs[holds], -1)
+                    df += int(np.count_nonzero(live[docs[holds]])) if live is not None else len(holds)
+            idfs[field, term] = np.float32(idf(np.array([df]), self._norms(field, params)[2])[0])
+
+    def _norms(self, field: str, params: BM25Params) -> tuple[list[np.ndarray], np.ndarray, int]:
+        """A field's length norms as BM25Searcher.norms gives them for the contents (norm index per passage, table),
+        and its docCount: live passages with a term in the field. Cached per field and parameters."""
+        key = (field, params.k1, params.b, params.length_norm)
+        if key not in self._field_norms:
+            lengths = [_field_lengths(segment, field) for segment in self.reader.segments]
+            live = [lens if mask is None else lens[mask != 0] for lens, mask in zip(lengths, self.reader.live)]
+            count = sum(int(np.count_nonzero(lens)) for lens in live)
+            avgdl = float(np.float32(sum(int(lens.sum()) for lens in live) / max(count, 1)))
+            if params.length_norm == "lucene":
+                indexes, top = [lucene_norm_bytes(lens) for lens in lengths], 255
+            else:
+                indexes, top = lengths, max((int(lens.max()) for lens in lengths if len(lens)), default=0)
+            self._field_norms[key] = (indexes, norm_inverse_table(params, avgdl, top), count)
+        return self._field_norms[key]
+
+    def _analyzed(self, node: Node, defaults: dict) -> Node | None:
         """Leaves run through the index's analyzer: a word of several tokens becomes a group of optional terms (as
-        Lucene's parser makes it), a stopword disappears; refused: what this index cannot search yet."""
+        Lucene's parser makes it), a stopword disappears; a leaf without field: searches the default fields, each
+        boosted (defaults: field -> boost; empty: contents); refused: what this index cannot search."""
+        if isinstance(node, Term | Phrase):
+            if node.field is None and defaults:
+                leaves = [self._leaf(_with_boost(node, node.boost * boost), field) for field, boost in
+                          defaults.items()]  # fmt: skip
+                clauses = tuple((SHOULD, leaf) for leaf in leaves if leaf is not None)
+                return Group(clauses) if clauses else None
+            return self._leaf(node, None if node.field == "contents" else node.field)
+        analyzed = [(occur, self._analyzed(child, defaults)) for occur, child in node.clauses]
+        clauses = tuple((occur, child) for occur, child in analyzed if child is not None)
+        return Group(clauses, node.boost) if clauses else None
+
+    def _leaf(self, node: Term | Phrase, field: str | None) -> Node | None:
+        written = to_text(node, top=False)
+        if field is not None:
+            self._check_field(field, written)
         if isinstance(node, Phrase):
             text = " ".join(node.words)
-            if node.field is not None:
-                raise QuerySyntaxError(f'field queries ({node.field}:"{text}") are not supported yet: the '
-                                       "index searches title and text together; narrow by metadata with --filter")
             if any(segment.positions is None for segment in self.reader.segments):
                 raise QuerySyntaxError(f'the phrase "{text}" needs positions: build the index with sift index '
                                        "--positions, or search the words without quotes")  # fmt: skip
             terms, places = self.bm25.analyzer.analyze(text), self.bm25.analyzer.positions(text)
             if len(terms) < 2:
-                return Term(terms[0], boost=node.boost) if terms else None
-            return _AnalyzedPhrase(tuple(terms), tuple(p - places[0] for p in places), node.slop, node.boost)
-        if isinstance(node, Term):
-            if node.field is not None:
-                raise QuerySyntaxError(f"field queries ({node.field}:{node.text}) are not supported yet: the "
-                                       "index searches title and text together; narrow by metadata with --filter")
-            tokens = self.bm25.analyzer.analyze(node.text)
-            if not tokens:
-                return None
-            if node.fuzzy is not None:  # each token by the index terms near it (Lucene sums them too, blended)
-                near = [expand(self.reader.segments, token, node.fuzzy) or [token] for token in tokens]
-                groups = [Group(tuple((SHOULD, Term(t)) for t in terms)) for terms in near]
-                return groups[0] if len(groups) == 1 and node.boost == 1.0 else Group(
-                    tuple((SHOULD, g) for g in groups), node.boost)
-            if len(tokens) == 1:
-                return Term(tokens[0], boost=node.boost)
-            return Group(tuple((SHOULD, Term(t)) for t in tokens), node.boost)
-        analyzed = [(occur, self._analyzed(child)) for occur, child in node.clauses]
-        clauses = tuple((occur, child) for occur, child in analyzed if child is not None)
-        return Group(clauses, node.boost) if clauses else None
+                return Term(terms[0], field, node.boost) if terms else None
+            return _AnalyzedPhrase(tuple(terms), tuple(p - places[0] for p in places), node.slop, node.boost, field)
+        tokens = self.bm25.analyzer.analyze(node.text)
+        if not tokens:
+            return None
+        if node.fuzzy is not None:  # each token by the index terms near it (Lucene sums them too, blended)
+            near = [expand(self.reader.segments, token, node.fuzzy) or [token] for token in tokens]
+            groups = [Group(tuple((SHOULD, Term(t, field)) for t in terms)) for terms in near]
+            return groups[0] if len(groups) == 1 and node.boost == 1.0 else Group(
+                tuple((SHOULD, g) for g in groups), node.boost)
+        if len(tokens) == 1:
+            return Term(tokens[0], field, node.boost)
+        return Group(tuple((SHOULD, Term(t, field)) for t in tokens), node.boost)
+
+    def _check_field(self, field: str, written: str) -> None:
+        if field not in FIELDS:
+            hint = (f"; {field} is a metadata field: narrow by it with a filter, e.g. --filter '{field} = ...'"
+                    if field in self.reader.fields else "")  # fmt: skip
+            raise QuerySyntaxError(f"{written}: unknown field {field!r}; searchable fields are "
+                                   f"{', '.join(FIELDS)}{hint}")  # fmt: skip
+        if any(segment.title_ends is None for segment in self.reader.segments):
+            raise QuerySyntaxError(f"{written}: searching the title or text alone needs positions (that is how "
+                                   "they are told apart): build the index with sift index --positions")  # fmt: skip
+
+
+def _field_lengths(segment, field: str) -> np.ndarray:
+    title = np.asarray(segment.title_lengths, dtype=np.int64)
+    return title if field == "title" else np.asarray(segment.lengths, dtype=np.int64) - title
+
+
+def _field_extent(segment, candidates: np.ndarray, field: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate, the positions [low, high) its field takes."""
+    if field is None:
+        return np.zeros(len(candidates), np.int64), np.full(len(candidates), _BEYOND)
+    ends = np.asarray(segment.title_ends, dtype=np.int64)[candidates]
+    if field == "title":
+        return np.zeros(len(candidates), np.int64), ends
+    return ends, np.full(len(candidates), _BEYOND)
 
 
 @dataclass(frozen=True)
@@ -412,37 +560,51 @@ class _AnalyzedPhrase:
     places: tuple[int, ...]
     slop: int = 0
     boost: float = 1.0
+    field: str | None = None
+
+
+def _first_key(leaf) -> tuple:
+    """The postings a leaf's matches all appear in: a phrase's first term's in the contents, a term's in its field."""
+    if isinstance(leaf, _AnalyzedPhrase):
+        return None, leaf.terms[0]
+    return leaf.field, leaf.text
 
 
 def _leaf_scores(leaf: Term | _AnalyzedPhrase, boost: float, candidates: np.ndarray, postings: dict, idfs: dict,
-                 inverse: np.ndarray, segment) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                 inverse: dict, segment) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(matched, BM25) of one term or phrase per candidate, computed as the kernels compute it (float32, same
-    operations). A phrase scores as Lucene's PhraseQuery: its frequency as tf, the sum of its terms' idf."""
+    operations), in the leaf's field. A phrase scores as Lucene's PhraseQuery: its frequency as tf, the sum of its
+    terms' idf."""
     matched = np.zeros(len(candidates), dtype=bool)
     scores = np.zeros(len(candidates), dtype=np.float32)
+    norm = inverse[leaf.field]
     if isinstance(leaf, _AnalyzedPhrase):
-        if not all(term in postings for term in leaf.terms):
+        if not all((None, term) in postings for term in leaf.terms):
             return matched, scores
         runs = np.empty((len(leaf.terms), len(candidates)), dtype=np.int64)
         present = np.ones(len(candidates), dtype=bool)
         for i, term in enumerate(leaf.terms):
-            docs = postings[term][0]
+            docs, _, first = postings[None, term]
             at = np.minimum(np.searchsorted(docs, candidates), len(docs) - 1)
             present &= docs[at] == candidates
-            runs[i] = at + postings[term][2]  # the posting's number in the segment
+            runs[i] = at + first  # the posting's number in the segment
+        low, high = _field_extent(segment, candidates, leaf.field)
         frequency = phrase_frequencies(segment.positions, np.asarray(segment.position_starts, dtype=np.int64),
-                                       runs, np.array(leaf.places, dtype=np.int64), leaf.slop, present)  # fmt: skip
+                                       runs, np.array(leaf.places, dtype=np.int64), leaf.slop, present, low,
+                                       high)  # fmt: skip
         matched = frequency > 0
-        weight = np.float32(sum(np.float32(idfs[t]) for t in leaf.terms)) * np.float32(boost * leaf.boost)
-        scores[matched] = weight - weight / (np.float32(1) + frequency[matched] * inverse[matched])
+        weight = np.float32(sum(np.float32(idfs[leaf.field, t]) for t in leaf.terms)) * np.float32(
+            boost * leaf.boost)
+        scores[matched] = weight - weight / (np.float32(1) + frequency[matched] * norm[matched])
         return matched, scores
-    if leaf.text in postings:
-        docs, tfs, _ = postings[leaf.text]
+    key = (leaf.field, leaf.text)
+    if key in postings:
+        docs, tfs, _ = postings[key]
         at = np.minimum(np.searchsorted(docs, candidates), len(docs) - 1)
         matched = docs[at] == candidates
-        weight = idfs[leaf.text] * np.float32(boost * leaf.boost)
+        weight = idfs[key] * np.float32(boost * leaf.boost)
         tf = tfs[at[matched]].astype(np.float32)
-        scores[matched] = weight - weight / (np.float32(1) + tf * inverse[matched])
+        scores[matched] = weight - weight / (np.float32(1) + tf * norm[matched])
     return matched, scores
 
 

@@ -224,6 +224,8 @@ class _PendingSegment:
         self.chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (term ids, passages, tfs)
         self.postings = 0
         self.lengths = array("I")
+        self.title_ends = array("I")  # with positions: where each passage's text starts, and its title's length
+        self.title_lengths = array("I")
         self.passage_doc = array("I")
         self.passage_part = array("I")
         self.doc_ids: list[str] = []
@@ -263,6 +265,13 @@ class _PendingSegment:
                 raise AssertionError("the analyzer's positions disagree with its terms")
             joined = np.fromiter(chain.from_iterable(positions), dtype=np.uint32, count=int(lengths.sum()))
             self.tokens_seen.append((np.asarray(term_ids, dtype=np.int64), joined))
+            titles = {}  # a split document's passages share its title
+            for p in passages:
+                if p.title not in titles:
+                    titles[p.title] = analyzer.extent(p.title)
+                end, length = titles[p.title]
+                self.title_ends.append(end)
+                self.title_lengths.append(length)
         chunk = count_terms(term_ids, lengths, first_passage, self._last_seen)
         self.chunks.append(chunk)
         self.postings += len(chunk[0])
@@ -292,6 +301,8 @@ class _PendingSegment:
         passages, tfs = group_by_term(term_of_posting, offsets, passages, tfs)
         if self.with_positions:
             self._write_positions(out, rank, tfs)
+            out.array("title.ends.npy", np.frombuffer(self.title_ends, dtype=np.uint32))
+            out.array("title.lengths.npy", np.frombuffer(self.title_lengths, dtype=np.uint32))
         lengths = np.frombuffer(self.lengths, dtype=np.uint32)
         out.array("lengths.npy", lengths)
         out.array("passages.doc.npy", np.frombuffer(self.passage_doc, dtype=np.uint32))
@@ -325,7 +336,7 @@ class _PendingSegment:
             "terms": terms,
             "postings": postings,
             **({"fields": self.fields} if self.fields else {}),
-            **({"positions": True} if self.with_positions else {}),
+            **({"positions": True, "title_field": True} if self.with_positions else {}),
         }
 
 

@@ -135,3 +135,18 @@ def test_cli_eval_on_scifact_matches_lucene(tmp_path):
                   "--qrels", str(DATA / "scifact" / "qrels.test.txt"), "--json")  # fmt: skip
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert abs(report["nDCG@10"] - 0.6789) <= 0.003 and report["queries"] == 300
+
+
+def test_search_over_fields(tmp_path, capsys):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [
+        {"_id": "a", "title": "Heart failure", "text": "a stone river"},
+        {"_id": "b", "title": "Stone river", "text": "heart failure, heart"},
+    ])  # fmt: skip
+    assert main(["index", str(corpus), str(tmp_path / "idx"), "--positions", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "idx"), 'title:"heart failure"', "--syntax", "lucene", "--json"]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)["results"]] == ["a"]
+    assert main(["search", str(tmp_path / "idx"), "heart", "--fields", "text", "--json"]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)["results"]] == ["b"]
+    failed = sift("search", str(tmp_path / "idx"), "heart", "--fields", "title^x")
+    assert failed.returncode != 0 and "'x' is not a boost" in failed.stderr and len(failed.stderr.splitlines()) == 1

@@ -20,12 +20,15 @@ from engine.query import (
     Phrase,
     QuerySyntaxError,
     Term,
+    field_frequencies,
+    field_frequencies_reference,
     parse_query,
     read_postings,
     snippet,
     to_text,
 )
 from engine.reader import adaptive_k
+from engine.sparse import idf, lucene_norm_bytes, norm_inverse_table
 from indexers.corpus import Document
 from indexers.inverted import BuildOptions
 from indexers.writer import IndexWriter, MergePolicy, build_index
@@ -308,3 +311,93 @@ def test_read_postings_equals_the_whole_segment_decoded(tmp_path):
         docs, tfs = read_postings(segment.postings, start, end, int(segment.blocks.offsets[term]),
                                   segment.blocks.last_doc)  # fmt: skip
         assert np.array_equal(docs, segment.docs[start:end]) and np.array_equal(tfs, segment.tfs[start:end])
+
+
+# --- fields ---------------------------------------------------------------------------------------------------------
+
+
+def brute_force_field_scores(analyzer: Analyzer, live: dict, field: str, term: str, params) -> dict[str, np.float32]:
+    """Lucene's BM25 of one term in one field, from each passage's title or text analyzed on its own."""
+    terms = {doc_id: analyzer.analyze(title if field == "title" else text) for doc_id, (title, text) in live.items()}
+    lengths = np.array([len(t) for t in terms.values()], dtype=np.int64)
+    count = int(np.count_nonzero(lengths))
+    inverse = norm_inverse_table(params, float(np.float32(lengths.sum() / max(count, 1))), 255)
+    holding = {doc_id: found.count(term) for doc_id, found in terms.items() if term in found}
+    weight = idf(np.array([len(holding)]), count)[0]
+    norm = {doc_id: inverse[lucene_norm_bytes([len(found)])[0]] for doc_id, found in terms.items()}
+    return {doc_id: weight - weight / (np.float32(1) + np.float32(tf) * norm[doc_id]) for doc_id, tf in holding.items()}
+
+
+titled_passages = st.tuples(st.lists(st.sampled_from(PHRASE_WORDS), max_size=5),
+                            st.lists(st.sampled_from(PHRASE_WORDS), min_size=1, max_size=10))  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(corpus=st.lists(titled_passages, min_size=1, max_size=20),
+       phrases=st.lists(st.tuples(st.lists(st.sampled_from(PHRASE_WORDS), min_size=2, max_size=3), st.integers(0, 2)),
+                        min_size=1, max_size=3),
+       deleted=st.sets(st.integers(0, 19), max_size=4))  # fmt: skip
+def test_title_and_text_score_as_their_own_bm25_against_brute_force(tmp_path_factory, corpus, phrases, deleted):
+    """title:term and text:term score exactly as Lucene's BM25 over that field alone (its own docCount, average
+    length, df and norms); a phrase in a field matches where it stands within the field, never across the title's
+    end; words over fields= sum the fields' scores with their boosts. Over segments, deletions and a merge."""
+    path = tmp_path_factory.mktemp("f") / "idx"
+    documents = [Document(f"d{i}", " ".join(text), title=" ".join(title)) for i, (title, text) in enumerate(corpus)]
+    half = max(1, len(documents) // 2)
+    build_index(documents[:half], path, BuildOptions(positions=True))
+    with IndexWriter(path, merge_policy=MergePolicy(segments_per_tier=100)) as writer:
+        if documents[half:]:
+            writer.add(documents[half:])
+            writer.commit()
+        writer.delete([f"d{i}" for i in deleted])
+        writer.commit()
+        for compacted in (False, True):
+            if compacted:
+                writer.compact(1)
+                writer.commit()
+            index = open_index(path)
+            analyzer, params = Analyzer(index.analyzer_config), index.default_params
+            live = {d.id: (d.title, d.text) for d in documents if int(d.id[1:]) not in deleted}
+            for field, word in product(("title", "text"), ("heart", "river", "failure")):
+                expected = brute_force_field_scores(analyzer, live, field, analyzer.analyze(word)[0], params)
+                assert dict(index.search(f"{field}:{word}", 1000, syntax="lucene").pairs()) == expected
+            combined = {}
+            for field, boost in (("title", 2.0), ("text", 1.0)):
+                for doc_id, score in brute_force_field_scores(analyzer, live, field, "stone", params).items():
+                    combined[doc_id] = combined.get(doc_id, 0) + score * np.float32(boost)
+            found = dict(index.search("stones", 1000, fields="title^2,text").pairs())
+            assert found.keys() == combined.keys() and all(np.isclose(found[d], combined[d], rtol=1e-6) for d in found)
+            for words, slop in phrases:
+                if not analyzer.analyze(" ".join(words)):
+                    continue
+                for field, part in (("title", 0), ("text", 1)):
+                    query = f'{field}:"{" ".join(words)}"' + (f"~{slop}" if slop else "")
+                    expected = {d for d, texts in live.items()
+                                if brute_force_phrase(analyzer, texts[part], words, slop)}  # fmt: skip
+                    assert set(index.search(query, 1000, syntax="lucene").ids) == expected, (query, compacted)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 30), max_size=5).map(sorted), min_size=1, max_size=8), st.data())
+def test_field_frequencies_equal_their_reference(runs, data):
+    positions = np.array([p for run in runs for p in run], dtype=np.uint32)
+    starts = np.cumsum([0] + [len(r) for r in runs]).astype(np.int64)
+    first = data.draw(st.integers(0, len(runs) - 1))
+    docs = np.arange(len(runs) - first, dtype=np.int64)
+    title_ends = np.array(data.draw(st.lists(st.integers(0, 31), min_size=len(docs), max_size=len(docs))), np.uint32)
+    for in_title in (True, False):
+        fast = field_frequencies(positions, starts, first, docs, title_ends, in_title)
+        assert np.array_equal(fast, field_frequencies_reference(positions, starts, first, docs, title_ends, in_title))
+
+
+def test_field_queries_explain_what_they_need(tmp_path):
+    build_index([Document("a", "heart failure", title="Heart")], tmp_path / "plain",
+                BuildOptions(fields={"year": "int"}))  # fmt: skip
+    plain = open_index(tmp_path / "plain")
+    with pytest.raises(QuerySyntaxError, match="--positions"):
+        plain.search("title:heart", 10, syntax="lucene")
+    with pytest.raises(QuerySyntaxError, match=r"metadata field.*--filter"):
+        plain.search("year:2019", 10, syntax="lucene")
+    with pytest.raises(QuerySyntaxError, match="unknown field 'summary'"):
+        plain.search("heart", 10, fields="summary")
+    assert plain.search("heart", 10, fields="contents").pairs() == plain.search("heart", 10).pairs()

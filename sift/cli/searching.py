@@ -28,7 +28,12 @@ def register(commands) -> None:
                         help="skip the first N results: the next page (ranks N+1 to N+k of the same ranking)")
     search.add_argument("--syntax", choices=("plain", "lucene"), default="plain",
                         help="plain (default): every character is text. lucene: +required -excluded, AND, OR, NOT, "
-                        "(groups), term^2 boosts, as Lucene's query parser reads them (bm25 pipeline)")  # fmt: skip
+                        '(groups), term^2 boosts, "phrases"~N, term~1 fuzzy, title:word, text:"a phrase", as '
+                        "Lucene's query parser reads them (bm25 pipeline)")  # fmt: skip
+    search.add_argument("--fields", metavar="FIELD^BOOST,...",
+                        help="where words without field: are searched, each field its own BM25 and the scores summed, "
+                        "e.g. title^2,text (default: contents, title and text together, as Lucene's parity index); "
+                        "title and text need an index built with --positions (bm25 pipeline)")  # fmt: skip
     search.add_argument("--documents", action="store_true", help="rank documents by their best passage")
     search.add_argument("--text", action="store_true", help="include each result's stored text and its snippet")
     search.add_argument("--snippets", action="store_true",
@@ -119,12 +124,13 @@ def _cmd_search(args) -> int:
         query = correct(index.bm25.analyzer, index.segments, args.query)
     if args.pipeline == "bm25":
         ranked = index.search(query, depth, bm25_params(index, args), args.documents, args.algorithm,
-                              args.filter, args.syntax)  # fmt: skip
+                              args.filter, args.syntax, fields=args.fields)  # fmt: skip
     else:
         from engine.pipeline import Pipeline
 
-        if args.syntax != "plain":
-            raise ValueError(f"--syntax {args.syntax} works with the bm25 pipeline only, not {args.pipeline}")
+        if args.syntax != "plain" or args.fields:
+            option = "--fields" if args.fields else f"--syntax {args.syntax}"
+            raise ValueError(f"{option} works with the bm25 pipeline only, not {args.pipeline}")
         pipeline = Pipeline(index, args.pipeline, params=bm25_params(index, args), algorithm=args.algorithm)
         ranked = pipeline.search([query], depth, args.filter)[0]
     chosen = adaptive_k(ranked.scores) if args.k == "auto" else args.k + args.offset
