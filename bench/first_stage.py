@@ -51,7 +51,7 @@ def load_corpus(name: str, max_queries: int, log=print) -> tuple[Corpus, list[li
         queries = [text.split() for _, text in sampled_queries(sample, max_queries, str.split)]
         return Corpus(path=path, size=count), queries
     if name == "debian":
-        documents = list(_debian_documents())
+        documents = list(installed_debian_documents())
         texts = [f"{d['title']} {d['text']}" if d["title"] else d["text"] for d in documents]
         ids = [d["_id"] for d in documents]
         queries = [q for _, q in sampled_queries(documents, max_queries, Analyzer().analyze)]
@@ -92,7 +92,7 @@ def sampled_queries(documents: list[dict], count: int, analyze) -> list[tuple[st
     return queries + extra
 
 
-def _debian_documents() -> Iterator[dict]:
+def installed_debian_documents() -> Iterator[dict]:
     """The Debian corpus, installing its packages with apt-get when they are absent (as root)."""
     try:
         yield from debian_documents()

@@ -1,6 +1,6 @@
 """Queries as people write them, measured on the shared collections (each built with and without positions):
 
-    python3 -m bench.queries [--collections scifact,vaswani,cranfield]
+    python3 -m bench.queries [--collections scifact,vaswani,cranfield,debian]
 
 - the positional index's size, against the same index without positions;
 - speed, one thread, each collection's test queries: plain BM25 top-10; the same as a phrase of their first two
@@ -19,21 +19,25 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from functools import partial
 
+from bench.first_stage import installed_debian_documents, sampled_queries
 from bench.harness import DATA, WORK, directory_bytes, publish
+from engine.analysis import Analyzer
 from engine.evaluation import compare, evaluate
 from engine.index import open_index
 from engine.models import ModelError, resolve
 from engine.pipeline import Pipeline
 from engine.reader import ADAPTIVE_CANDIDATES, adaptive_k
 from engine.typos import expand
-from indexers.corpus import CorpusReader, open_source, read_qrels, read_queries
+from indexers.corpus import CorpusReader, Document, open_source, read_qrels, read_queries
 from indexers.inverted import BuildOptions
 from indexers.writer import build_dense, build_index
 
 DENSE_MODEL = "all-minilm-l6-v2-onnx-int8"
 
 FIXED_K = (1, 3, 5, 10, 20)
+DEBIAN_QUERIES = 1000
 FIELD_CHOICES = ("contents", "title,text", "title^2,text", "contents,title")
 
 
@@ -58,25 +62,36 @@ def _phrase(index, text: str) -> str | None:
     return '"' + " ".join(w.replace('"', "") for w in words) + '"' if len(words) == 2 else None
 
 
-def run_collection(name: str) -> dict:
+def _documents(name: str):
+    """(documents to index, afresh each call; queries; qrels or None): a shared collection's test split, or the
+    Debian passages (tools/debian_corpus.py) with bench.first_stage's seeded queries and no judgments."""
+    if name == "debian":
+        records = list(installed_debian_documents())
+        queries = sampled_queries(records, DEBIAN_QUERIES, Analyzer().analyze)
+        return lambda: (Document(r["_id"], r["text"], title=r["title"]) for r in records), queries, None
     folder = DATA / name
     corpus = next(folder.glob("corpus.*"))
+    documents = partial(CorpusReader, open_source(corpus), skip_bad=True)
+    return documents, read_queries(folder / "queries.test.tsv"), read_qrels(folder / "qrels.test.txt")
+
+
+def run_collection(name: str) -> dict:
+    documents, queries, qrels = _documents(name)
     sizes = {}
     for positions in (False, True):
         path = WORK / "queries" / f"{name}-{'positions' if positions else 'plain'}"
         shutil.rmtree(path, ignore_errors=True)
-        build_index(CorpusReader(open_source(corpus), skip_bad=True), path, BuildOptions(positions=positions))
+        build_index(documents(), path, BuildOptions(positions=positions))
         sizes[positions] = directory_bytes(path)
     pipelines = ["bm25"]
     try:
-        resolve(DENSE_MODEL)
-        build_dense(path, DENSE_MODEL)
-        pipelines += ["dense", "hybrid"]
+        if qrels is not None:
+            resolve(DENSE_MODEL)
+            build_dense(path, DENSE_MODEL)
+            pipelines += ["dense", "hybrid"]
     except ModelError:
         pass
     index = open_index(path)
-    queries = read_queries(folder / "queries.test.tsv")
-    qrels = read_qrels(folder / "qrels.test.txt")
     texts = [text for _, text in queries]
     phrases = [p for p in (_phrase(index, t) for t in texts) if p]
     row = {
@@ -102,14 +117,16 @@ def run_collection(name: str) -> dict:
     row["fields"] = {}
     baseline = None
     for spec in FIELD_CHOICES:
-        run = {qid: dict(index.search(text, 10, fields=spec).pairs()) for qid, text in queries}
-        measured = evaluate(run, qrels, ["nDCG@10"])
-        baseline = baseline or measured
         qps = _qps(lambda q, spec=spec: index.search(q, 10, fields=spec), texts)
-        row["fields"][spec] = {"ndcg10": round(measured.means["nDCG@10"], 4), "qps": round(qps, 1),
-                               "p_value": round(compare(baseline, measured).p_value, 4)}  # fmt: skip
+        row["fields"][spec] = {"qps": round(qps, 1), "ndcg10": "", "p_value": ""}
+        if qrels is not None:
+            run = {qid: dict(index.search(text, 10, fields=spec).pairs()) for qid, text in queries}
+            measured = evaluate(run, qrels, ["nDCG@10"])
+            baseline = baseline or measured
+            row["fields"][spec].update(ndcg10=round(measured.means["nDCG@10"], 4),
+                                       p_value=round(compare(baseline, measured).p_value, 4))  # fmt: skip
     row["cutoffs"] = {}
-    for expression in pipelines:
+    for expression in pipelines if qrels is not None else ():
         found = Pipeline(index, expression).search(texts, ADAPTIVE_CANDIDATES)
         ranked = {qid: r for (qid, _), r in zip(queries, found)}
         cuts = {"auto": {qid: adaptive_k(r.scores) for qid, r in ranked.items()}}
@@ -128,7 +145,9 @@ def render(report: dict) -> str:
         "# Queries: positions, phrases, snippets and Adaptive-k",
         "",
         f"Date: {report['date']}; {report['machine']['cpu']}, {report['machine']['cores']} cores; one thread; "
-        "each collection's test queries. Phrase queries: each query's first two kept words as a phrase "
+        "each collection's test queries (debian: the Debian passages of tools/debian_corpus.py, with "
+        f"{DEBIAN_QUERIES:,} seeded queries sampled from them and a fifth as many more holding two frequent terms, "
+        "as bench.first_stage draws them; no judgments, so speed only). Phrase queries: each query's first two kept words as a phrase "
         "(lucene syntax). Snippet cost: top-10 with snippets ÷ top-10 with its stored texts (what a results page "
         "shows anyway), and ÷ top-10 alone (ids and scores).",
         "",
@@ -161,9 +180,10 @@ def render(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--collections", default="scifact,vaswani,cranfield")
+    parser.add_argument("--collections", default="scifact,vaswani,cranfield,debian",
+                        help="shared collections, and debian: the Debian passages (speed only; no judgments)")
     args = parser.parse_args(argv)
-    names = [n for n in args.collections.split(",") if (DATA / n).is_dir()]
+    names = [n for n in args.collections.split(",") if n == "debian" or (DATA / n).is_dir()]
     publish("queries", {"collections": {name: run_collection(name) for name in names}}, render)
 
 

@@ -70,6 +70,7 @@ class Index(IndexReader):
         if offset < 0:
             raise ValueError(f"offset must be 0 or more, got {offset}")
         fields = parse_fields(fields) if isinstance(fields, str) else fields
+        fields = None if fields == {"contents": 1.0} else fields  # the default: the kernels' plain search
         if syntax == "plain" and not fields:
             return self.bm25.search(query, k + offset, params, documents, algorithm, filter).page(offset)
         if not isinstance(query, str):

@@ -1,7 +1,7 @@
 """A real-text corpus of about 300k passages from Debian packages: GCIDE dictionary entries, WordNet glosses and
 Linux kernel documentation paragraphs.
 
-    apt-get install dict-gcide wordnet-base linux-doc-6.12
+    apt-get install dict-gcide wordnet-base linux-doc
     python -m tools.debian_corpus debian.jsonl
 """
 
@@ -17,8 +17,17 @@ from pathlib import Path
 
 GCIDE = Path("/usr/share/dictd/gcide")
 WORDNET = Path("/usr/share/wordnet")
-LINUX_DOC = Path("/usr/share/doc/linux-doc-6.12/Documentation")
-PACKAGES = "dict-gcide wordnet-base linux-doc-6.12"
+PACKAGES = "dict-gcide wordnet-base linux-doc"  # linux-doc: the release's kernel documentation (6.1 in bookworm)
+
+
+def _linux_doc() -> Path:
+    """The newest installed kernel's documentation (the passages differ between kernel versions: say which)."""
+    found = sorted(Path("/usr/share/doc").glob("linux-doc-*/Documentation"),
+                   key=lambda p: [int(n) for n in re.findall(r"\d+", p.parent.name)])  # fmt: skip
+    return found[-1] if found else Path("/usr/share/doc/linux-doc/Documentation")
+
+
+LINUX_DOC = _linux_doc()
 _DICTD_DIGITS = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
 _MARKUP = re.compile(r"[{}\\*\"`]|\[1913 Webster\]|\[PJC\]|\[WordNet 1\.5\]")
 
