@@ -71,7 +71,7 @@ class Index(IndexReader):
             raise ValueError(f"offset must be 0 or more, got {offset}")
         fields = parse_fields(fields) if isinstance(fields, str) else fields
         fields = None if fields == {"contents": 1.0} else fields  # the default: the kernels' plain search
-        if syntax == "plain" and not fields:
+        if syntax == "plain" and (not fields or not self.bm25.analyzer.analyze(query)):  # nothing to search: none
             return self.bm25.search(query, k + offset, params, documents, algorithm, filter).page(offset)
         if not isinstance(query, str):
             raise ValueError("a query in the lucene syntax, or over fields, is text, not terms")

@@ -401,3 +401,4 @@ def test_field_queries_explain_what_they_need(tmp_path):
     with pytest.raises(QuerySyntaxError, match="unknown field 'summary'"):
         plain.search("heart", 10, fields="summary")
     assert plain.search("heart", 10, fields="contents").pairs() == plain.search("heart", 10).pairs()
+    assert len(plain.search("the of", 10, fields="title,text")) == 0  # only stopwords: no results, as plain search
