@@ -160,8 +160,6 @@ def _decode(path: Path, number: int, line: bytes) -> str:
 
 
 def _read_jsonl(source: CorpusSource, path: Path, counter: _ByteCounter) -> Iterator[Document | CorpusError]:
-    text_fields = [f for f in source.text_fields if f != "title"]
-    use_title = "title" in source.text_fields
     for number, raw in _binary_lines(path, counter):
         try:
             line = _decode(path, number, raw).strip()
@@ -171,29 +169,38 @@ def _read_jsonl(source: CorpusSource, path: Path, counter: _ByteCounter) -> Iter
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise CorpusError(path, number, f"malformed JSON: {e.msg} at column {e.colno}") from None
-            if not isinstance(record, dict):
-                raise CorpusError(path, number, "malformed record: expected a JSON object")
-            id_fields = [source.id_field] if source.id_field else DEFAULT_ID_FIELDS
-            doc_id = next((record[f] for f in id_fields if record.get(f) not in (None, "")), None)
-            if doc_id is None:
-                raise CorpusError(path, number, f"missing id: none of the fields {', '.join(id_fields)}")
-            parts = [record.get(f) for f in text_fields]
-            bad = [f for f, v in zip(text_fields, parts) if v is not None and not isinstance(v, str)]
-            if bad:
-                raise CorpusError(path, number, f"malformed record: field {bad[0]!r} is not a string")
-            title = record.get("title") if use_title else ""
-            if title is not None and not isinstance(title, str):
-                raise CorpusError(path, number, "malformed record: field 'title' is not a string")
-            values = {}
-            for name, kind in source.fields.items():
-                if record.get(name) is not None:
-                    try:
-                        values[name] = coerce(kind, record[name])
-                    except ValueError as e:
-                        raise CorpusError(path, number, f"field {name!r} ({kind}): {e}") from None
-            yield Document(str(doc_id), " ".join(p for p in parts if p), title or "", f"{path}:{number}", values)
+            yield record_document(record, source, path, number)
         except CorpusError as error:
             yield error
+
+
+def record_document(record, source: CorpusSource, path: Path | str, number: int) -> Document:
+    """A JSON record as the document it describes (id, text fields, title, metadata fields by source's settings);
+    CorpusError names path:number and what is wrong. Files and requests to the service read records alike."""
+    if not isinstance(record, dict):
+        raise CorpusError(path, number, "malformed record: expected a JSON object")
+    text_fields = [f for f in source.text_fields if f != "title"]
+    id_fields = [source.id_field] if source.id_field else DEFAULT_ID_FIELDS
+    doc_id = next((record[f] for f in id_fields if record.get(f) not in (None, "")), None)
+    if doc_id is None:
+        raise CorpusError(path, number, f"missing id: none of the fields {', '.join(id_fields)}")
+    if not isinstance(doc_id, str | int) or isinstance(doc_id, bool):
+        raise CorpusError(path, number, "malformed record: the id is not a string or a number")
+    parts = [record.get(f) for f in text_fields]
+    bad = [f for f, v in zip(text_fields, parts) if v is not None and not isinstance(v, str)]
+    if bad:
+        raise CorpusError(path, number, f"malformed record: field {bad[0]!r} is not a string")
+    title = record.get("title") if "title" in source.text_fields else ""
+    if title is not None and not isinstance(title, str):
+        raise CorpusError(path, number, "malformed record: field 'title' is not a string")
+    values = {}
+    for name, kind in source.fields.items():
+        if record.get(name) is not None:
+            try:
+                values[name] = coerce(kind, record[name])
+            except ValueError as e:
+                raise CorpusError(path, number, f"field {name!r} ({kind}): {e}") from None
+    return Document(str(doc_id), " ".join(p for p in parts if p), title or "", f"{path}:{number}", values)
 
 
 def _read_tsv(source: CorpusSource, path: Path, counter: _ByteCounter) -> Iterator[Document | CorpusError]:

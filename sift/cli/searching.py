@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -95,6 +96,25 @@ def register(commands) -> None:
     info.add_argument("index_dir", metavar="INDEX_DIR")
     info.add_argument("--json", action="store_true")
 
+    serve = commands.add_parser(
+        "serve",
+        help="a local search service over an index",
+        description="Serve INDEX_DIR over HTTP: /search (as sift search --json), /documents (writes, with an API "
+        "key), /health, /stats, /metrics, the OpenAPI document at /openapi.json, interactive docs at /docs and a "
+        "search page at /. Loopback only unless an API key is set; without a key the service is read-only. Needs "
+        "the serve extra: pip install 'sift-engine[serve]'.",
+    )
+    serve.add_argument("index_dir", metavar="INDEX_DIR")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1; another needs a key)")
+    serve.add_argument("--port", type=int, default=8765, help="(8765; 0: any free port)")
+    serve.add_argument("--api-key", default=os.environ.get("SIFT_API_KEY"), metavar="KEY",
+                       help="writes need Authorization: Bearer KEY (default: $SIFT_API_KEY; none: read-only)")
+    serve.add_argument("--threads", type=positive_int, help="searches answered at once (default: 40)")
+    serve.add_argument("--commit-interval", type=float, default=1.0, metavar="SECONDS",
+                       help="writes with ?commit=auto are committed within this long (1)")  # fmt: skip
+    serve.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+
+    serve.set_defaults(handler=_cmd_serve)
     search.set_defaults(handler=_cmd_search)
     evaluate.set_defaults(handler=_cmd_eval)
     tune.set_defaults(handler=_cmd_tune)
@@ -108,65 +128,32 @@ def _k_or_auto(text: str) -> int | str:
 
 def _cmd_search(args) -> int:
     from engine.index import open_index
-    from engine.reader import ADAPTIVE_CANDIDATES, adaptive_k
+    from sift.answers import SearchRequest, answer
 
     index = open_index(args.index_dir)
-    started = time.perf_counter()
-    if args.offset < 0:
-        raise ValueError(f"--offset must be 0 or more, got {args.offset}")
-    depth = ADAPTIVE_CANDIDATES if args.k == "auto" else args.k + args.offset
-    query = args.query
-    if args.typos == "auto":
-        from engine.typos import correct
-
-        if args.syntax != "plain":
-            raise ValueError("--typos auto corrects plain queries; in the lucene syntax write fuzzy terms, term~1")
-        query = correct(index.bm25.analyzer, index.segments, args.query)
-    if args.pipeline == "bm25":
-        ranked = index.search(query, depth, bm25_params(index, args), args.documents, args.algorithm,
-                              args.filter, args.syntax, fields=args.fields)  # fmt: skip
-    else:
-        from engine.pipeline import Pipeline
-
-        if args.syntax != "plain" or args.fields:
-            option = "--fields" if args.fields else f"--syntax {args.syntax}"
-            raise ValueError(f"{option} works with the bm25 pipeline only, not {args.pipeline}")
-        pipeline = Pipeline(index, args.pipeline, params=bm25_params(index, args), algorithm=args.algorithm)
-        ranked = pipeline.search([query], depth, args.filter)[0]
-    chosen = adaptive_k(ranked.scores) if args.k == "auto" else args.k + args.offset
-    hits = ranked.head(chosen).page(args.offset)
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    fragments = (index.snippets(hits, query, args.syntax, args.fragment_length) if args.snippets or args.text
-                 else [None] * len(hits))  # fmt: skip
-    results = []
-    for hit, fragment in zip(hits, fragments):
-        item = hit.to_dict()
-        if args.text or index.fields:
-            record = index.fetch(hit.passage)
-            if index.fields:
-                item["fields"] = record["fields"]
-            if args.text:
-                item["title"], item["text"] = record.get("title", ""), record.get("text", "")
-        if fragment is not None:
-            item["snippet"] = fragment
-        results.append(item)
+    request = SearchRequest(args.query, args.k, args.offset, args.pipeline, args.filter, args.documents, args.syntax,
+                            args.fields, args.typos, args.text, args.snippets, args.fragment_length)  # fmt: skip
+    found = answer(index, request, bm25_params(index, args), args.algorithm)
     if args.json:
-        stages = {stage: round(seconds * 1000, 3) for stage, seconds in getattr(hits, "timings", {}).items()}
-        adaptive = {"k_chosen": chosen} if args.k == "auto" else {}
-        if query != args.query:
-            adaptive["corrected"] = query
-        print(json.dumps({"query": args.query, "k": args.k, **adaptive, "offset": args.offset, "syntax": args.syntax,
-                          "took_ms": round(elapsed_ms, 3), "stages_ms": stages, "results": results}))  # fmt: skip
+        print(json.dumps(found))
         return 0
-    if not hits:
+    if not found["results"]:
         print("no results")
-    for hit, item in zip(hits, results):
-        print(f"{hit.rank:>4}  {hit.score:9.4f}  {hit.id}")
+    for item in found["results"]:
+        print(f"{item['rank']:>4}  {item['score']:9.4f}  {item['id']}")
         if "snippet" in item:
             print(f"      {item['snippet']}")
     return 0
 
 
+def _cmd_serve(args) -> int:
+    try:
+        from sift.serve import serve
+    except ImportError as missing:
+        raise ValueError(f"sift serve needs the serve extra ({missing.name} is missing): "
+                         "pip install 'sift-engine[serve]'") from None  # fmt: skip
+    serve(args.index_dir, args.host, args.port, args.api_key, args.threads, args.commit_interval, args.log_level)
+    return 0
 
 
 def _cmd_eval(args) -> int:
