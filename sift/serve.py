@@ -26,7 +26,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.middleware.base import BaseHTTPMiddleware
 
 from engine.errors import SiftError
 from engine.format import read_manifest
@@ -283,18 +282,76 @@ class Service:
         self._writes.shutdown()
 
 
-class _BodyLimit(BaseHTTPMiddleware):
-    """413 for a body over the limit, by its declared length or by what arrives."""
+class _Guard:
+    """ASGI middleware (plain ASGI: Starlette's BaseHTTPMiddleware costs a task per request): 413 for a body over
+    the limit, by its declared length or, chunked, by what arrives; requests counted and timed per route; a 405's
+    Allow header naming every method of the path (Starlette names the first matching route's only)."""
 
-    def __init__(self, app, limit: int) -> None:
-        super().__init__(app)
-        self.limit = limit
+    def __init__(self, app, service: Service, routes: list) -> None:
+        self.app, self.service, self.routes = app, service, routes
 
-    async def dispatch(self, request: Request, call_next):
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return JSONResponse({"detail": f"the body is over {self.limit:,} bytes"}, 413)
-        return await call_next(request)
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        limit = self.service.limits.body_bytes
+
+        async def answer(message_status: int, detail: str) -> None:
+            nonlocal status
+            status = message_status
+            await JSONResponse({"detail": detail}, message_status)(scope, receive, send)
+
+        async def send_counted(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if status == 405:
+                    message["headers"] = [(k, v) for k, v in message["headers"] if k.lower() != b"allow"]
+                    message["headers"].append((b"allow", self._allowed(scope["path"]).encode()))
+            await send(message)
+
+        try:
+            declared = dict(scope["headers"]).get(b"content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                await answer(413, f"the body is over {limit:,} bytes")
+                return
+            if declared is None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+                body, more = b"", True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body += message.get("body", b"")
+                    more = message.get("more_body", False)
+                    if len(body) > limit:
+                        await answer(413, f"the body is over {limit:,} bytes")
+                        return
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_counted)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.service.metrics.observe(scope["method"], endpoint, status, time.perf_counter() - started)
+
+    def _allowed(self, path: str) -> str:
+        matching = [r for r in self.routes if isinstance(r, APIRoute) and r.path_regex.match(path)]
+        named = [r for r in matching if r.path == path] or matching  # /documents/delete, not /documents/{doc_id}
+        return ", ".join(sorted({m for r in named for m in r.methods}))
+
+
+def _replay(body: bytes, receive):
+    """An ASGI receive that gives the body already read, then what the client sends next (its disconnect)."""
+    given = False
+
+    async def replayed():
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 def create_app(service: Service, threads: int | None = None) -> FastAPI:
@@ -308,21 +365,7 @@ def create_app(service: Service, threads: int | None = None) -> FastAPI:
     app = FastAPI(title="Sift", version="1", lifespan=lifespan,
                   description="Search one Sift index: BM25, dense, hybrid and reranking pipelines; documents in and "
                   "out with an API key.")  # fmt: skip
-    app.add_middleware(_BodyLimit, limit=service.limits.body_bytes)
-
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        if response.status_code == 405:  # Starlette names the first matching route's methods only
-            path = request.url.path
-            matching = [r for r in app.routes if isinstance(r, APIRoute) and r.path_regex.match(path)]
-            named = [r for r in matching if r.path == path] or matching  # /documents/delete, not /documents/{id}
-            response.headers["allow"] = ", ".join(sorted({m for r in named for m in r.methods}))
-        service.metrics.observe(request.method, endpoint, response.status_code, time.perf_counter() - started)
-        return response
+    app.add_middleware(_Guard, service=service, routes=app.routes)
 
     @app.exception_handler(SiftError)
     @app.exception_handler(ValueError)

@@ -164,6 +164,10 @@ def test_writes_need_the_key_and_limits_are_clear_4xx(server):
     assert "request:1" in problems[9].json()["detail"]
     huge = server.client.post("/documents", headers=auth, content=b"[" + b" " * (17 * 2**20) + b"]")
     assert huge.status_code == 413
+    chunked = server.client.post("/documents", headers=auth, content=iter([b"[" + b" " * 2**20] * 17 + [b"]"]))
+    assert chunked.status_code == 413 and "bytes" in chunked.json()["detail"]
+    assert server.client.put("/documents/delete").headers["allow"] == "POST"
+    assert server.client.put("/documents/d1").headers["allow"] == "DELETE, GET"
     assert server.client.get("/search", params={"q": "fox", "k": "0"}).status_code == 422
     assert server.client.get("/documents/nope").status_code == 404
     stats = server.client.get("/stats").json()
