@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -28,7 +29,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import SiftError
-from engine.format import read_manifest
+from engine.format import IndexLockedError, read_manifest
 from engine.index import open_index
 from engine.reader import DocumentNotFoundError
 from indexers.corpus import CorpusError, CorpusSource, record_document
@@ -120,8 +121,8 @@ class Problem(BaseModel):
     detail: str
 
 
-PROBLEMS = {400: {"model": Problem}, 401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem},
-            413: {"model": Problem}}  # 422 (a parameter of the wrong type) is FastAPI's own, with its schema
+# 422 (a parameter of the wrong type) is FastAPI's own answer, with its own schema
+PROBLEMS = {status: {"model": Problem} for status in (400, 401, 403, 404, 409, 413)}
 
 
 # --- metrics ----------------------------------------------------------------------------------------------------------
@@ -182,7 +183,6 @@ class Service:
         self._pipelines: dict[tuple[int, str], object] = {}
         self._writes = ThreadPoolExecutor(1, thread_name_prefix="sift-writer")  # one writer, changes in order
         self._writer = None
-        self._staged = False
         self._closed = threading.Event()
         self._committer = threading.Thread(target=self._commit_periodically, name="sift-committer", daemon=True)
         self._committer.start()
@@ -242,29 +242,31 @@ class Service:
     def _write(self, change, commit: str) -> dict:
         from indexers.writer import IndexWriter
 
-        if self._writer is None:
+        if self._writer is None:  # held from the first staged change to its commit, then freed for others
             self._writer = IndexWriter(self.index_dir, timeout=10, reuse=self.index.segments).__enter__()
-        try:
-            done = change(self._writer)
-        except BaseException:
-            self._writer.rollback()
-            self._staged = False
-            raise
-        self._staged = self._staged or self._writer.pending
+        done = change(self._writer)  # add and delete check everything before they stage anything
         if commit == "wait":
             self._commit()
         return {**done, "committed": commit == "wait", "generation": self.index.manifest["generation"]}
 
     def _commit(self) -> None:
-        if self._writer is not None and self._staged:
+        """A failed commit keeps what is staged (the next commit tries again) and the index as it was."""
+        if self._writer is None:
+            return
+        if self._writer.pending:
             self._writer.commit()
             self.index = self.index.refresh()
-        self._staged = False
+        self._writer.__exit__(None, None, None)
+        self._writer = None
 
     def _commit_periodically(self) -> None:
+        """Commits staged changes every commit_interval, and sees commits made by other writers."""
         while not self._closed.wait(self.commit_interval):
-            if self._staged:
+            try:
                 self._writes.submit(self._commit).result()
+                self.index = self.index.refresh()
+            except Exception as error:  # the next round tries again; the service keeps answering
+                print(f"sift serve: commit failed: {error}", file=sys.stderr)
 
     def close(self) -> None:
         """Commits what is staged and closes the writer: the index is consistent whatever was in flight."""
@@ -274,7 +276,7 @@ class Service:
             try:
                 self._commit()
             finally:
-                if self._writer is not None:
+                if self._writer is not None:  # the commit failed: nothing staged is published, the index stays
                     self._writer.__exit__(None, None, None)
                     self._writer = None
 
@@ -371,6 +373,10 @@ def create_app(service: Service, threads: int | None = None) -> FastAPI:
     @app.exception_handler(ValueError)
     async def bad_request(request: Request, error: Exception):
         return JSONResponse({"detail": str(error)}, 400)
+
+    @app.exception_handler(IndexLockedError)
+    async def locked(request: Request, error: Exception):
+        return JSONResponse({"detail": f"{error}; try again"}, 409, headers={"Retry-After": "1"})
 
     @app.exception_handler(DocumentNotFoundError)
     async def not_found(request: Request, error: Exception):

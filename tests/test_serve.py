@@ -112,7 +112,7 @@ def test_search_answers_exactly_as_the_cli(server, index_dir):
     assert without_timings(one) == without_timings(single[0])
 
 
-def test_writes_are_seen_by_the_next_search(server):
+def test_writes_are_seen_by_the_next_search(server, index_dir):
     auth = {"Authorization": f"Bearer {KEY}"}
     added = server.client.post("/documents", headers=auth, json=[{"_id": "z1", "title": "Zebra", "text": "zebra"}])
     assert added.status_code == 200 and added.json()["added"] == 1 and added.json()["committed"]
@@ -134,6 +134,13 @@ def test_writes_are_seen_by_the_next_search(server):
             break
         time.sleep(0.05)
     assert [h["id"] for h in server.client.get("/search", params={"q": "quokka"}).json()["results"]] == ["z3"]
+    outside = write_jsonl(index_dir.parent / "outside.jsonl", [{"_id": "o1", "text": "wombat"}])
+    assert main(["add", str(index_dir), str(outside), "--wait", "10", "--quiet"]) == 0  # the service holds no lock
+    for _ in range(100):  # another writer's commit is seen within the interval
+        if server.client.get("/search", params={"q": "wombat"}).json()["results"]:
+            break
+        time.sleep(0.05)
+    assert [h["id"] for h in server.client.get("/search", params={"q": "wombat"}).json()["results"]] == ["o1"]
     metrics = server.client.get("/metrics").text
     assert 'sift_requests_total{method="POST",endpoint="/documents",status="200"} 3' in metrics
     assert 'sift_request_seconds_bucket{method="GET",endpoint="/search",le="+Inf"}' in metrics
