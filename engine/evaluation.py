@@ -58,7 +58,9 @@ def evaluate(run: Run, qrels: Qrels, measures: Sequence[str] = tuple(MEASURES)) 
 
 
 def write_run(path: str | os.PathLike, run: Run, tag: str = "sift") -> None:
-    """TREC run format: qid Q0 docid rank score tag, ranks from 1 in descending score order."""
+    """TREC run format: qid Q0 docid rank score tag, ranks from 1 in descending score order (a tag's whitespace
+    becomes _: a pipeline expression is a tag, and a run's fields are whitespace-separated)."""
+    tag = "_".join(tag.split()) or "sift"
     with open(path, "w", encoding="utf-8") as f:
         for qid, docs in run.items():
             ranked = sorted(docs.items(), key=lambda item: -item[1])

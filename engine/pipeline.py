@@ -281,15 +281,35 @@ class Rerank(Later):
     def rerank(self, query: str, results: Results) -> Results:
         head = min(self.depth, len(results))
         scores = self.scorer.score(query, self.index.texts(results.passages[:head]))
-        if self.mix:
-            scores = ((1 - self.mix) * min_max(scores) + self.mix * min_max(results.scores[:head])).astype(np.float32)
-        order = np.argsort(-scores, kind="stable")
-        tail = len(results) - head
-        floor = float(scores.min()) if head else 0.0
-        final = np.concatenate([scores[order], floor - np.arange(1, tail + 1, dtype=np.float32)]).astype(np.float32)
-        ranked = np.concatenate([order, np.arange(head, len(results))])
+        ranked, final = reorder(scores, results.scores, self.mix)
         return Results([results.ids[i] for i in ranked], [results.doc_ids[i] for i in ranked], final,
                        results.passages[ranked])  # fmt: skip
+
+
+def reorder(model_scores: np.ndarray, first_scores: np.ndarray,
+            mix: float | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """A ranking (first_scores, best first) whose head the model scored (model_scores): the new order, as positions
+    in the old, and its scores. The head goes by the model's scores (mix=W: (1 - W) * min-max(model) + W *
+    min-max(first)), ties keeping the earlier first; the rest follows in its order, scored below the head."""
+    head = len(model_scores)
+    scores = np.asarray(model_scores, dtype=np.float32)
+    if mix:
+        scores = ((1 - mix) * min_max(scores) + mix * min_max(np.asarray(first_scores)[:head])).astype(np.float32)
+    order = np.argsort(-scores, kind="stable")
+    tail = len(first_scores) - head
+    floor = float(scores.min()) if head else 0.0
+    final = np.concatenate([scores[order], floor - np.arange(1, tail + 1, dtype=np.float32)]).astype(np.float32)
+    return np.concatenate([order, np.arange(head, len(first_scores))]), final
+
+
+def rerank_candidates(scorer, query: str, candidates: Sequence[tuple[str, float]], text_of, depth: int = 100,
+                      mix: float | None = None) -> list[tuple[str, float]]:  # fmt: skip
+    """The Rerank stage over candidates from anywhere (another engine's run): (id, score) best first, text_of(id) ->
+    the passage text the model reads; the top `depth` reordered by the scorer as Rerank orders them."""
+    head = min(depth, len(candidates))
+    scores = scorer.score(query, [text_of(doc_id) for doc_id, _ in candidates[:head]])
+    ranked, final = reorder(scores, np.array([score for _, score in candidates], dtype=np.float64), mix)
+    return [(candidates[i][0], float(score)) for i, score in zip(ranked, final)]
 
 
 class Then(Stage):

@@ -415,3 +415,35 @@ def test_the_shipped_cross_encoder_prefers_the_passage_that_answers(model_home):
     ]
     scores = reranker.score(query, passages)
     assert scores[0] > scores[1] > scores[2]
+
+
+def test_sift_rerank_reranks_any_run_as_the_pipeline_stage_does(tmp_path, model_home, capsys):
+    """A run written by one command, reranked by sift rerank from the corpus file or from the index, equals the
+    pipeline's bm25 >> rerank run; with --mix as well."""
+    from engine.evaluation import read_run
+    from sift.cli import main
+
+    additive_model(tmp_path, "add", seed=0)
+    corpus_index(tmp_path)
+    (tmp_path / "q.tsv").write_text("q1\tw1 w2\nq2\tw3 w9\nq3\tw4 w5 w6\n")
+    (tmp_path / "qrels.txt").write_text("q1 0 d1 1\nq2 0 d2 1\nq3 0 d3 1\n")
+    evaluate = ["eval", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.tsv"), "--qrels",
+                str(tmp_path / "qrels.txt"), "-k", "50"]  # fmt: skip
+    assert main([*evaluate, "--run", str(tmp_path / "bm25.trec")]) == 0
+    for mix in (None, 0.3):
+        stage = "rerank:add@20" + (f"(mix={mix})" if mix else "")
+        assert main([*evaluate, "--pipeline", f"bm25 >> {stage}", "--run", str(tmp_path / "pipeline.trec")]) == 0
+        expected = read_run(tmp_path / "pipeline.trec")
+        for source in (["--index", str(tmp_path / "idx")], ["--corpus", str(tmp_path / "c.jsonl")]):
+            out = tmp_path / "reranked.trec"
+            assert main(["rerank", str(tmp_path / "bm25.trec"), "--queries", str(tmp_path / "q.tsv"), *source,
+                         "--model", "add", "--depth", "20", "--out", str(out), "--qrels", str(tmp_path / "qrels.txt"),
+                         *(["--mix", str(mix)] if mix else []), "--json"]) == 0  # fmt: skip
+            found = read_run(out)
+            assert {q: list(d) for q, d in found.items()} == {q: list(d) for q, d in expected.items()}
+            assert all(np.allclose(list(found[q].values()), list(expected[q].values()), atol=1e-5) for q in found)
+    bad = tmp_path / "bad.trec"
+    bad.write_text("q1 Q0 nosuch 1 3.0 x\n")
+    assert main(["rerank", str(bad), "--queries", str(tmp_path / "q.tsv"), "--index", str(tmp_path / "idx"),
+                 "--model", "add", "--out", str(tmp_path / "x.trec")]) == 1  # fmt: skip
+    assert "holds no passage 'nosuch'" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from sift.cli.common import positive_int
@@ -94,6 +95,28 @@ def register(commands) -> None:
     training.add_argument("--quiet", action="store_true", help="no progress bar")
     training.add_argument("--json", action="store_true", help="print the report as one JSON line")
 
+    reranking = commands.add_parser(
+        "rerank",
+        help="rerank an existing run with a model",
+        description="Rerank the top DEPTH of each query of RUN (a TREC run from any engine) with a reranking model, "
+        "reading passage text from a corpus file or a Sift index, and write the new run: the workflow of pygaggle's "
+        "and pyserini's rerankers. Passages below DEPTH keep their order, after the reranked ones.",
+    )
+    reranking.add_argument("run", metavar="RUN", help="TREC run: qid Q0 docid rank score tag")
+    reranking.add_argument("--queries", required=True, help="qid<TAB>text per line")
+    source = reranking.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", help="passage text from this corpus (BEIR folder, JSONL, TSV or TREC)")
+    source.add_argument("--index", metavar="INDEX_DIR", help="passage text from this Sift index")
+    reranking.add_argument("--model", required=True, help="an installed cross-encoder or seq2seq reranker")
+    reranking.add_argument("--depth", type=positive_int, default=100, help="candidates reranked per query (100)")
+    reranking.add_argument("--mix", type=float, metavar="W",
+                           help="rank by (1 - W) * min-max(model) + W * min-max(the run's scores)")  # fmt: skip
+    reranking.add_argument("--out", required=True, metavar="OUT.trec", help="where the reranked run goes")
+    reranking.add_argument("--qrels", help="also report nDCG@10 of RUN and of the new run, with a paired t-test")
+    reranking.add_argument("--threads", type=positive_int, help="ONNX Runtime threads (default: all cores)")
+    reranking.add_argument("--json", action="store_true", help="print a summary as one JSON line")
+
+    reranking.set_defaults(handler=_cmd_rerank)
     models.set_defaults(handler=_cmd_models)
     training.set_defaults(handler=_cmd_train)
 
@@ -116,6 +139,73 @@ def ensure_installed(name: str) -> None:
 
     if name in models.CATALOG and not (models.model_home() / name / models.CONFIG_FILE).exists():
         install(name)
+
+
+def _cmd_rerank(args) -> int:
+    import time
+
+    from engine.evaluation import compare, evaluate, read_run, write_run
+    from engine.pipeline import rerank_candidates
+    from engine.reader import indexed_text
+    from engine.rerank import load_reranker
+    from indexers.corpus import read_qrels, read_queries
+
+    if args.mix is not None and not 0 <= args.mix <= 1:
+        raise ValueError(f"--mix must be between 0 and 1, got {args.mix}")
+    run = read_run(args.run)
+    queries = dict(read_queries(args.queries))
+    missing = [qid for qid in run if qid not in queries]
+    if missing:
+        raise ValueError(f"{args.queries}: no text for {len(missing)} of the run's queries (e.g. {missing[0]!r})")
+    candidates = {qid: sorted(docs.items(), key=lambda item: -item[1]) for qid, docs in run.items()}
+    wanted = {doc_id for ranked in candidates.values() for doc_id, _ in ranked[: args.depth]}
+    texts = _passage_texts(wanted, args.corpus, args.index, indexed_text)
+    absent = sorted(wanted - texts.keys())
+    if absent:
+        where = args.corpus or args.index
+        raise ValueError(f"{where}: holds no passage {absent[0]!r} of the run ({len(absent)} missing)")
+    scorer = load_reranker(args.model, threads=args.threads)
+    started = time.perf_counter()
+    reranked = {}
+    from tqdm import tqdm
+
+    for qid, ranked in tqdm(candidates.items(), desc="reranking", unit="query", file=sys.stderr, disable=None):
+        reranked[qid] = dict(rerank_candidates(scorer, queries[qid], ranked, texts.__getitem__, args.depth, args.mix))
+    seconds = time.perf_counter() - started
+    write_run(args.out, reranked, tag=f"sift-rerank-{args.model}")
+    summary = {"queries": len(reranked), "pairs": sum(min(args.depth, len(r)) for r in candidates.values()),
+               "seconds": round(seconds, 2), "out": args.out}  # fmt: skip
+    if args.qrels:
+        qrels = read_qrels(args.qrels)
+        summary["nDCG@10"] = compare(evaluate(run, qrels), evaluate(reranked, qrels)).to_dict()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"reranked {summary['pairs']:,} pairs of {summary['queries']:,} queries in {seconds:.1f}s -> {args.out}")
+        if "nDCG@10" in summary:
+            c = summary["nDCG@10"]
+            print(f"nDCG@10 {c['a']:.4f} -> {c['b']:.4f} ({c['delta']:+.4f}, p = {c['p_value']})")
+    return 0
+
+
+def _passage_texts(wanted: set[str], corpus: str | None, index_dir: str | None, indexed_text) -> dict[str, str]:
+    """The text the model reads (title and text) of each wanted passage id."""
+    if index_dir:
+        from engine.index import open_index
+
+        index = open_index(index_dir)
+        texts = {}
+        for doc_id in wanted:
+            try:
+                record = index.fetch(doc_id)
+            except KeyError:
+                continue
+            texts[doc_id] = indexed_text(record.get("title", ""), record.get("text", ""))
+        return texts
+    from indexers.corpus import CorpusReader, open_source
+
+    return {doc.id: indexed_text(doc.title, doc.text) for doc in CorpusReader(open_source(corpus), skip_bad=True)
+            if doc.id in wanted}  # fmt: skip
 
 
 def _cmd_models(args) -> int:
