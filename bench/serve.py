@@ -1,20 +1,20 @@
 """`sift serve` under load, against the same searches in process:
 
-    python3 -m bench.serve [--corpora scifact,debian] [--requests 3000]
+    python3 -m bench.serve [--corpora scifact,debian] [--seconds 10]
 
 For each corpus, a BM25 index (no positions) and its queries (test queries; for the Debian passages the seeded
-queries of bench.first_stage); the service runs as `sift serve` in a subprocess and an asyncio httpx client sends
-GET /search?q=...&k=10 from 1, 8 and 32 concurrent clients; then 8 clients again while a writer upserts 100
-documents a second (POST /documents?commit=auto, ten every 100 ms). In process: Index.search on one thread
+queries of bench.first_stage); the service runs as `sift serve` in a subprocess and wrk (apt-get install wrk) sends
+GET /search?q=...&k=10 over 1, 8 and 32 keep-alive connections for 10 s each; then 8 again while a writer upserts
+100 documents a second (POST /documents?commit=auto, ten every 100 ms). In process: Index.search on one thread
 (per-query latency) and batch_search on all cores (throughput), on the same queries. Overhead: service p50 at one
-client minus in-process p50 (HTTP, JSON, the client's own work on the same two cores included).
+connection minus in-process p50 (HTTP, JSON, the client's own work on the same two cores included).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from urllib.parse import urlencode
 
 import numpy as np
 
@@ -53,35 +54,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _summary(seconds: list[float], wall: float, errors: int) -> dict:
-    ms = np.array(seconds) * 1000
-    return {"requests": len(ms), "qps": round(len(ms) / wall, 1), "p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3), "errors": errors}  # fmt: skip
+_WRK_SCRIPT = """
+local paths = {}
+for line in io.lines(os.getenv("SIFT_PATHS")) do paths[#paths + 1] = line end
+local at = 0
+request = function()
+  at = at % #paths + 1
+  return wrk.format("GET", paths[at])
+end
+"""
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-async def _load(url: str, queries: list[str], clients: int, requests: int) -> dict:
-    import httpx
-
-    timings: list[float] = []
-    errors = 0
-    turn = iter(range(requests))
-
-    async def client(http) -> None:
-        nonlocal errors
-        for i in turn:
-            started = time.perf_counter()
-            response = await http.get("/search", params={"q": queries[i % len(queries)], "k": 10})
-            timings.append(time.perf_counter() - started)
-            errors += response.status_code != 200
-
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
-        for query in queries[:50]:  # warm-up: numba, page cache, connections
-            await http.get("/search", params={"q": query, "k": 10})
-        started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-        wall = time.perf_counter() - started
-    return _summary(timings, wall, errors)
+def _load(url: str, queries: list[str], clients: int, seconds: float) -> dict:
+    """wrk (C, one thread, keep-alive) with `clients` connections for `seconds`, cycling through the queries."""
+    (WORK / "serve").mkdir(parents=True, exist_ok=True)
+    paths = WORK / "serve" / "paths.txt"
+    paths.write_text("".join(f"/search?{urlencode({'q': q, 'k': 10})}\n" for q in queries), encoding="utf-8")
+    script = WORK / "serve" / "queries.lua"
+    script.write_text(_WRK_SCRIPT, encoding="utf-8")
+    env = {**os.environ, "SIFT_PATHS": str(paths)}
+    subprocess.run(["wrk", "-t1", "-c", str(clients), "-d", "2s", "-s", str(script), url], env=env,
+                   capture_output=True, check=True)  # warm-up: numba, page cache  # fmt: skip
+    out = subprocess.run(["wrk", "-t1", "-c", str(clients), "-d", f"{seconds}s", "--latency", "-s", str(script), url],
+                         env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    percentile = {p: float(v) * _UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", out, re.M)}
+    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|errors: connect|read|write|timeout):?\s*"
+                                             r"(\d+)", out))  # fmt: skip
+    return {"requests": int(re.search(r"(\d+) requests in", out).group(1)),
+            "qps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), 1),
+            "p50_ms": round(percentile["50"], 3), "p99_ms": round(percentile["99"], 3), "errors": errors}  # fmt: skip
 
 
 def _upserts(url: str, stop: threading.Event, report: dict) -> None:
@@ -103,7 +105,7 @@ def _upserts(url: str, stop: threading.Event, report: dict) -> None:
     report.update(upserted=sent, upsert_errors=errors)
 
 
-def run_corpus(name: str, requests: int) -> dict:
+def run_corpus(name: str, seconds: float) -> dict:
     documents, queries = _corpus(name)
     path = WORK / "serve" / name
     shutil.rmtree(path, ignore_errors=True)
@@ -128,12 +130,12 @@ def run_corpus(name: str, requests: int) -> dict:
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
-        row["service"] = {str(c): asyncio.run(_load(url, queries, c, requests)) for c in CONCURRENCY}
+        row["service"] = {str(c): _load(url, queries, c, seconds) for c in CONCURRENCY}
         stop, writes = threading.Event(), {}
         writer = threading.Thread(target=_upserts, args=(url, stop, writes))
         writer.start()
         try:
-            row["with_writes"] = asyncio.run(_load(url, queries, 8, requests))
+            row["with_writes"] = _load(url, queries, 8, seconds)
         finally:
             stop.set()
             writer.join()
@@ -152,7 +154,8 @@ def render(report: dict) -> str:
         "# sift serve under load",
         "",
         f"Date: {report['date']}; {report['machine']['cpu']}, {report['machine']['cores']} cores (server and load "
-        "client share them). BM25 top-10, GET /search over HTTP/1.1 keep-alive from an asyncio httpx client; in "
+        "client share them). BM25 top-10, GET /search over HTTP/1.1 keep-alive connections from wrk (one thread), "
+        "10 s a run; in "
         "process: Index.search on one thread, batch_search on all cores. Overhead: service p50 at one client − "
         "in-process p50. With writes: 8 clients while 100 documents/s are upserted (commit=auto, 1 s).",
         "",
@@ -181,10 +184,10 @@ def render(report: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpora", default="scifact,debian")
-    parser.add_argument("--requests", type=int, default=3000, help="requests per load run (3000)")
+    parser.add_argument("--seconds", type=float, default=10, help="length of each load run (10)")
     args = parser.parse_args(argv)
     names = [n for n in args.corpora.split(",") if n == "debian" or (DATA / n).is_dir()]
-    publish("serve", {"corpora": {name: run_corpus(name, args.requests) for name in names}}, render)
+    publish("serve", {"corpora": {name: run_corpus(name, args.seconds) for name in names}}, render)
 
 
 if __name__ == "__main__":
