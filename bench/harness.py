@@ -31,7 +31,7 @@ def machine() -> dict:
 
 def software() -> dict:
     names = ["sift-engine", "numpy", "numba", "PyStemmer", "pyjnius", "pyserini", "pyterrier-pisa", "bm25s", "tantivy",
-             "onnxruntime", "faiss-cpu", "torch", "sentence-transformers"]
+             "onnxruntime", "faiss-cpu", "torch", "sentence-transformers", "fastapi", "uvicorn"]
     found = {"python": platform.python_version()}
     for name in names:
         try:
