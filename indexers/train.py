@@ -233,7 +233,8 @@ def _groups(examples: list[dict], recipe: Recipe, rng: np.random.Generator) -> l
     for example in examples:
         negatives = example["negatives"][: recipe.pool]
         for positive in example["positives"]:
-            chosen = rng.choice(len(negatives), size=min(recipe.negatives, len(negatives)), replace=False)
+            few = len(negatives) < recipe.negatives  # every group the same size: a short pool lends some twice
+            chosen = rng.choice(len(negatives), size=recipe.negatives, replace=few)
             groups.append((example["query"], [positive, *(negatives[i] for i in sorted(chosen))]))
     return [groups[i] for i in rng.permutation(len(groups))]
 

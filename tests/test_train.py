@@ -136,3 +136,13 @@ def test_quality_model_trains_without_queries_and_prunes_by_its_scores(tmp_path,
     learned = estimator("tiny-student").score([str(i) for i in range(80)], good + bad)
     assert stats.spearmanr(taught, learned).statistic > 0.8
     assert (learned[:40] > learned[40:]).mean() >= 0.75
+
+
+def test_groups_are_one_size_even_where_a_pool_is_short():
+    from indexers.train import Recipe, _groups
+
+    examples = [{"query": "q1", "positives": ["p"], "negatives": ["n1"]},
+                {"query": "q2", "positives": ["p"], "negatives": [f"n{i}" for i in range(9)]}]  # fmt: skip
+    groups = _groups(examples, Recipe("cross-encoder", negatives=3), np.random.default_rng(0))
+    assert sorted(len(texts) for _, texts in groups) == [4, 4]
+    assert all(texts[0] == "p" and "p" not in texts[1:] for _, texts in groups)
