@@ -129,10 +129,12 @@ class IndexReader:
             try:
                 self._open(reuse)
                 break
-            except IndexFormatError:
+            except (IndexFormatError, FileNotFoundError) as error:
                 # a commit that replaced this one between reading the manifest and mapping its files may have
                 # removed them (as Lucene's readers, retry on the newer commit); the same generation is real damage
                 if read_manifest(self.path)["generation"] == self.manifest["generation"]:
+                    if isinstance(error, FileNotFoundError):
+                        raise IndexFormatError(f"{error.filename}: missing; the index is damaged") from None
                     raise
         self.bases = np.cumsum([0] + [s.passages for s in self.segments])
         self.split_passages = bool(self.manifest.get("passages", {}).get("window"))

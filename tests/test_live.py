@@ -601,3 +601,29 @@ def test_what_deleted_passages_take_from_df_is_the_same_analyzed_or_scanned(tmp_
     passages = np.array(sorted(chosen), dtype=np.int64)
     analyzed = _analyzed_terms(segment, passages, Analyzer(index.analyzer_config))
     assert analyzed.tolist() == _postings_of(segment, passages).tolist()
+
+
+def test_a_reader_opening_a_commit_whose_files_a_newer_commit_removed_opens_the_newer(tmp_path, monkeypatch):
+    """Between reading the manifest and mapping its files, a writer may commit twice and collect the first commit's
+    deletions: the reader opens the newest commit instead (as Lucene's readers retry), never fails."""
+    import engine.reader
+
+    build_index([document(f"d{i}", ["fox", WORDS[i % 40]]) for i in range(50)], tmp_path / "idx")
+    with IndexWriter(tmp_path / "idx") as writer:
+        writer.delete(["d1"])
+        writer.commit()
+    real = engine.reader.read_deletions
+    raced = []
+
+    def read_after_a_commit(directory):
+        if not raced:
+            raced.append(directory)
+            with IndexWriter(tmp_path / "idx") as writer:  # replaces this commit's deletions and collects them
+                writer.delete(["d2"])
+                writer.commit()
+            assert not directory.exists()
+        return real(directory)
+
+    monkeypatch.setattr(engine.reader, "read_deletions", read_after_a_commit)
+    index = open_index(tmp_path / "idx")
+    assert raced and index.manifest["generation"] == 3 and index.documents == 48
