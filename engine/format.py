@@ -656,12 +656,14 @@ def verify_files(directory: Path, files: dict | None, full: bool = False) -> int
         path = directory / name
         try:
             actual = path.stat().st_size
+            if actual == size and (full or size <= VERIFY_AT_OPEN_BYTES):
+                actual_crc = _crc32(path)
         except FileNotFoundError:
             raise IndexFormatError(f"{path}: missing index file; the index is damaged") from None
         if actual != size:
             raise IndexFormatError(f"{path}: {actual:,} bytes where {size:,} were written; the index is damaged")
         if full or size <= VERIFY_AT_OPEN_BYTES:
-            if _crc32(path) != crc:
+            if actual_crc != crc:
                 raise IndexFormatError(f"{path}: checksum mismatch (the file changed after it was written); the "
                                        "index is damaged")  # fmt: skip
             checked += size

@@ -604,26 +604,26 @@ def test_what_deleted_passages_take_from_df_is_the_same_analyzed_or_scanned(tmp_
 
 
 def test_a_reader_opening_a_commit_whose_files_a_newer_commit_removed_opens_the_newer(tmp_path, monkeypatch):
-    """Between reading the manifest and mapping its files, a writer may commit twice and collect the first commit's
-    deletions: the reader opens the newest commit instead (as Lucene's readers retry), never fails."""
-    import engine.reader
+    """Between checking a file's size and reading it for its checksum, a writer may commit and collect the folder:
+    the reader opens the newest commit instead (as Lucene's readers retry), never fails."""
+    import engine.format
 
     build_index([document(f"d{i}", ["fox", WORDS[i % 40]]) for i in range(50)], tmp_path / "idx")
     with IndexWriter(tmp_path / "idx") as writer:
         writer.delete(["d1"])
         writer.commit()
-    real = engine.reader.read_deletions
+    real = engine.format._crc32
     raced = []
 
-    def read_after_a_commit(directory):
-        if not raced:
-            raced.append(directory)
+    def checksum_after_a_commit(path):
+        if ".del" in path.parent.name and not raced:
+            raced.append(path)
             with IndexWriter(tmp_path / "idx") as writer:  # replaces this commit's deletions and collects them
                 writer.delete(["d2"])
                 writer.commit()
-            assert not directory.exists()
-        return real(directory)
+            assert not path.exists()
+        return real(path)
 
-    monkeypatch.setattr(engine.reader, "read_deletions", read_after_a_commit)
+    monkeypatch.setattr(engine.format, "_crc32", checksum_after_a_commit)
     index = open_index(tmp_path / "idx")
     assert raced and index.manifest["generation"] == 3 and index.documents == 48
