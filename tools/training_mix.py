@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import random
 import tempfile
 from collections import defaultdict
@@ -29,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import DATA
 from engine.index import open_index
 from indexers.corpus import Document
 from indexers.train import build_mining_index, hold_out, mine_examples, write_examples
 from indexers.writer import build_index
 from tools.typos import typo_query
 
+# the shared collections, as the tests and benchmarks find them
+DATA = Path(os.environ.get("SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 PAIR_FILES = ("msmarco-devsmall-positives", "msmarco-assessed", "wikiqa", "trecqa")
 SEED = 7
 
