@@ -248,6 +248,23 @@ def brute_force_phrase(analyzer: Analyzer, text: str, words: list[str], slop: in
     return min(spreads) <= slop
 
 
+def segmented_then_merged(path, documents: list, deleted: set[int], options: BuildOptions):
+    """(compacted, index): half the documents built, half added as a live segment, `deleted` deleted; then the
+    same compacted to one segment (positions and fields must survive flushes, live adds, deletions and merges)."""
+    half = max(1, len(documents) // 2)
+    build_index(documents[:half], path, options)
+    with IndexWriter(path, merge_policy=MergePolicy(segments_per_tier=100)) as writer:
+        if documents[half:]:
+            writer.add(documents[half:])
+            writer.commit()
+        writer.delete([f"d{i}" for i in deleted])
+        writer.commit()
+        yield False, open_index(path)
+        writer.compact(1)
+        writer.commit()
+        yield True, open_index(path)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(corpus=st.lists(st.lists(st.sampled_from(PHRASE_WORDS), min_size=1, max_size=14), min_size=1, max_size=25),
        phrases=st.lists(st.tuples(st.lists(st.sampled_from(PHRASE_WORDS), min_size=2, max_size=3), st.integers(0, 3)),
@@ -255,31 +272,18 @@ def brute_force_phrase(analyzer: Analyzer, text: str, words: list[str], slop: in
        deleted=st.sets(st.integers(0, 24), max_size=4), packed=st.booleans())  # fmt: skip
 def test_phrases_match_exactly_where_brute_force_finds_them(tmp_path_factory, corpus, phrases, deleted, packed):
     """Positions survive flushes, live adds, deletions and merges: over several segments, then compacted to one."""
-    path = tmp_path_factory.mktemp("p") / "idx"
     documents = [Document(f"d{i}", " ".join(words)) for i, words in enumerate(corpus)]
-    half = max(1, len(documents) // 2)
-    build_index(documents[:half], path, BuildOptions(positions=True, postings="packed" if packed else "raw",
-                                                     memory_mb=1))  # fmt: skip
-    with IndexWriter(path, merge_policy=MergePolicy(segments_per_tier=100)) as writer:
-        if documents[half:]:
-            writer.add(documents[half:])
-            writer.commit()
-        writer.delete([f"d{i}" for i in deleted])
-        writer.commit()
-        for compacted in (False, True):
-            if compacted:
-                writer.compact(1)
-                writer.commit()
-            index = open_index(path)
-            analyzer = Analyzer(index.analyzer_config)
-            for words, slop in phrases:
-                query = '"' + " ".join(words) + '"' + (f"~{slop}" if slop else "")
-                expected = {d.id for d in documents if int(d.id[1:]) not in deleted
-                            and brute_force_phrase(analyzer, d.text, words, slop)}  # fmt: skip
-                if not analyzer.analyze(" ".join(words)):
-                    continue
-                found = index.search(query, 1000, syntax="lucene")
-                assert set(found.ids) == expected, (query, compacted)
+    options = BuildOptions(positions=True, postings="packed" if packed else "raw", memory_mb=1)
+    for compacted, index in segmented_then_merged(tmp_path_factory.mktemp("p") / "idx", documents, deleted, options):
+        analyzer = Analyzer(index.analyzer_config)
+        for words, slop in phrases:
+            query = '"' + " ".join(words) + '"' + (f"~{slop}" if slop else "")
+            expected = {d.id for d in documents if int(d.id[1:]) not in deleted
+                        and brute_force_phrase(analyzer, d.text, words, slop)}  # fmt: skip
+            if not analyzer.analyze(" ".join(words)):
+                continue
+            found = index.search(query, 1000, syntax="lucene")
+            assert set(found.ids) == expected, (query, compacted)
 
 
 def test_a_phrase_without_positions_is_a_clear_error(tmp_path):
@@ -341,40 +345,28 @@ def test_title_and_text_score_as_their_own_bm25_against_brute_force(tmp_path_fac
     """title:term and text:term score exactly as Lucene's BM25 over that field alone (its own docCount, average
     length, df and norms); a phrase in a field matches where it stands within the field, never across the title's
     end; words over fields= sum the fields' scores with their boosts. Over segments, deletions and a merge."""
-    path = tmp_path_factory.mktemp("f") / "idx"
     documents = [Document(f"d{i}", " ".join(text), title=" ".join(title)) for i, (title, text) in enumerate(corpus)]
-    half = max(1, len(documents) // 2)
-    build_index(documents[:half], path, BuildOptions(positions=True))
-    with IndexWriter(path, merge_policy=MergePolicy(segments_per_tier=100)) as writer:
-        if documents[half:]:
-            writer.add(documents[half:])
-            writer.commit()
-        writer.delete([f"d{i}" for i in deleted])
-        writer.commit()
-        for compacted in (False, True):
-            if compacted:
-                writer.compact(1)
-                writer.commit()
-            index = open_index(path)
-            analyzer, params = Analyzer(index.analyzer_config), index.default_params
-            live = {d.id: (d.title, d.text) for d in documents if int(d.id[1:]) not in deleted}
-            for field, word in product(("title", "text"), ("heart", "river", "failure")):
-                expected = brute_force_field_scores(analyzer, live, field, analyzer.analyze(word)[0], params)
-                assert dict(index.search(f"{field}:{word}", 1000, syntax="lucene").pairs()) == expected
-            combined = {}
-            for field, boost in (("title", 2.0), ("text", 1.0)):
-                for doc_id, score in brute_force_field_scores(analyzer, live, field, "stone", params).items():
-                    combined[doc_id] = combined.get(doc_id, 0) + score * np.float32(boost)
-            found = dict(index.search("stones", 1000, fields="title^2,text").pairs())
-            assert found.keys() == combined.keys() and all(np.isclose(found[d], combined[d], rtol=1e-6) for d in found)
-            for words, slop in phrases:
-                if not analyzer.analyze(" ".join(words)):
-                    continue
-                for field, part in (("title", 0), ("text", 1)):
-                    query = f'{field}:"{" ".join(words)}"' + (f"~{slop}" if slop else "")
-                    expected = {d for d, texts in live.items()
-                                if brute_force_phrase(analyzer, texts[part], words, slop)}  # fmt: skip
-                    assert set(index.search(query, 1000, syntax="lucene").ids) == expected, (query, compacted)
+    path = tmp_path_factory.mktemp("f") / "idx"
+    for compacted, index in segmented_then_merged(path, documents, deleted, BuildOptions(positions=True)):
+        analyzer, params = Analyzer(index.analyzer_config), index.default_params
+        live = {d.id: (d.title, d.text) for d in documents if int(d.id[1:]) not in deleted}
+        for field, word in product(("title", "text"), ("heart", "river", "failure")):
+            expected = brute_force_field_scores(analyzer, live, field, analyzer.analyze(word)[0], params)
+            assert dict(index.search(f"{field}:{word}", 1000, syntax="lucene").pairs()) == expected
+        combined = {}
+        for field, boost in (("title", 2.0), ("text", 1.0)):
+            for doc_id, score in brute_force_field_scores(analyzer, live, field, "stone", params).items():
+                combined[doc_id] = combined.get(doc_id, 0) + score * np.float32(boost)
+        found = dict(index.search("stones", 1000, fields="title^2,text").pairs())
+        assert found.keys() == combined.keys() and all(np.isclose(found[d], combined[d], rtol=1e-6) for d in found)
+        for words, slop in phrases:
+            if not analyzer.analyze(" ".join(words)):
+                continue
+            for field, part in (("title", 0), ("text", 1)):
+                query = f'{field}:"{" ".join(words)}"' + (f"~{slop}" if slop else "")
+                expected = {d for d, texts in live.items()
+                            if brute_force_phrase(analyzer, texts[part], words, slop)}  # fmt: skip
+                assert set(index.search(query, 1000, syntax="lucene").ids) == expected, (query, compacted)
 
 
 @settings(max_examples=100, deadline=None)
