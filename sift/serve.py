@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from engine.errors import SiftError
 from engine.format import IndexLockedError, read_manifest
 from engine.index import open_index
-from engine.reader import DocumentNotFoundError
+from engine.reader import ADAPTIVE_CANDIDATES, DocumentNotFoundError
 from indexers.corpus import CorpusError, CorpusSource, record_document
 from sift.answers import SearchRequest, answer
 
@@ -224,7 +224,7 @@ class Service:
         limits = self.limits
         if len(request.query) > limits.query_chars:
             raise HTTPException(400, f"the query is {len(request.query)} characters; at most {limits.query_chars}")
-        depth = (100 if request.k == "auto" else request.k) + request.offset
+        depth = (ADAPTIVE_CANDIDATES if request.k == "auto" else request.k) + request.offset
         if depth > limits.depth:
             raise HTTPException(400, f"k + offset is {depth}; at most {limits.depth}")
         if len(request.pipeline) > limits.pipeline_chars or request.pipeline.count("(") > limits.pipeline_stages:
