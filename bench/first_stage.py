@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import DATA, RESULTS, WORK, latencies, machine, software, write_results
+from bench.harness import DATA, RESULTS, WORK, machine, software, write_results
 from bench.peers import PEERS, Corpus, PeerUnavailable, SiftEngine, make
 from engine.analysis import Analyzer
 from engine.errors import SiftError
-from indexers.corpus import read_queries
+from indexers.corpus import CorpusReader, open_source, read_queries
 from tools.debian_corpus import PACKAGES, MissingPackages, debian_documents
 from tools.synthetic import synthetic_documents, synthetic_queries
 
@@ -36,10 +36,13 @@ class BenchmarkError(SiftError):
     pass
 
 
-def load_corpus(name: str, max_queries: int, log=print) -> tuple[Corpus, list[list[str]]]:
-    """The corpus as surrogate tokens and its queries as token lists, for a shared collection, "debian" or
-    "synthetic:N". Synthetic words are plain lower-case tokens already: they are their own surrogates, and the
-    corpus is written to a file once and streamed (10M passages would not fit in memory as Python lists)."""
+def load_corpus(name: str, max_queries: int, log=print, query_file: Path | None = None
+                ) -> tuple[Corpus, list[list[str]], list[bool]]:  # fmt: skip
+    """The corpus as surrogate tokens, its queries as token lists and which queries are "hard" (sampled_queries),
+    for a shared collection, "debian", "synthetic:N" or any corpus file Sift reads (JSONL, TSV; queries sampled from
+    it unless query_file names a TSV of them). Synthetic words are plain lower-case tokens already: they are their
+    own surrogates, and the corpus is written to a file once and streamed (10M passages would not fit in memory as
+    Python lists)."""
     if name.startswith("synthetic:"):
         count = int(name.split(":", 1)[1])
         path = WORK / f"synthetic-{count}.tsv"
@@ -48,19 +51,27 @@ def load_corpus(name: str, max_queries: int, log=print) -> tuple[Corpus, list[li
             log(f"writing {count:,} synthetic passages to {path}")
             Corpus.write(((d["_id"], d["text"]) for d in synthetic_documents(count, seed=0)), path)
         sample = [d for _, d in zip(range(_QUERY_SAMPLE), synthetic_documents(count, seed=0))]
-        queries = [text.split() for _, text in sampled_queries(sample, max_queries, str.split)]
-        return Corpus(path=path, size=count), queries
-    if name == "debian":
-        documents = list(installed_debian_documents())
+        sampled = sampled_queries(sample, max_queries, str.split)
+        hard = [qid.startswith("hard") for qid, _ in sampled]
+        return Corpus(path=path, size=count), [text.split() for _, text in sampled], hard
+    if name == "debian" or Path(name).is_file():
+        if name == "debian":
+            documents = list(installed_debian_documents())
+        else:
+            documents = [{"_id": d.id, "title": d.title, "text": d.text}
+                         for d in CorpusReader(open_source(name), skip_bad=True)]  # fmt: skip
         texts = [f"{d['title']} {d['text']}" if d["title"] else d["text"] for d in documents]
         ids = [d["_id"] for d in documents]
-        queries = [q for _, q in sampled_queries(documents, max_queries, Analyzer().analyze)]
+        if query_file is not None:
+            sampled = read_queries(query_file)[:max_queries]
+        else:
+            sampled = sampled_queries(documents, max_queries, Analyzer().analyze)
+        queries, hard = [q for _, q in sampled], [q.startswith("hard") for q, _ in sampled]
     else:
         folder = DATA / name
         if not folder.is_dir():
-            raise BenchmarkError(
-                f"unknown corpus {name!r}: no {folder}; use a shared collection, debian or synthetic:N"
-            )
+            raise BenchmarkError(f"unknown corpus {name!r}: no such file, and no {folder}; use a corpus file "
+                                 "(JSONL, TSV), a shared collection, debian or synthetic:N")  # fmt: skip
         ids, texts = [], []
         with gzip.open(folder / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
             for line in f:
@@ -68,10 +79,11 @@ def load_corpus(name: str, max_queries: int, log=print) -> tuple[Corpus, list[li
                 ids.append(record["_id"])
                 texts.append(f"{record['title']} {record['text']}" if record.get("title") else record["text"])
         split = "test" if (folder / "queries.test.tsv").exists() else "train"
-        queries = [q for _, q in read_queries(folder / f"queries.{split}.tsv")[:max_queries]]
+        queries = [q for _, q in read_queries(query_file or folder / f"queries.{split}.tsv")[:max_queries]]
+        hard = [False] * len(queries)
     log(f"{name}: {len(ids):,} passages, {len(queries):,} queries; analyzing once for every engine")
     docs, query_tokens = surrogate_tokens(texts, queries)
-    return Corpus(passages=[(i, " ".join(d)) for i, d in zip(ids, docs)]), query_tokens
+    return Corpus(passages=[(i, " ".join(d)) for i, d in zip(ids, docs)]), query_tokens, hard
 
 
 _QUERY_SAMPLE = 100_000  # synthetic queries are drawn from the first passages
@@ -146,10 +158,37 @@ def verify_pruning(engine: SiftEngine, queries: list[list[str]], k: int) -> int:
     return len(queries)
 
 
-def run(corpus: str, peers: list[str], ks: list[int], threads: int, max_queries: int, log=print) -> dict:
-    passages, query_tokens = load_corpus(corpus, max_queries, log)
-    query_tokens = [q for q in query_tokens if q]
-    work = WORK / corpus.replace(":", "-")
+def interleaved(engines: list, queries: list[list[str]], k: int, warmups: int = 2) -> list[np.ndarray]:
+    """Per engine, each query's latency on this thread in seconds, the engines taking turns query by query (the
+    order rotating), so that machine noise falls on all of them alike rather than on whichever ran its whole pass
+    at a bad moment."""
+    for engine in engines:
+        for _ in range(warmups):
+            for query in queries:
+                engine.search(query, k)
+    timings = [np.empty(len(queries)) for _ in engines]
+    for i, query in enumerate(queries):
+        for turn in range(len(engines)):
+            e = (i + turn) % len(engines)
+            started = time.perf_counter()
+            engines[e].search(query, k)
+            timings[e][i] = time.perf_counter() - started
+    return timings
+
+
+def summary(seconds: np.ndarray) -> dict:
+    ms = seconds * 1000
+    return {"qps": round(len(seconds) / seconds.sum(), 1), "p50_ms": round(float(np.percentile(ms, 50)), 4),
+            "p95_ms": round(float(np.percentile(ms, 95)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
+            "mean_ms": round(float(ms.mean()), 4)}  # fmt: skip
+
+
+def run(corpus: str, peers: list[str], ks: list[int], threads: int, max_queries: int, log=print,
+        query_file: Path | None = None) -> dict:  # fmt: skip
+    passages, query_tokens, hard = load_corpus(corpus, max_queries, log, query_file)
+    kept = [i for i, q in enumerate(query_tokens) if q]
+    query_tokens, hard = [query_tokens[i] for i in kept], np.array([hard[i] for i in kept], dtype=bool)
+    work = WORK / _stem(corpus)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     engines, builds, skipped = [], [], {}
@@ -167,13 +206,14 @@ def run(corpus: str, peers: list[str], ks: list[int], threads: int, max_queries:
                        "bytes": engine.index_bytes()})  # fmt: skip
         log(f"  {name}: " + ("shares the index built above" if seconds is None else f"built in {seconds:.1f} s"))
     sift = next((e for e in engines if isinstance(e, SiftEngine)), None)
-    results, verified = [], 0
+    results, verified, served = [], 0, {}
     for k in ks:
         reference = [sift.search(q, k) for q in query_tokens] if sift else None
         if sift:
             verified += verify_pruning(sift, query_tokens, k)
-        for engine in engines:
-            single = latencies(engine.search, query_tokens, k)
+            served[str(k)] = sift.algorithms_served(query_tokens, k)
+        timings = interleaved(engines, query_tokens, k)
+        for engine, seconds in zip(engines, timings):
             engine.batch(query_tokens, k, threads)  # warm-up: a peer's parallel path may compile on first use
             started = time.perf_counter()
             engine.batch(query_tokens, k, threads)
@@ -185,18 +225,27 @@ def run(corpus: str, peers: list[str], ks: list[int], threads: int, max_queries:
                 if not engine.same_bm25:
                     score_agreement = None
             common = {"system": engine.name, "k": k, "agreement": score_agreement, "overlap": overlap}
-            results.append({**common, "threads": 1, **single})
+            results.append({**common, "threads": 1, **summary(seconds)})
+            if hard.any():
+                results[-1]["hard"] = summary(seconds[hard])
             results.append({**common, "threads": threads, "qps": round(many, 1)})
-            log(f"  k={k} {engine.name}: {single['qps']:,.0f} QPS on 1 thread, {many:,.0f} on {threads}")
+            log(f"  k={k} {engine.name}: {results[-2]['qps']:,.0f} QPS on 1 thread, {many:,.0f} on {threads}")
     return {
         "corpus": corpus,
         "passages": len(passages),
         "queries": len(query_tokens),
+        "hard_queries": int(hard.sum()),
         "results": results,
         "builds": builds,
         "skipped": skipped,
         "pruning_verified_queries": verified,
+        "sift_algorithms_served": served,
     }
+
+
+def _stem(corpus: str) -> str:
+    """A file name for the corpus: a path's file name without its suffixes."""
+    return Path(corpus).name.split(".")[0] if Path(corpus).is_file() else corpus.replace(":", "-")
 
 
 def render(report: dict) -> str:
@@ -209,7 +258,11 @@ def render(report: dict) -> str:
         f"Software: {', '.join(f'{k} {v}' for k, v in report['software'].items() if v)}",
         "",
         "Identical input: Sift's analyzer ran once and every engine indexed the same surrogate tokens. "
-        f"Pruning verified against exhaustive evaluation on {report['pruning_verified_queries']:,} timed queries.",
+        f"Pruning verified against exhaustive evaluation on {report['pruning_verified_queries']:,} timed queries. "
+        "One thread: the engines take turns query by query (interleaved), after two warm-up passes each. "
+        "Sift's kernels per query and segment under auto: "
+        + "; ".join(f"k={k}: " + ", ".join(f"{a} {n:,}" for a, n in sorted(c.items()))
+                    for k, c in report.get("sift_algorithms_served", {}).items()) + ".",
         "",
         "| system | k | threads | QPS | ratio Sift/system | p50 ms | p95 ms | p99 ms | score agreement | overlap |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -223,6 +276,16 @@ def render(report: dict) -> str:
             f"{r.get('p95_ms', '')} | {r.get('p99_ms', '')} | {r['agreement'] if r['agreement'] is not None else ''} | "
             f"{r['overlap'] if r['overlap'] is not None else ''} |"
         )
+    hard = [r for r in report["results"] if "hard" in r]
+    if hard:
+        lines += ["", f"The {report['hard_queries']:,} hard queries (two of the corpus's most frequent terms added), "
+                  "one thread, interleaved:", "", "| system | k | QPS | ratio Sift/system | p50 ms | p95 ms |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        mine = {r["k"]: r["hard"] for r in hard if r["system"] == "sift"}
+        for r in hard:
+            ratio = f"{mine[r['k']]['qps'] / r['hard']['qps']:.2f}×" if r["k"] in mine and r["system"] != "sift" else ""
+            lines.append(f"| {r['system']} | {r['k']} | {r['hard']['qps']:,.0f} | {ratio} | {r['hard']['p50_ms']} | "
+                         f"{r['hard']['p95_ms']} |")  # fmt: skip
     lines += ["", "| system | build s (1 thread) | docs/s | index MB |", "|---|---|---|---|"]
     for b in report["builds"]:
         seconds = "shared" if b["seconds"] is None else b["seconds"]
@@ -257,17 +320,18 @@ def plot(report: dict, path: Path) -> bool:
     return True
 
 
-def main(corpus: str, peers: list[str], ks: list[int], threads: int | None, max_queries: int, as_json: bool) -> int:
+def main(corpus: str, peers: list[str], ks: list[int], threads: int | None, max_queries: int, as_json: bool,
+         query_file: Path | None = None) -> int:  # fmt: skip
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise BenchmarkError(f"unknown peer {unknown[0]!r}; choose from {', '.join(PEERS)}")
     threads = threads or os.cpu_count() or 1
     log = (lambda *a: None) if as_json else print
-    report = run(corpus, peers, ks, threads, max_queries, log=log)
+    report = run(corpus, peers, ks, threads, max_queries, log=log, query_file=query_file)
     report.update(
         date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), machine=machine(), software=software()
     )
-    stem = f"first-stage-{corpus.replace(':', '-')}"
+    stem = f"first-stage-{_stem(corpus)}"
     table = render(report)
     write_results(stem, table, report)
     plotted = plot(report, RESULTS / f"{stem}.png")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 
 from engine.analysis import AnalyzerConfig
 from engine.index import open_index
-from engine.sparse import BM25Params
+from engine.sparse import BM25Params, choose_algorithm
 from indexers.corpus import Document
 from indexers.inverted import BuildOptions
 from indexers.writer import build_index
@@ -111,6 +112,16 @@ class SiftEngine(Engine):
 
     def batch(self, queries, k, threads):
         self.index.batch_search(queries, k, threads=threads, algorithm=self.algorithm)
+
+    def algorithms_served(self, queries, k) -> dict[str, int]:
+        """How many (query, segment) searches each kernel served under this engine's algorithm."""
+        searcher = self.index.bm25
+        served: Counter = Counter()
+        for query in queries:
+            for starts, ends, _, _ in searcher.plan(query).per_segment:
+                if len(starts):
+                    served[choose_algorithm(self.algorithm, starts, ends, k)] += 1
+        return dict(served)
 
 
 class PisaEngine(Engine):

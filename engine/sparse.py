@@ -538,7 +538,8 @@ def _check(k: int, algorithm: str) -> None:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
 
 
-def _choose(algorithm: str, starts: np.ndarray, ends: np.ndarray, k: int) -> str:
+def choose_algorithm(algorithm: str, starts: np.ndarray, ends: np.ndarray, k: int) -> str:
+    """The kernel a query's posting ranges in one segment get: "auto" resolved by their total length and k."""
     if algorithm != "auto":
         return algorithm
     postings = int((ends - starts).sum())
@@ -565,7 +566,7 @@ def top_postings(
     kernel returns the same. scratch() gives the exhaustive kernels their (accumulator, touched) buffers; mask
     (uint8 per passage, None for all) the passages that may be returned."""
     mask = NO_MASK if mask is None else mask
-    if _choose(algorithm, starts, ends, k) == "maxscore":
+    if choose_algorithm(algorithm, starts, ends, k) == "maxscore":
         blocks = lists.blocks
         return bm25_maxscore(
             lists.postings, starts, ends, weights, norm_index, norm_inverse, norm_lengths, block_first,

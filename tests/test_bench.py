@@ -29,6 +29,26 @@ def test_first_stage_json_contract(tmp_path):
     assert (tmp_path / "results" / "first-stage-synthetic-3000.md").exists()
 
 
+@pytest.mark.slow
+def test_first_stage_takes_any_corpus_file_and_reports_what_auto_chose(tmp_path):
+    """--corpus FILE (JSONL as sift index reads it): queries sampled from it, the hard ones reported apart, and how
+    many queries each of Sift's kernels served."""
+    records = [{"_id": f"d{i}", "text": " ".join(f"w{(i * 7 + j) % 50}" for j in range(8 + i % 5))}
+               for i in range(400)]  # fmt: skip
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SIFT_BENCH_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "sift", "bench", "first-stage", "--corpus", str(tmp_path / "mine.jsonl"),
+               "--peers", "sift", "--k", "10", "--threads", "1", "--queries", "40", "--json"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["passages"] == 400 and report["hard_queries"] == 8
+    assert sum(report["sift_algorithms_served"]["10"].values()) == report["queries"]  # one segment
+    single = next(r for r in report["results"] if r["threads"] == 1)
+    assert single["hard"]["p50_ms"] <= single["hard"]["p95_ms"]
+    assert (tmp_path / "results" / "first-stage-mine.md").exists()
+
+
 def test_unknown_peer_is_a_one_line_error(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SIFT_BENCH_DIR": str(tmp_path)}
     command = [sys.executable, "-m", "sift", "bench", "first-stage", "--peers", "sift,elastic"]

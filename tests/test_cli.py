@@ -150,3 +150,26 @@ def test_search_over_fields(tmp_path, capsys):
     assert [r["id"] for r in json.loads(capsys.readouterr().out)["results"]] == ["b"]
     failed = sift("search", str(tmp_path / "idx"), "heart", "--fields", "title^x")
     assert failed.returncode != 0 and "'x' is not a boost" in failed.stderr and len(failed.stderr.splitlines()) == 1
+
+
+def test_no_possessive_keeps_possessives_and_equals_the_api_build(tmp_path, capsys):
+    """`--no-possessive` reaches the analyzer: "john's" stays a term, and the index scores as the API's build with
+    the same settings (the compiled whitespace path)."""
+    from engine.analysis import AnalyzerConfig
+    from engine.index import open_index
+    from indexers.corpus import Document
+    from indexers.writer import BuildOptions, build_index
+
+    docs = [("a", "john's car is red"), ("b", "john car blue"), ("c", "the car's door")]
+    write_jsonl(tmp_path / "c.jsonl", [{"_id": i, "text": t} for i, t in docs])
+    flags = ["--tokenizer", "whitespace", "--stemmer", "none", "--stopwords", "none", "--quiet"]
+    assert main(["index", str(tmp_path / "c.jsonl"), str(tmp_path / "cli"), *flags, "--no-possessive"]) == 0
+    config = AnalyzerConfig(tokenizer="whitespace", possessives=False, stopwords=(), stemmer=None)
+    build_index([Document(i, t) for i, t in docs], tmp_path / "api", BuildOptions(analyzer=config))
+    cli, api = open_index(tmp_path / "cli"), open_index(tmp_path / "api")
+    for query in ("john's", "car's door", "john"):
+        found, expected = cli.search(query, 3), api.search(query, 3)
+        assert found.ids == expected.ids and found.scores.tolist() == expected.scores.tolist()
+    assert cli.search("john's", 3).ids == ["a"]
+    assert main(["index", str(tmp_path / "c.jsonl"), str(tmp_path / "default"), *flags]) == 0
+    assert set(open_index(tmp_path / "default").search("john's", 3).ids) == {"a", "b"}  # stripped: "john"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sift.cli.common import positive_int
 
 
@@ -15,8 +17,12 @@ def register(commands) -> None:
         "retrieval on one thread and on all threads. Results go to bench/results/.",
     )
     first_stage.add_argument(
-        "--corpus", default="scifact", help="a shared collection name, debian (Debian packages), or synthetic:N"
+        "--corpus", default="scifact", help="a shared collection name, debian (Debian packages), synthetic:N, or a "
+        "corpus file (JSONL or TSV, as sift index reads it)"
     )
+    first_stage.add_argument("--query-file", type=Path, metavar="QUERIES.tsv",
+                             help="queries (id<TAB>text) for --corpus; default: the collection's test queries, or "
+                             "queries sampled from the corpus with a hard set of frequent terms")  # fmt: skip
     first_stage.add_argument(
         "--peers", default="sift,pisa-bmw,pisa-bmm,pyserini,bm25s,tantivy", help="comma-separated engines"
     )
@@ -78,4 +84,4 @@ def _cmd_bench(args) -> int:
     if not ks or min(ks) < 1 or max(ks) > 10_000:
         raise ValueError(f"--k takes depths from 1 to 10000, got {args.k!r}")
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    return first_stage.main(args.corpus, peers, ks, args.threads, args.queries, args.json)
+    return first_stage.main(args.corpus, peers, ks, args.threads, args.queries, args.json, args.query_file)

@@ -51,6 +51,10 @@ def register(commands) -> None:
         "--stopwords", default="lucene", help="lucene (English), none, or a file with one stop word a line"
     )
     index.add_argument("--no-lowercase", action="store_true", help="keep case")
+    index.add_argument("--no-possessive", action="store_true",
+                       help="keep English possessives (\"'s\"), which are stripped by default as Lucene does; with "
+                       "--tokenizer whitespace --stemmer none --stopwords none, pre-tokenized ASCII text is then split "
+                       "in compiled code (about 2x faster to index)")  # fmt: skip
     index.add_argument("--positions", action="store_true",
                        help="also store each term's positions in each passage, for phrase queries (\"heart failure\", "
                        '"heart failure"~2 with --syntax lucene); the index grows by about 2-4 bytes per token')
@@ -134,6 +138,7 @@ def _cmd_index(args) -> int:
         analyzer=AnalyzerConfig(
             tokenizer=args.tokenizer,
             lowercase=not args.no_lowercase,
+            possessives=not args.no_possessive,
             stopwords=stopwords,
             stemmer=None if args.stemmer == "none" else args.stemmer,
         ),
