@@ -27,6 +27,7 @@ from engine.pipeline import Pipeline, Rerank, parse
 from engine.reader import Results
 from engine.rerank import CachedScorer, PairScorer, load_reranker
 from indexers.corpus import read_qrels, read_queries
+from tools.typos import typo_queries
 
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -63,15 +64,17 @@ def export_pairs(indexes: dict[str, Path], firsts: list[str], depth: int, valida
         print(f"{name}: {len(pairs):,} pairs over {len(passages):,} passages", flush=True)
 
 
-def _query_sets(indexes: dict[str, Path], validation: dict):
-    """(name, queries, qrels, index) for each collection's test queries and the validation set."""
+def _query_sets(indexes: dict[str, Path], validation: dict, typos: bool = False):
+    """(name, queries, qrels, index) for each collection's test queries (each with one typo, tools.typos' seeded
+    generator, when asked) and the validation set."""
     for collection, index_dir in indexes.items():
         index = open_index(index_dir)
         if collection in validation:
             queries_path, qrels_path = validation[collection]
             yield f"{collection}-validation", read_queries(queries_path), read_qrels(qrels_path), index
         data = DATA / collection
-        yield collection, read_queries(data / "queries.test.tsv"), read_qrels(data / "qrels.test.txt"), index
+        queries = read_queries(data / "queries.test.tsv")
+        yield collection, typo_queries(queries) if typos else queries, read_qrels(data / "qrels.test.txt"), index
 
 
 def _load_pairs(directory: Path, name: str, model: str) -> ScoredPairs:
@@ -92,12 +95,12 @@ def _check_sample(pairs: ScoredPairs, reranker: PairScorer, count: int = 64) -> 
 
 
 def run(indexes: dict[str, Path], firsts: list[str], rerankers: list[str], depth: int, validation: dict,
-        pairs_dir: Path | None) -> dict:  # fmt: skip
+        pairs_dir: Path | None, typos: bool = False) -> dict:  # fmt: skip
     rows, checks = [], {}
     tried: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (first, reranker) -> (mix, validation nDCG@10)
     # each pair is scored once, whichever first stages and mixes ask for it
     onnx = {name: CachedScorer(load_reranker(name), capacity=10_000_000) for name in rerankers}
-    for name, queries, qrels, index in _query_sets(indexes, validation):
+    for name, queries, qrels, index in _query_sets(indexes, validation, typos):
         texts = [t for _, t in queries]
         first = _first_stages(index, texts, firsts, depth)
         for first_name, found in first.items():
@@ -122,7 +125,7 @@ def run(indexes: dict[str, Path], firsts: list[str], rerankers: list[str], depth
                                  "vs_first": compare(base, evaluation).to_dict()})  # fmt: skip
                     print(json.dumps({"collection": name, "pipeline": rows[-1]["pipeline"],
                                       "nDCG@10": rows[-1]["nDCG@10"]}), flush=True)  # fmt: skip
-    return {"depth": depth, "rerankers": rerankers, "firsts": [str(parse(f)) for f in firsts],
+    return {"depth": depth, "typos": typos, "rerankers": rerankers, "firsts": [str(parse(f)) for f in firsts],
             "mix": [{"first": f, "reranker": m, "mix": _chosen(tried, f, m), "validation": v}
                     for (f, m), v in tried.items()],
             "validation": {k: [str(p) for p in v] for k, v in validation.items()},
@@ -143,7 +146,8 @@ def render(report: dict) -> str:
         f"Date: {report['date']}; {report['machine']['cpu']}, {report['machine']['cores']} cores; onnxruntime "
         f"{report['software']['onnxruntime']}",
         "",
-        f"Test queries; each reranker rescores the first stage's top {report['depth']}; p: paired t-test of nDCG@10 "
+        ("Test queries, each with one typo (tools/typos.py, seed 0); " if report.get("typos") else "Test queries; ")
+        + f"each reranker rescores the first stage's top {report['depth']}; p: paired t-test of nDCG@10 "
         "against the first stage it reranks. mix: weight of the first stage's min-max normalized score, chosen on "
         f"held-out training queries ({report['validation']}) only: "
         + ", ".join(f"{m['first']} >> {m['reranker']}: {m['mix']}" for m in report["mix"]) + ".",
@@ -175,13 +179,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=Path, help="precomputed pair scores (see --export-pairs)")
     parser.add_argument("--export-pairs", type=Path, metavar="DIR", help="write the pairs to score, and stop")
     parser.add_argument("--name", default="rerank")
+    parser.add_argument("--typos", action="store_true", help="give every test query one typo (tools.typos, seed 0)")
     args = parser.parse_args(argv)
     indexes = {c: Path(p) for c, p in (item.split("=", 1) for item in args.index)}
     validation = {c: (Path(q), Path(r)) for c, q, r in (item.split(":", 2) for item in args.validation)}
     if args.export_pairs:
         export_pairs(indexes, args.first, args.depth, validation, args.export_pairs)
         return
-    publish(args.name, run(indexes, args.first, args.reranker, args.depth, validation, args.pairs), render)
+    publish(args.name, run(indexes, args.first, args.reranker, args.depth, validation, args.pairs, args.typos), render)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Kinds and what the ONNX graph computes:
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -63,10 +64,12 @@ def torch_module(kind: str, checkpoint: Path):
 
 
 def export_onnx(
-    checkpoint: str | Path, kind: str, out_dir: str | Path, quantize: bool = False, optimize: bool = False
+    checkpoint: str | Path, kind: str, out_dir: str | Path, quantize: bool = False, optimize: bool = False,
+    keep_fp32: str = "",
 ) -> float:
     """Writes out_dir/model.onnx (and tokenizer.json when the checkpoint has one); returns the largest absolute
-    difference between ONNX Runtime's and PyTorch's outputs on sample inputs."""
+    difference between ONNX Runtime's and PyTorch's outputs on sample inputs. keep_fp32: when quantizing, nodes
+    whose names match this regular expression stay fp32 (a fidelity-for-speed trade the speed benchmark measures)."""
     torch, _ = _torch()
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if not (checkpoint / "config.json").exists():
@@ -85,7 +88,7 @@ def export_onnx(
             output_names=["output"], dynamic_axes=axes, opset_version=17, dynamo=False,
         )  # fmt: skip
     if optimize or quantize:
-        _optimize(fp32, out_dir / "model.onnx", config, quantize, optimize)
+        _optimize(fp32, out_dir / "model.onnx", config, quantize, optimize, keep_fp32)
         if fp32.exists() and fp32.name != "model.onnx":
             fp32.unlink()
     if (checkpoint / "tokenizer.json").exists():
@@ -107,7 +110,7 @@ def _sample_inputs(vocab_size: int, names: list[str], batch: int = 3, length: in
     return {n: sample[n] for n in names}
 
 
-def _optimize(source: Path, target: Path, config, quantize: bool, optimize: bool) -> None:
+def _optimize(source: Path, target: Path, config, quantize: bool, optimize: bool, keep_fp32: str) -> None:
     """Transformer fusions (attention, layer norm, GELU: ONNX Runtime's BERT optimizer) for BERT-family encoders,
     then int8 dynamic quantization of the weights if asked, per output channel (per tensor, all-MiniLM-L6-v2's
     vectors fell to cosine 0.94 of PyTorch's; per channel they keep 0.995)."""
@@ -125,7 +128,10 @@ def _optimize(source: Path, target: Path, config, quantize: bool, optimize: bool
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantized = source.with_suffix(".int8.onnx")
+        graph = onnx.load(str(current)).graph
+        excluded = [n.name for n in graph.node if keep_fp32 and re.search(keep_fp32, n.name)]
         quantize_dynamic(str(current), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=excluded,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fmt: skip
         if current != source:
             current.unlink()

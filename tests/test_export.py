@@ -44,6 +44,24 @@ def test_int8_export_stays_close(tmp_path):
 
 
 @pytest.mark.slow
+def test_int8_export_keeps_the_named_nodes_fp32(tmp_path):
+    """keep_fp32 leaves exactly the matching MatMuls unquantized: closer to PyTorch, and the rest still int8."""
+    import onnx
+
+    _tiny("cross-encoder").save_pretrained(tmp_path / "checkpoint")
+    pattern = r"layer\.\d+/output/dense"
+    everything = export_onnx(tmp_path / "checkpoint", "cross-encoder", tmp_path / "all", quantize=True)
+    kept = export_onnx(tmp_path / "checkpoint", "cross-encoder", tmp_path / "kept", quantize=True, keep_fp32=pattern)
+    ops = {name: [(n.op_type, n.name) for n in onnx.load(str(tmp_path / name / "model.onnx")).graph.node]
+           for name in ("all", "kept")}  # fmt: skip
+    float_matmuls = {name: {n for op, n in ops[name] if op == "MatMul"} for name in ops}
+    kept_float = float_matmuls["kept"] - float_matmuls["all"]
+    assert kept_float == {f"/model/bert/encoder/layer.{i}/output/dense/MatMul" for i in range(2)}
+    assert any(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op, _ in ops["kept"])
+    assert kept <= everything + 1e-6
+
+
+@pytest.mark.slow
 def test_optimized_export_matches_pytorch(tmp_path):
     _tiny("bi-encoder").save_pretrained(tmp_path / "checkpoint")
     assert export_onnx(tmp_path / "checkpoint", "bi-encoder", tmp_path / "onnx", optimize=True) < 1e-4

@@ -3,6 +3,7 @@
 
     python -m tools.training_mix mix.jsonl [--per-source 400] [--typos 0.25] [--negatives 15]
     sift train cross-encoder --examples mix.jsonl --name general-ce ...
+    python -m tools.training_mix quality-mix.jsonl --quality     # for `sift train quality --examples`
 
 Sources (each capped at --per-source queries, drawn by a fixed seed):
 - train-pairs/msmarco-devsmall-positives: the judged passage; negatives: BM25's top passages for the query over
@@ -15,6 +16,10 @@ Sources (each capped at --per-source queries, drawn by a fixed seed):
 A typo'd copy (tools/typos.py: one word, one edit) replaces the query of a share of the examples, so the model
 learns to rank for the query meant ("Dealing with Typos for BERT-based Passage Retrieval and Ranking").
 Each line: {"query", "positives": [text], "negatives": [text, best first], "source"}.
+
+With --quality, the same sources give a passage-quality model's supervision (QualT5, no query in its input): a
+passage that answers some query (judged relevant) against passages of the same source that answer none, drawn at
+random (hard negatives would teach topicality, which a query-free model cannot use).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.index import open_index
-from indexers.corpus import Document
+from engine.reader import indexed_text
+from indexers.corpus import CorpusReader, Document, open_source
 from indexers.train import build_mining_index, hold_out, mine_examples, write_examples
 from indexers.writer import build_index
 from tools.typos import typo_query
@@ -108,14 +114,50 @@ def training_mix(cap: int = 400, typos: float = 0.25, pool: int = 15) -> list[di
     return [examples[i] for i in np.random.default_rng(SEED).permutation(len(examples))]
 
 
+def _quality_examples(source: str, relevant: list[str], others: list[str], cap: int, pool: int,
+                      rng: random.Random) -> list[dict]:  # fmt: skip
+    others = sorted(set(others) - set(relevant))
+    if not others:
+        return []
+    count = min(pool, len(others))
+    return [{"query": "", "positives": [text], "negatives": rng.sample(others, count), "source": source}
+            for text in _capped(sorted(set(relevant)), cap, rng)]  # fmt: skip
+
+
+def quality_mix(cap: int = 400, pool: int = 15) -> list[dict]:
+    """Examples for `sift train quality`: from each source, judged-relevant passages against random unjudged ones."""
+    from indexers.train import judged_queries
+
+    rng = random.Random(SEED)
+    examples = []
+    for name in PAIR_FILES:
+        rows = _rows(name)
+        relevant = [row["text"] for row in rows if row["label"] > 0]
+        examples += _quality_examples(name, relevant, [row["text"] for row in rows], cap, pool, rng)
+    for name in ("nfcorpus", "scifact"):
+        data = DATA / name
+        if not data.is_dir():
+            continue
+        judged, qrels = judged_queries(data, "train")
+        wanted = {doc for qid, _ in judged for doc, grade in qrels[qid].items() if grade > 0}
+        texts = {doc.id: indexed_text(doc.title, doc.text) for doc in CorpusReader(open_source(data), skip_bad=True)}
+        relevant = [texts[doc] for doc in sorted(wanted) if doc in texts]
+        examples += _quality_examples(name, relevant, list(texts.values()), cap, pool, rng)
+    return [examples[i] for i in np.random.default_rng(SEED).permutation(len(examples))]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", metavar="OUT.jsonl")
     parser.add_argument("--per-source", type=int, default=400, help="queries per source at most (400)")
     parser.add_argument("--typos", type=float, default=0.25, help="share of queries typo'd (0.25)")
     parser.add_argument("--negatives", type=int, default=15, help="negatives kept per query, best first (15)")
+    parser.add_argument("--quality", action="store_true", help="passage-quality examples (see above)")
     args = parser.parse_args(argv)
-    examples = training_mix(args.per_source, args.typos, args.negatives)
+    if args.quality:
+        examples = quality_mix(args.per_source, args.negatives)
+    else:
+        examples = training_mix(args.per_source, args.typos, args.negatives)
     write_examples(Path(args.out), examples)
     counts: dict[str, int] = defaultdict(int)
     for example in examples:
