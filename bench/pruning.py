@@ -270,20 +270,59 @@ def plot(report: dict, path: Path) -> bool:
     return True
 
 
+def summarize(name: str, estimator: str) -> str:
+    """One table over every collection's NAME-COLLECTION.json: the estimator's largest equivalent rate beside
+    random's and the best other estimator's, and whether it beats random at every rate."""
+    reports = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(RESULTS.glob(f"{name}-*.json"))]
+    if not reports:
+        raise SystemExit(f"no {RESULTS}/{name}-*.json: run the sweep with --name {name} first")
+    sources = ", ".join(f"{name}-{report['collection']}.md" for report in reports)
+    lines = [f"# Static pruning with {estimator}, every collection", "",
+             f"From {sources} (dates there). Largest rate at which "
+             f"nDCG@10 on the test queries is TOST-equivalent to the unpruned index (margin {reports[0]['margin']:.0%}"
+             f", alpha {reports[0]['alpha']}) at it and every smaller rate; above random: {estimator}'s nDCG@10 is "
+             "higher than random pruning's at every rate.", "",
+             f"| collection | pipeline | {estimator} | random | best other (rate) | {estimator} above random at every "
+             "rate | its margin over random, per rate |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for report in reports:
+        rows = _by_estimator(report)
+        for pipeline in dict.fromkeys(p for _, p in rows):
+            mine, random = rows.get((estimator, pipeline)), rows.get(("random", pipeline))
+            if mine is None or random is None:
+                continue
+            others = {n: largest_equivalent(by) for (n, p), by in rows.items() if p == pipeline and n != estimator}
+            best = max(others, key=others.get)
+            margins = [mine[r]["nDCG@10"] - random[r]["nDCG@10"] for r in sorted(mine) if r and r in random]
+            lines.append(f"| {report['collection']} | {pipeline} | {largest_equivalent(mine):.0%} | "
+                         f"{largest_equivalent(random):.0%} | {best} ({others[best]:.0%}) | "
+                         f"{'yes' if all(m > 0 for m in margins) else 'no'} | "
+                         + " ".join(f"{m:+.3f}" for m in margins) + " |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--collection", required=True, help="a BEIR-layout folder or a shared collection's name")
+    parser.add_argument("--collection", help="a BEIR-layout folder or a shared collection's name")
     parser.add_argument("--estimators", default=",".join(ESTIMATORS), help="comma-separated (all)")
     parser.add_argument("--rates", default=",".join(map(str, RATES)), help="comma-separated shares (0 to 0.6)")
     parser.add_argument("--pipelines", default=";".join(PIPELINES), help="semicolon-separated (bm25; dense; hybrid)")
     parser.add_argument("--margin", type=float, default=0.05, help="equivalence margin, share of nDCG@10 (0.05)")
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    parser.add_argument("--name", default="pruning", help="results go to bench/results/NAME-COLLECTION.* (pruning)")
+    parser.add_argument("--summarize", metavar="ESTIMATOR", help="write bench/results/NAME.md from every "
+                        "NAME-COLLECTION.json: ESTIMATOR against the others (--collection is then ignored)")
     args = parser.parse_args(argv)
+    if args.summarize:
+        (RESULTS / f"{args.name}.md").write_text(summarize(args.name, args.summarize), encoding="utf-8")
+        print(f"written: {RESULTS / args.name}.md")
+        return 0
+    if not args.collection:
+        parser.error("--collection is required (or --summarize)")
     rates = sorted({0.0, *(float(r) for r in args.rates.split(",") if r.strip())})
     report = run(_collection(args.collection), [e.strip() for e in args.estimators.split(",") if e.strip()], rates,
                  [p.strip() for p in args.pipelines.split(";") if p.strip()], args.margin, args.alpha)  # fmt: skip
-    stem = f"pruning-{report['collection']}"
+    stem = f"{args.name}-{report['collection']}"
     publish(stem, report, render)
     if plot(report, RESULTS / f"{stem}.png"):
         print(f"written: {RESULTS / stem}.png")
