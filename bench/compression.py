@@ -40,19 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=1000)
     args = parser.parse_args(argv)
 
-    ids, texts, queries = load_corpus(args.corpus, args.queries)
+    passages, queries, _ = load_corpus(args.corpus, args.queries)  # surrogate tokens, which analyze to themselves
     indexes, sizes, build_seconds = {}, {}, {}
     for postings in FORMATS:
         path = WORK / f"compression-{args.corpus.replace(':', '-')}-{postings}"
         shutil.rmtree(path, ignore_errors=True)
         started = time.perf_counter()
-        build_index((Document(i, t) for i, t in zip(ids, texts)), path, BuildOptions(postings=postings))
+        build_index((Document(i, t) for i, t in passages), path, BuildOptions(postings=postings))
         build_seconds[postings] = round(time.perf_counter() - started, 2)
         indexes[postings] = open_index(path)
         sizes[postings] = {"index_bytes": directory_bytes(path), "postings_bytes": postings_bytes(indexes[postings])}
-    del texts
-    plans = [indexes["raw"].plan(text) for _, text in queries]
-    terms = [text for (_, text), plan in zip(queries, plans) if len(plan.per_segment[0][0])]
+    del passages
+    plans = [indexes["raw"].bm25.plan(terms) for terms in queries]
+    terms = [query for query, plan in zip(queries, plans) if len(plan.per_segment[0][0])]
     rows = []
     for k in (10, 1000):
         for algorithm in ("exhaustive", "maxscore", "auto"):

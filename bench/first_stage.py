@@ -188,7 +188,7 @@ def run(corpus: str, peers: list[str], ks: list[int], threads: int, max_queries:
     passages, query_tokens, hard = load_corpus(corpus, max_queries, log, query_file)
     kept = [i for i, q in enumerate(query_tokens) if q]
     query_tokens, hard = [query_tokens[i] for i in kept], np.array([hard[i] for i in kept], dtype=bool)
-    work = WORK / _stem(corpus)
+    work = WORK / corpus_stem(corpus)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     engines, builds, skipped = [], [], {}
@@ -243,7 +243,7 @@ def run(corpus: str, peers: list[str], ks: list[int], threads: int, max_queries:
     }
 
 
-def _stem(corpus: str) -> str:
+def corpus_stem(corpus: str) -> str:
     """A file name for the corpus: a path's file name without its suffixes."""
     return Path(corpus).name.split(".")[0] if Path(corpus).is_file() else corpus.replace(":", "-")
 
@@ -331,7 +331,7 @@ def main(corpus: str, peers: list[str], ks: list[int], threads: int | None, max_
     report.update(
         date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), machine=machine(), software=software()
     )
-    stem = f"first-stage-{_stem(corpus)}"
+    stem = f"first-stage-{corpus_stem(corpus)}"
     table = render(report)
     write_results(stem, table, report)
     plotted = plot(report, RESULTS / f"{stem}.png")
