@@ -191,6 +191,66 @@ def top_k(candidates, scores, k, keys=NO_KEYS):
 
 
 @numba.njit(nogil=True, cache=True)
+def top_k_scan(scores, k, keys=NO_KEYS):
+    """top_k over every passage with a positive score, found by scanning all of them in passage order: no list of
+    candidates to keep while scoring, which costs more than this scan once a query touches a fair share of them."""
+    heap_scores = np.empty(k, dtype=np.float32)
+    heap_docs = np.empty(k, dtype=np.int64)
+    heap_keys = np.empty(k, dtype=np.int64)
+    size = 0
+    for d in range(len(scores)):
+        s = scores[d]
+        if s <= 0:
+            continue
+        if size < k:
+            heap_scores[size] = s
+            heap_docs[size] = d
+            heap_keys[size] = _key(keys, d)
+            size += 1
+            if size == k:
+                for i in range(k // 2 - 1, -1, -1):
+                    _sift_down(heap_scores, heap_docs, heap_keys, k, i)
+            continue
+        if s >= heap_scores[0]:
+            key = _key(keys, d)
+            if s > heap_scores[0] or key < heap_keys[0]:
+                heap_scores[0] = s
+                heap_docs[0] = d
+                heap_keys[0] = key
+                _sift_down(heap_scores, heap_docs, heap_keys, k, 0)
+    if size < k:
+        for i in range(size // 2 - 1, -1, -1):
+            _sift_down(heap_scores, heap_docs, heap_keys, size, i)
+    return _sorted_heap(heap_scores, heap_docs, heap_keys, size)
+
+
+# An exhaustive query whose postings reach this share of the segment's passages scans them all for its top k
+# instead of listing the passages it touches (see top_k_scan).
+DENSE_SCAN_SHARE = 0.25
+
+
+@numba.njit(nogil=True, cache=True)
+def _scans(starts, ends, passages):
+    total = 0
+    for q in range(len(starts)):
+        total += ends[q] - starts[q]
+    return total >= DENSE_SCAN_SHARE * passages
+
+
+@numba.njit(nogil=True, cache=True)
+def top_k_and_reset(accumulator, touched, n_touched, scanned, k, keys):
+    """The top k of an exhaustive kernel's accumulator, which is left all zero again."""
+    if scanned:
+        best_docs, best_scores = top_k_scan(accumulator, k, keys)
+        accumulator[:] = 0
+        return best_docs, best_scores
+    best_docs, best_scores = top_k(touched[:n_touched], accumulator, k, keys)
+    for j in range(n_touched):
+        accumulator[touched[j]] = 0
+    return best_docs, best_scores
+
+
+@numba.njit(nogil=True, cache=True)
 def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k, accumulator, touched, linear=False,
                     mask=NO_MASK, keys=NO_KEYS):  # fmt: skip
     """Scores every posting of the query terms, then keeps the top k.
@@ -201,6 +261,7 @@ def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, 
     deletions and filters; empty means all. keys: top_k's tie keys.
     """
     masked = len(mask) > 0
+    scanned = _scans(starts, ends, len(accumulator))
     n_touched = 0
     for q in range(len(starts)):
         w = weights[q]
@@ -210,14 +271,11 @@ def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, 
             d = docs[p]
             if masked and mask[d] == 0:
                 continue
-            if accumulator[d] == 0:
+            if not scanned and accumulator[d] == 0:
                 touched[n_touched] = d
                 n_touched += 1
             accumulator[d] += _bm25(w, tfs[p], norm_inverse[norm_index[d]], linear)
-    best_docs, best_scores = top_k(touched[:n_touched], accumulator, k, keys)
-    for j in range(n_touched):
-        accumulator[touched[j]] = 0
-    return best_docs, best_scores
+    return top_k_and_reset(accumulator, touched, n_touched, scanned, k, keys)
 
 
 # --- the pure-numpy reference --------------------------------------------------------------------------------------
@@ -291,6 +349,7 @@ def bm25_exhaustive_packed(postings, starts, ends, block_first, block_last_doc, 
                            k, accumulator, touched, linear=False, mask=NO_MASK, keys=NO_KEYS):  # fmt: skip
     """bm25_exhaustive over postings read block by block (bit-packed ones are decoded): the same results."""
     masked = len(mask) > 0
+    scanned = _scans(starts, ends, len(accumulator))
     docs = np.empty(BLOCK, dtype=np.int64)
     tfs = np.empty(BLOCK, dtype=np.int64)
     n_touched = 0
@@ -306,15 +365,12 @@ def bm25_exhaustive_packed(postings, starts, ends, block_first, block_last_doc, 
                 d = docs[i]
                 if masked and mask[d] == 0:
                     continue
-                if accumulator[d] == 0:
+                if not scanned and accumulator[d] == 0:
                     touched[n_touched] = d
                     n_touched += 1
                 accumulator[d] += _bm25(w, tfs[i], norm_inverse[norm_index[d]], linear)
             block += 1
-    best_docs, best_scores = top_k(touched[:n_touched], accumulator, k, keys)
-    for j in range(n_touched):
-        accumulator[touched[j]] = 0
-    return best_docs, best_scores
+    return top_k_and_reset(accumulator, touched, n_touched, scanned, k, keys)
 
 
 @numba.njit(nogil=True, cache=True, inline="always")

@@ -23,6 +23,7 @@ from engine.sparse import (
     lucene_norm_bytes,
     norm_inverse_table,
     top_k,
+    top_k_and_reset,
 )
 from indexers.corpus import CorpusReader, open_source
 from indexers.inverted import BuildOptions
@@ -109,6 +110,26 @@ def test_top_k_orders_by_score_then_id(values, k):
     expected = sorted(range(len(values)), key=lambda d: (-values[d], d))[:k]
     assert docs.tolist() == expected
     assert best.tolist() == [values[d] for d in expected]
+
+
+@given(st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.25]), min_size=1, max_size=300), st.integers(1, 320),
+       st.booleans())  # fmt: skip
+def test_scanning_every_passage_for_the_top_k_equals_keeping_the_touched_ones(values, k, keyed):
+    """The exhaustive kernels' two ways to their top k (a list of touched passages, or a scan of all of them once
+    a query touches many) give the same passages and scores, ties by key, and leave the accumulator zeroed."""
+    scores = np.array(values, dtype=np.float32)
+    touched = np.flatnonzero(scores > 0)
+    touched = np.random.default_rng(len(values)).permutation(touched).astype(np.int64)
+    keys = random_keys(len(values)) if keyed else NO_KEYS
+    found = {}
+    for scanned in (True, False):
+        accumulator = scores.copy()
+        found[scanned] = top_k_and_reset(accumulator, touched, len(touched), scanned, k, keys)
+        assert not accumulator.any()
+    assert found[True][0].tolist() == found[False][0].tolist()
+    assert found[True][1].tolist() == found[False][1].tolist()
+    order = sorted(touched.tolist(), key=lambda d: (-values[d], keys[d] if keyed else d))[:k]
+    assert found[True][0].tolist() == order
 
 
 def brute_force_bm25(documents: list[dict], query: str, k1=0.9, b=0.4, k=10):

@@ -1,0 +1,210 @@
+"""Where a query's time goes in Sift's BM25 kernels, per posting, beside PISA's on the same queries.
+
+    python3 -m bench.kernels --corpus debian --queries 1000     # or synthetic:1000000, a shared collection, a file
+
+The corpus and queries are the first-stage benchmark's (identical surrogate tokens; a "hard" set with frequent
+terms). For each query set and k, every probe runs over the same planned queries, one thread, interleaved query by
+query, and its time is divided by the postings of the query terms (what an exhaustive evaluation reads):
+
+- decode: reading every block of the query's lists (bit-unpacking, delta decoding), nothing else;
+- decode + score: also Lucene's BM25 per posting into the accumulator (no top k);
+- exhaustive, touched list / scan: the whole kernel, keeping the list of touched passages for the top k, or
+  scanning every passage for it (engine/sparse.top_k_scan; `auto` picks by the query's share of passages);
+- maxscore: block-max MaxScore; auto: what `sift search` runs;
+- PISA block_max_wand and block_max_maxscore through pyterrier-pisa (when installed), per posting of the same
+  lists: the same queries and k, so their ns/posting is directly comparable.
+
+The probes are profiling instruments built from the engine's own pieces (its block loader and scoring), not
+engine code: the engine's kernels are the ones timed as "exhaustive", "maxscore" and "auto".
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from functools import partial
+
+import numba
+import numpy as np
+
+from bench.first_stage import corpus_stem, load_corpus
+from bench.harness import WORK, publish
+from bench.peers import PeerUnavailable, PisaEngine, SiftEngine
+from engine.codec import BLOCK
+from engine.sparse import (
+    _bm25,
+    _load_block,
+    bm25_exhaustive_packed,
+    bm25_maxscore,
+    top_k_and_reset,
+)
+
+
+@numba.njit(nogil=True)
+def _probe(postings, starts, ends, block_first, block_last_doc, weights, norm_index, norm_inverse, accumulator,
+           score):  # fmt: skip
+    """Decodes every block of the query's lists, and with score=True adds each posting's BM25 to the accumulator
+    (left zero again)."""
+    docs = np.empty(BLOCK, dtype=np.int64)
+    tfs = np.empty(BLOCK, dtype=np.int64)
+    checksum = 0
+    for q in range(len(starts)):
+        w = weights[q]
+        block = block_first[q]
+        for start in range(starts[q], ends[q], BLOCK):
+            n = min(BLOCK, ends[q] - start)
+            _load_block(postings, block_last_doc, block_first[q], block, start, n, docs, tfs, True)
+            if score:
+                for i in range(n):
+                    d = docs[i]
+                    accumulator[d] += _bm25(w, tfs[i], norm_inverse[norm_index[d]], False)
+            else:
+                checksum += docs[n - 1] + tfs[0]
+            block += 1
+    if score:
+        accumulator[:] = 0
+    return checksum
+
+
+@numba.njit(nogil=True)
+def _exhaustive(postings, starts, ends, block_first, block_last_doc, weights, norm_index, norm_inverse, k,
+                accumulator, touched, scan):  # fmt: skip
+    """bm25_exhaustive_packed with the way to the top k forced (the kernel chooses it by the query's size)."""
+    docs = np.empty(BLOCK, dtype=np.int64)
+    tfs = np.empty(BLOCK, dtype=np.int64)
+    n_touched = 0
+    for q in range(len(starts)):
+        w = weights[q]
+        block = block_first[q]
+        for start in range(starts[q], ends[q], BLOCK):
+            n = min(BLOCK, ends[q] - start)
+            _load_block(postings, block_last_doc, block_first[q], block, start, n, docs, tfs, True)
+            for i in range(n):
+                d = docs[i]
+                if not scan and accumulator[d] == 0:
+                    touched[n_touched] = d
+                    n_touched += 1
+                accumulator[d] += _bm25(w, tfs[i], norm_inverse[norm_index[d]], False)
+            block += 1
+    return top_k_and_reset(accumulator, touched, n_touched, scan, k, np.empty(0, dtype=np.int64))
+
+
+PROBES = ("decode", "decode + score", "exhaustive, touched list", "exhaustive, scan", "exhaustive (engine)",
+          "maxscore", "auto")
+
+
+def _probe_query(context, name: str, k: int, i: int) -> None:
+    segment, blocks, norms, norm_index, inverse, accumulator, touched, plans, queries, searcher = context
+    starts, ends, weights, first = plans[i]
+    if name in ("decode", "decode + score"):
+        _probe(segment.postings, starts, ends, first, blocks.last_doc, weights, norm_index, inverse, accumulator,
+               name == "decode + score")  # fmt: skip
+    elif name in ("exhaustive, touched list", "exhaustive, scan"):
+        _exhaustive(segment.postings, starts, ends, first, blocks.last_doc, weights, norm_index, inverse, k,
+                    accumulator, touched, name.endswith("scan"))  # fmt: skip
+    elif name == "exhaustive (engine)":
+        bm25_exhaustive_packed(segment.postings, starts, ends, first, blocks.last_doc, weights, norm_index, inverse,
+                               k, accumulator, touched)  # fmt: skip
+    elif name == "maxscore":
+        bm25_maxscore(segment.postings, starts, ends, weights, norm_index, inverse, norms.lengths, first,
+                      blocks.max_tf, blocks.min_length, blocks.last_doc, k)  # fmt: skip
+    else:
+        searcher.search_passages(queries[i], k)
+
+
+def _pisa_query(engine, queries, k: int, i: int) -> None:
+    engine.search(queries[i], k)
+
+
+def run(corpus: str, max_queries: int, ks: list[int], repeats: int) -> dict:
+    passages, queries, hard = load_corpus(corpus, max_queries)
+    kept = [i for i, q in enumerate(queries) if q]
+    queries, hard = [queries[i] for i in kept], np.array([hard[i] for i in kept], dtype=bool)
+    work = WORK / f"kernels-{corpus_stem(corpus)}"
+    work.mkdir(parents=True, exist_ok=True)
+    sift = SiftEngine()
+    sift.build(passages, work)
+    pisa = {}
+    for algorithm in ("block_max_wand", "block_max_maxscore"):
+        try:
+            engine = PisaEngine(algorithm)
+            engine.build(passages, work)
+            pisa[engine.name] = engine
+        except PeerUnavailable as e:
+            print(f"PISA skipped: {e}")
+            break
+    index = sift.index
+    searcher = index.bm25
+    if len(index.segments) != 1:
+        raise SystemExit("the profile reads one segment; the benchmark's index has several")
+    segment = index.segments[0]
+    if not segment.packed:
+        raise SystemExit("the profile reads packed postings")
+    norms = searcher.norms(searcher.default_params)
+    norm_index, inverse = norms.per_segment[0], norms.inverse
+    blocks = segment.blocks
+    accumulator = np.zeros(segment.passages, dtype=np.float32)
+    touched = np.empty(segment.passages, dtype=np.int64)
+    plans = [searcher.plan(q).per_segment[0] for q in queries]
+    postings = np.array([int((ends - starts).sum()) for starts, ends, _, _ in plans])
+    context = (segment, blocks, norms, norm_index, inverse, accumulator, touched, plans, queries, searcher)
+    rows = []
+    for k in ks:
+        probes = {name: partial(_probe_query, context, name, k) for name in PROBES}
+        for name, engine in pisa.items():
+            probes[name] = partial(_pisa_query, engine, queries, k)
+        for call in probes.values():  # warm-up: compilation, page cache
+            for i in range(len(queries)):
+                call(i)
+        seconds = {name: np.full(len(queries), np.inf) for name in probes}
+        names = list(probes)
+        for _ in range(repeats):
+            for i in range(len(queries)):
+                for turn in range(len(names)):
+                    name = names[(i + turn) % len(names)]
+                    started = time.perf_counter()
+                    probes[name](i)
+                    seconds[name][i] = min(seconds[name][i], time.perf_counter() - started)
+        for subset, chosen in (("all", np.ones(len(queries), dtype=bool)), ("hard", hard)):
+            if not chosen.any():
+                continue
+            total = postings[chosen].sum()
+            for name in names:
+                spent = seconds[name][chosen]
+                rows.append({"k": k, "queries": subset, "probe": name,
+                             "ns_per_posting": round(1e9 * spent.sum() / total, 2),
+                             "us_per_query_p50": round(1e6 * float(np.median(spent)), 1),
+                             "us_per_query_p95": round(1e6 * float(np.percentile(spent, 95)), 1)})  # fmt: skip
+            print(f"k={k} {subset}: " + ", ".join(f"{r['probe']} {r['ns_per_posting']}" for r in rows[-len(names):]))
+    return {"corpus": corpus, "passages": segment.passages, "queries": len(queries), "hard_queries": int(hard.sum()),
+            "postings_per_query_p50": int(np.median(postings)), "repeats": repeats, "results": rows}  # fmt: skip
+
+
+def render(report: dict) -> str:
+    lines = [f"# Kernel profile: {report['corpus']} ({report['passages']:,} passages, {report['queries']:,} queries, "
+             f"{report['hard_queries']:,} hard)", "",
+             f"Date: {report['date']}; {report['machine']['cpu']}, {report['machine']['cores']} cores; one thread, "
+             f"probes interleaved query by query, best of {report['repeats']} per query. ns/posting: time over the "
+             f"postings of the query terms (median {report['postings_per_query_p50']:,} a query), the same divisor "
+             "for every row, so PISA's figure is what skipping buys it.", "",
+             "| k | queries | probe | ns/posting | µs/query p50 | µs/query p95 |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in report["results"]:
+        lines.append(f"| {r['k']} | {r['queries']} | {r['probe']} | {r['ns_per_posting']} | {r['us_per_query_p50']} | "
+                     f"{r['us_per_query_p95']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default="synthetic:200000", help="as sift bench first-stage takes it")
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--k", default="10,1000")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes; each query keeps its best")
+    args = parser.parse_args(argv)
+    report = run(args.corpus, args.queries, [int(k) for k in args.k.split(",")], args.repeats)
+    publish(f"kernels-{corpus_stem(args.corpus)}", report, render)
+
+
+if __name__ == "__main__":
+    main()
