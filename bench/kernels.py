@@ -148,7 +148,7 @@ def run(corpus: str, max_queries: int, ks: list[int], repeats: int) -> dict:
     plans = [searcher.plan(q).per_segment[0] for q in queries]
     postings = np.array([int((ends - starts).sum()) for starts, ends, _, _ in plans])
     context = (segment, blocks, norms, norm_index, inverse, accumulator, touched, plans, queries, searcher)
-    rows = []
+    rows, per_query = [], {}
     for k in ks:
         probes = {name: partial(_probe_query, context, name, k) for name in PROBES}
         for name, engine in pisa.items():
@@ -165,6 +165,7 @@ def run(corpus: str, max_queries: int, ks: list[int], repeats: int) -> dict:
                     started = time.perf_counter()
                     probes[name](i)
                     seconds[name][i] = min(seconds[name][i], time.perf_counter() - started)
+        per_query[str(k)] = {name: np.round(seconds[name] * 1e6, 2).tolist() for name in names}
         for subset, chosen in (("all", np.ones(len(queries), dtype=bool)), ("hard", hard)):
             if not chosen.any():
                 continue
@@ -177,7 +178,10 @@ def run(corpus: str, max_queries: int, ks: list[int], repeats: int) -> dict:
                              "us_per_query_p95": round(1e6 * float(np.percentile(spent, 95)), 1)})  # fmt: skip
             print(f"k={k} {subset}: " + ", ".join(f"{r['probe']} {r['ns_per_posting']}" for r in rows[-len(names):]))
     return {"corpus": corpus, "passages": segment.passages, "queries": len(queries), "hard_queries": int(hard.sum()),
-            "postings_per_query_p50": int(np.median(postings)), "repeats": repeats, "results": rows}  # fmt: skip
+            "postings_per_query_p50": int(np.median(postings)), "repeats": repeats, "results": rows,
+            # per query, for fitting auto's choice: its postings, terms, and each probe's best time in microseconds
+            "per_query": {"postings": postings.tolist(), "terms": [len(p[0]) for p in plans], "hard": hard.tolist(),
+                          "microseconds": per_query}}  # fmt: skip
 
 
 def render(report: dict) -> str:
