@@ -21,8 +21,10 @@ engine code: the engine's kernels are the ones timed as "exhaustive", "maxscore"
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from functools import partial
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -184,6 +186,39 @@ def run(corpus: str, max_queries: int, ks: list[int], repeats: int) -> dict:
                           "microseconds": per_query}}  # fmt: skip
 
 
+def _features(postings: np.ndarray, terms: np.ndarray, k: int, passages: int) -> np.ndarray:
+    """What auto's cost model sees of a query in one segment (engine/sparse.choose_algorithm computes the same)."""
+    postings = np.maximum(postings, 1).astype(np.float64)
+    return np.column_stack([np.ones(len(postings)), np.log(postings), np.full(len(postings), np.log(k)),
+                            np.log(postings / passages), terms.astype(np.float64)])  # fmt: skip
+
+
+def fit_auto(paths: list) -> dict:
+    """Least squares of log(maxscore time / exhaustive time) on the features above, over every query of every
+    report; auto then takes maxscore where the prediction is below zero. Returns the weights and, per report and
+    k, the total time of exhaustive, maxscore, the fitted choice, the report's own auto and the oracle."""
+    rows, targets, parts = [], [], []
+    for path in paths:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        per_query = report["per_query"]
+        postings, terms = np.array(per_query["postings"]), np.array(per_query["terms"])
+        for k, probes in per_query["microseconds"].items():
+            exhaustive, maxscore = np.array(probes["exhaustive (engine)"]), np.array(probes["maxscore"])
+            features = _features(postings, terms, int(k), report["passages"])
+            rows.append(features)
+            targets.append(np.log(maxscore / exhaustive))
+            parts.append((report["corpus"], int(k), features, exhaustive, maxscore, np.array(probes["auto"])))
+    weights, *_ = np.linalg.lstsq(np.vstack(rows), np.concatenate(targets), rcond=None)
+    totals = []
+    for corpus, k, features, exhaustive, maxscore, auto in parts:
+        fitted = np.where(features @ weights < 0, maxscore, exhaustive)
+        totals.append({"corpus": corpus, "k": k, "exhaustive_ms": round(exhaustive.sum() / 1e3, 1),
+                       "maxscore_ms": round(maxscore.sum() / 1e3, 1), "fitted_ms": round(fitted.sum() / 1e3, 1),
+                       "oracle_ms": round(np.minimum(exhaustive, maxscore).sum() / 1e3, 1),
+                       "auto_as_measured_ms": round(auto.sum() / 1e3, 1)})  # fmt: skip
+    return {"weights": [round(float(w), 4) for w in weights], "totals": totals}
+
+
 def render(report: dict) -> str:
     lines = [f"# Kernel profile: {report['corpus']} ({report['passages']:,} passages, {report['queries']:,} queries, "
              f"{report['hard_queries']:,} hard)", "",
@@ -205,7 +240,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--k", default="10,1000")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes; each query keeps its best")
+    parser.add_argument("--fit", nargs="+", metavar="KERNELS.json", help="fit auto's cost model on these reports' "
+                        "per-query times and print it (nothing is run)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.fit:
+        print(json.dumps(fit_auto(args.fit), indent=1))
+        return
     report = run(args.corpus, args.queries, [int(k) for k in args.k.split(",")], args.repeats)
     publish(f"kernels-{corpus_stem(args.corpus)}", report, render)
 
