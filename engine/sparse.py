@@ -181,8 +181,10 @@ def top_k(candidates, scores, k, keys=NO_KEYS):
     for j in range(size, len(candidates)):
         d = candidates[j]
         s = scores[d]
-        key = _key(keys, d)
-        if s > heap_scores[0] or (s == heap_scores[0] and key < heap_keys[0]):
+        if s < heap_scores[0]:
+            continue
+        key = _key(keys, d)  # read only for a possible entrant: keys are a random access per passage
+        if s > heap_scores[0] or key < heap_keys[0]:
             heap_scores[0] = s
             heap_docs[0] = d
             heap_keys[0] = key
@@ -523,22 +525,21 @@ def bm25_maxscore(
             score = np.float32(0)
             for q in range(m):
                 score += contribution[q]
-            key = _key(keys, current)
             if size < k:
                 heap_scores[size] = score
                 heap_docs[size] = current
-                heap_keys[size] = key
+                heap_keys[size] = _key(keys, current)
                 size += 1
                 if size == k:
                     for i in range(k // 2 - 1, -1, -1):
                         _sift_down(heap_scores, heap_docs, heap_keys, k, i)
                     threshold = heap_scores[0]
-            elif score > heap_scores[0] or (score == heap_scores[0] and key < heap_keys[0]):
+            elif score > heap_scores[0] or (score == heap_scores[0] and _key(keys, current) < heap_keys[0]):
                 # a bound equal to the threshold is never pruned (the margin makes bounds strictly larger), so
                 # a later passage tied with the k-th score still gets here and wins by its key
                 heap_scores[0] = score
                 heap_docs[0] = current
-                heap_keys[0] = key
+                heap_keys[0] = _key(keys, current)
                 _sift_down(heap_scores, heap_docs, heap_keys, k, 0)
                 threshold = heap_scores[0]
             if size == k:
