@@ -14,8 +14,8 @@ query, and its time is divided by the postings of the query terms (what an exhau
 - PISA block_max_wand and block_max_maxscore through pyterrier-pisa (when installed), per posting of the same
   lists: the same queries and k, so their ns/posting is directly comparable.
 
-The probes are profiling instruments built from the engine's own pieces (its block loader and scoring), not
-engine code: the engine's kernels are the ones timed as "exhaustive", "maxscore" and "auto".
+The decode probes are profiling instruments built from the engine's own pieces (its block loader and scoring);
+every other row times the engine's own kernels (the exhaustive one with its way to the top k forced, or its own).
 """
 
 from __future__ import annotations
@@ -33,13 +33,7 @@ from bench.first_stage import corpus_stem, load_corpus
 from bench.harness import WORK, publish
 from bench.peers import PeerUnavailable, PisaEngine, SiftEngine
 from engine.codec import BLOCK
-from engine.sparse import (
-    _bm25,
-    _load_block,
-    bm25_exhaustive_packed,
-    bm25_maxscore,
-    top_k_and_reset,
-)
+from engine.sparse import NO_KEYS, NO_MASK, _bm25, _load_block, bm25_exhaustive_packed, bm25_maxscore
 
 
 @numba.njit(nogil=True)
@@ -68,29 +62,6 @@ def _probe(postings, starts, ends, block_first, block_last_doc, weights, norm_in
     return checksum
 
 
-@numba.njit(nogil=True)
-def _exhaustive(postings, starts, ends, block_first, block_last_doc, weights, norm_index, norm_inverse, k,
-                accumulator, touched, scan):  # fmt: skip
-    """bm25_exhaustive_packed with the way to the top k forced (the kernel chooses it by the query's size)."""
-    docs = np.empty(BLOCK, dtype=np.int64)
-    tfs = np.empty(BLOCK, dtype=np.int64)
-    n_touched = 0
-    for q in range(len(starts)):
-        w = weights[q]
-        block = block_first[q]
-        for start in range(starts[q], ends[q], BLOCK):
-            n = min(BLOCK, ends[q] - start)
-            _load_block(postings, block_last_doc, block_first[q], block, start, n, docs, tfs, True)
-            for i in range(n):
-                d = docs[i]
-                if not scan and accumulator[d] == 0:
-                    touched[n_touched] = d
-                    n_touched += 1
-                accumulator[d] += _bm25(w, tfs[i], norm_inverse[norm_index[d]], False)
-            block += 1
-    return top_k_and_reset(accumulator, touched, n_touched, scan, k, np.empty(0, dtype=np.int64))
-
-
 PROBES = ("decode", "decode + score", "exhaustive, touched list", "exhaustive, scan", "exhaustive (engine)",
           "maxscore", "auto")
 
@@ -101,12 +72,10 @@ def _probe_query(context, name: str, k: int, i: int) -> None:
     if name in ("decode", "decode + score"):
         _probe(segment.postings, starts, ends, first, blocks.last_doc, weights, norm_index, inverse, accumulator,
                name == "decode + score")  # fmt: skip
-    elif name in ("exhaustive, touched list", "exhaustive, scan"):
-        _exhaustive(segment.postings, starts, ends, first, blocks.last_doc, weights, norm_index, inverse, k,
-                    accumulator, touched, name.endswith("scan"))  # fmt: skip
-    elif name == "exhaustive (engine)":
+    elif name.startswith("exhaustive"):
+        top = {"exhaustive, touched list": 0, "exhaustive, scan": 1}.get(name, -1)  # -1: the engine's choice
         bm25_exhaustive_packed(segment.postings, starts, ends, first, blocks.last_doc, weights, norm_index, inverse,
-                               k, accumulator, touched)  # fmt: skip
+                               k, accumulator, touched, False, NO_MASK, NO_KEYS, top)  # fmt: skip
     elif name == "maxscore":
         bm25_maxscore(segment.postings, starts, ends, weights, norm_index, inverse, norms.lengths, first,
                       blocks.max_tf, blocks.min_length, blocks.last_doc, k)  # fmt: skip

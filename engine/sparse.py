@@ -235,7 +235,11 @@ DENSE_SCAN_SHARE = 0.75
 
 
 @numba.njit(nogil=True, cache=True)
-def _scans(starts, ends, passages):
+def _scans(starts, ends, passages, top):
+    """Whether an exhaustive kernel scans for its top k: top -1 decides by the query's share of the passages; 0 and
+    1 force listing touched passages or scanning (for measurements: bench/kernels.py)."""
+    if top >= 0:
+        return top == 1
     total = 0
     for q in range(len(starts)):
         total += ends[q] - starts[q]
@@ -257,16 +261,16 @@ def top_k_and_reset(accumulator, touched, n_touched, scanned, k, keys):
 
 @numba.njit(nogil=True, cache=True)
 def bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, norm_inverse, k, accumulator, touched, linear=False,
-                    mask=NO_MASK, keys=NO_KEYS):  # fmt: skip
+                    mask=NO_MASK, keys=NO_KEYS, top=-1):  # fmt: skip
     """Scores every posting of the query terms, then keeps the top k.
 
     accumulator (float32, one per passage, all zero) and touched (int64, one per passage) are scratch space owned
     by the caller's thread; the accumulator is left all zero again. Terms of weight <= 0 contribute nothing, so
     every candidate has a positive score. mask (uint8, one per passage) names the passages that may be returned:
-    deletions and filters; empty means all. keys: top_k's tie keys.
+    deletions and filters; empty means all. keys: top_k's tie keys. top: how the top k is found (_scans).
     """
     masked = len(mask) > 0
-    scanned = _scans(starts, ends, len(accumulator))
+    scanned = _scans(starts, ends, len(accumulator), top)
     n_touched = 0
     for q in range(len(starts)):
         w = weights[q]
@@ -351,10 +355,10 @@ def _load_block(postings, block_last_doc, first_block, block, start, n, out_docs
 
 @numba.njit(nogil=True, cache=True)
 def bm25_exhaustive_packed(postings, starts, ends, block_first, block_last_doc, weights, norm_index, norm_inverse,
-                           k, accumulator, touched, linear=False, mask=NO_MASK, keys=NO_KEYS):  # fmt: skip
+                           k, accumulator, touched, linear=False, mask=NO_MASK, keys=NO_KEYS, top=-1):  # fmt: skip
     """bm25_exhaustive over postings read block by block (bit-packed ones are decoded): the same results."""
     masked = len(mask) > 0
-    scanned = _scans(starts, ends, len(accumulator))
+    scanned = _scans(starts, ends, len(accumulator), top)
     docs = np.empty(BLOCK, dtype=np.int64)
     tfs = np.empty(BLOCK, dtype=np.int64)
     n_touched = 0

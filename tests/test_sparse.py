@@ -76,9 +76,10 @@ def random_postings(draw):
 @settings(max_examples=300, deadline=None)
 @given(
     random_postings(), st.integers(1, 70), st.sampled_from(["lucene", "exact"]), st.floats(0, 3), st.floats(0, 1),
-    st.booleans(), st.sampled_from([None, 0.0, 0.3, 0.9]), st.booleans(),
+    st.booleans(), st.sampled_from([None, 0.0, 0.3, 0.9]), st.booleans(), st.sampled_from([-1, 0, 1]),
 )  # fmt: skip
-def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b, linear, masked_share, keyed):
+def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b, linear, masked_share, keyed, top):
+    """Whichever way the kernel finds its top k (top: by the query's size, a touched list, or a scan)."""
     docs, tfs, offsets, lengths, query, weights = postings
     mask = random_mask(len(lengths), masked_share)
     keys = random_keys(len(lengths)) if keyed else NO_KEYS
@@ -92,7 +93,7 @@ def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b, linear, 
     accumulator = np.zeros(len(lengths), dtype=np.float32)
     touched = np.empty(len(lengths), dtype=np.int64)
     got_docs, got_scores = bm25_exhaustive(
-        docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched, linear, mask, keys
+        docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched, linear, mask, keys, top
     )
     want_docs, want_scores = bm25_reference(docs, tfs, starts, ends, weights, norm_index, table, k, linear, mask,
                                             keys)  # fmt: skip
