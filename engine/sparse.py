@@ -164,52 +164,32 @@ def _sorted_heap(heap_scores, heap_docs, heap_keys, size):
 
 
 @numba.njit(nogil=True, cache=True)
-def _offer(heap_scores, heap_docs, heap_keys, size, k, s, d, keys):
-    """Offers passage d, scored s, to a min-heap of the best k by (score desc, tie key asc); returns the heap's new
-    size. The heap fills unordered and is heapified when it reaches k. A tie key is a random access per passage, so
-    it is read only for a possible entrant."""
-    if size < k:
-        heap_scores[size] = s
-        heap_docs[size] = d
-        heap_keys[size] = _key(keys, d)
-        size += 1
-        if size == k:
-            for i in range(k // 2 - 1, -1, -1):
-                _sift_down(heap_scores, heap_docs, heap_keys, k, i)
-    elif s >= heap_scores[0]:
-        key = _key(keys, d)
-        if s > heap_scores[0] or key < heap_keys[0]:
-            heap_scores[0] = s
-            heap_docs[0] = d
-            heap_keys[0] = key
-            _sift_down(heap_scores, heap_docs, heap_keys, k, 0)
-    return size
-
-
-@numba.njit(nogil=True, cache=True)
-def _best_first(heap_scores, heap_docs, heap_keys, size, k):
-    """The offered passages, best first (a heap left short of k is heapified first)."""
-    if size < k:
-        for i in range(size // 2 - 1, -1, -1):
-            _sift_down(heap_scores, heap_docs, heap_keys, size, i)
-    return _sorted_heap(heap_scores, heap_docs, heap_keys, size)
-
-
-@numba.njit(nogil=True, cache=True)
 def top_k(candidates, scores, k, keys=NO_KEYS):
     """The k best candidates by (score desc, tie key asc), sorted; candidates are passage ids, scores indexed by id.
     keys (int64 per passage) orders exact score ties, by document id so that results do not depend on how passages
     are numbered across segments; empty: by passage id."""
-    capacity = min(k, len(candidates))
-    heap_scores = np.empty(capacity, dtype=np.float32)
-    heap_docs = np.empty(capacity, dtype=np.int64)
-    heap_keys = np.empty(capacity, dtype=np.int64)
-    size = 0
-    for j in range(len(candidates)):
+    size = min(k, len(candidates))
+    heap_scores = np.empty(size, dtype=np.float32)
+    heap_docs = np.empty(size, dtype=np.int64)
+    heap_keys = np.empty(size, dtype=np.int64)
+    for j in range(size):
+        heap_scores[j] = scores[candidates[j]]
+        heap_docs[j] = candidates[j]
+        heap_keys[j] = _key(keys, candidates[j])
+    for i in range(size // 2 - 1, -1, -1):
+        _sift_down(heap_scores, heap_docs, heap_keys, size, i)
+    for j in range(size, len(candidates)):
         d = candidates[j]
-        if size < capacity or scores[d] >= heap_scores[0]:  # the common case, a loser, makes no call
-            size = _offer(heap_scores, heap_docs, heap_keys, size, capacity, scores[d], d, keys)
-    return _best_first(heap_scores, heap_docs, heap_keys, size, capacity)
+        s = scores[d]
+        if s < heap_scores[0]:
+            continue
+        key = _key(keys, d)  # read only for a possible entrant: keys are a random access per passage
+        if s > heap_scores[0] or key < heap_keys[0]:
+            heap_scores[0] = s
+            heap_docs[0] = d
+            heap_keys[0] = key
+            _sift_down(heap_scores, heap_docs, heap_keys, size, 0)
+    return _sorted_heap(heap_scores, heap_docs, heap_keys, size)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -221,9 +201,29 @@ def top_k_scan(scores, k, keys=NO_KEYS):
     heap_keys = np.empty(k, dtype=np.int64)
     size = 0
     for d in range(len(scores)):
-        if scores[d] > 0 and (size < k or scores[d] >= heap_scores[0]):
-            size = _offer(heap_scores, heap_docs, heap_keys, size, k, scores[d], d, keys)
-    return _best_first(heap_scores, heap_docs, heap_keys, size, k)
+        s = scores[d]
+        if s <= 0:
+            continue
+        if size < k:
+            heap_scores[size] = s
+            heap_docs[size] = d
+            heap_keys[size] = _key(keys, d)
+            size += 1
+            if size == k:
+                for i in range(k // 2 - 1, -1, -1):
+                    _sift_down(heap_scores, heap_docs, heap_keys, k, i)
+            continue
+        if s >= heap_scores[0]:
+            key = _key(keys, d)
+            if s > heap_scores[0] or key < heap_keys[0]:
+                heap_scores[0] = s
+                heap_docs[0] = d
+                heap_keys[0] = key
+                _sift_down(heap_scores, heap_docs, heap_keys, k, 0)
+    if size < k:
+        for i in range(size // 2 - 1, -1, -1):
+            _sift_down(heap_scores, heap_docs, heap_keys, size, i)
+    return _sorted_heap(heap_scores, heap_docs, heap_keys, size)
 
 
 # An exhaustive query whose postings reach this share of the segment's passages scans them all for its top k
@@ -529,17 +529,33 @@ def bm25_maxscore(
             score = np.float32(0)
             for q in range(m):
                 score += contribution[q]
-            # a bound equal to the threshold is never pruned (the margin makes bounds strictly larger), so a later
-            # passage tied with the k-th score still gets here and wins by its key
-            size = _offer(heap_scores, heap_docs, heap_keys, size, k, score, current, keys)
-            if size == k:
+            if size < k:
+                heap_scores[size] = score
+                heap_docs[size] = current
+                heap_keys[size] = _key(keys, current)
+                size += 1
+                if size == k:
+                    for i in range(k // 2 - 1, -1, -1):
+                        _sift_down(heap_scores, heap_docs, heap_keys, k, i)
+                    threshold = heap_scores[0]
+            elif score > heap_scores[0] or (score == heap_scores[0] and _key(keys, current) < heap_keys[0]):
+                # a bound equal to the threshold is never pruned (the margin makes bounds strictly larger), so
+                # a later passage tied with the k-th score still gets here and wins by its key
+                heap_scores[0] = score
+                heap_docs[0] = current
+                heap_keys[0] = _key(keys, current)
+                _sift_down(heap_scores, heap_docs, heap_keys, k, 0)
                 threshold = heap_scores[0]
+            if size == k:
                 while first_essential < live and prefix[first_essential] * margin <= threshold:
                     first_essential += 1
         for q in range(m):
             contribution[q] = 0
         current = following
-    return _best_first(heap_scores, heap_docs, heap_keys, size, k)
+    if size < k:
+        for i in range(size // 2 - 1, -1, -1):
+            _sift_down(heap_scores, heap_docs, heap_keys, size, i)
+    return _sorted_heap(heap_scores, heap_docs, heap_keys, size)
 
 
 # --- the BM25 searcher: query planning, caches and the choice of kernel over one reader's segments ----------------
