@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import DATA, RESULTS, WORK, machine, software, write_results
+from bench.harness import DATA, RESULTS, WORK, latency_summary, machine, software, write_results
 from bench.peers import PEERS, Corpus, PeerUnavailable, SiftEngine, make
 from engine.analysis import Analyzer
 from engine.errors import SiftError
@@ -176,13 +176,6 @@ def interleaved(engines: list, queries: list[list[str]], k: int, warmups: int = 
     return timings
 
 
-def summary(seconds: np.ndarray) -> dict:
-    ms = seconds * 1000
-    return {"qps": round(len(seconds) / seconds.sum(), 1), "p50_ms": round(float(np.percentile(ms, 50)), 4),
-            "p95_ms": round(float(np.percentile(ms, 95)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
-            "mean_ms": round(float(ms.mean()), 4)}  # fmt: skip
-
-
 def run(corpus: str, peers: list[str], ks: list[int], threads: int, max_queries: int, log=print,
         query_file: Path | None = None) -> dict:  # fmt: skip
     passages, query_tokens, hard = load_corpus(corpus, max_queries, log, query_file)
@@ -225,9 +218,9 @@ def run(corpus: str, peers: list[str], ks: list[int], threads: int, max_queries:
                 if not engine.same_bm25:
                     score_agreement = None
             common = {"system": engine.name, "k": k, "agreement": score_agreement, "overlap": overlap}
-            results.append({**common, "threads": 1, **summary(seconds)})
+            results.append({**common, "threads": 1, **latency_summary(seconds)})
             if hard.any():
-                results[-1]["hard"] = summary(seconds[hard])
+                results[-1]["hard"] = latency_summary(seconds[hard])
             results.append({**common, "threads": threads, "qps": round(many, 1)})
             log(f"  k={k} {engine.name}: {results[-2]['qps']:,.0f} QPS on 1 thread, {many:,.0f} on {threads}")
     return {

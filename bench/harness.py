@@ -76,9 +76,14 @@ def latencies(search: Callable, queries: list, k: int, warmups: int = 2) -> dict
         started = time.perf_counter()
         search(query, k)
         timings[i] = time.perf_counter() - started
-    ms = timings * 1000
+    return latency_summary(timings)
+
+
+def latency_summary(seconds: np.ndarray) -> dict:
+    """QPS and p50/p95/p99/mean in milliseconds of per-query latencies given in seconds."""
+    ms = seconds * 1000
     return {
-        "qps": round(len(queries) / timings.sum(), 1),
+        "qps": round(len(seconds) / seconds.sum(), 1),
         "p50_ms": round(float(np.percentile(ms, 50)), 4),
         "p95_ms": round(float(np.percentile(ms, 95)), 4),
         "p99_ms": round(float(np.percentile(ms, 99)), 4),
