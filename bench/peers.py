@@ -118,9 +118,9 @@ class SiftEngine(Engine):
         searcher = self.index.bm25
         served: Counter = Counter()
         for query in queries:
-            for starts, ends, _, _ in searcher.plan(query).per_segment:
-                if len(starts):
-                    served[choose_algorithm(self.algorithm, starts, ends, k)] += 1
+            for postings in searcher.plan(query).postings:
+                if postings:
+                    served[choose_algorithm(self.algorithm, postings, k)] += 1
         return dict(served)
 
 

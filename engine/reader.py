@@ -72,6 +72,8 @@ class Results(Sequence[Hit]):
 
     def page(self, offset: int) -> Results:
         """The hits after the first `offset`, keeping their ranks: page 2 continues page 1 exactly."""
+        if not offset:
+            return self
         page = Results(self.ids[offset:], self.doc_ids[offset:], self.scores[offset:], self.passages[offset:],
                        self.first_rank + offset)  # fmt: skip
         page.timings = self.timings

@@ -602,11 +602,10 @@ def _check(k: int, algorithm: str) -> None:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
 
 
-def choose_algorithm(algorithm: str, starts: np.ndarray, ends: np.ndarray, k: int) -> str:
-    """The kernel a query's posting ranges in one segment get: "auto" resolved by their total length and k."""
+def choose_algorithm(algorithm: str, postings: int, k: int) -> str:
+    """The kernel a query gets in one segment: "auto" resolved by the total length of its posting lists and k."""
     if algorithm != "auto":
         return algorithm
-    postings = int((ends - starts).sum())
     return "maxscore" if postings >= max(_PRUNE_MIN_POSTINGS, _PRUNE_POSTINGS_PER_RESULT * k) else "exhaustive"
 
 
@@ -625,12 +624,15 @@ def top_postings(
     linear: bool = False,
     mask: np.ndarray | None = None,
     keys: np.ndarray = NO_KEYS,
+    postings: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The top k of one set of posting lists for the query terms' ranges, by the kernel the algorithm picks; every
     kernel returns the same. scratch() gives the exhaustive kernels their (accumulator, touched) buffers; mask
-    (uint8 per passage, None for all) the passages that may be returned."""
+    (uint8 per passage, None for all) the passages that may be returned; postings: the ranges' total length, if
+    the caller knows it."""
     mask = NO_MASK if mask is None else mask
-    if choose_algorithm(algorithm, starts, ends, k) == "maxscore":
+    postings = int((ends - starts).sum()) if postings is None else postings
+    if choose_algorithm(algorithm, postings, k) == "maxscore":
         blocks = lists.blocks
         return bm25_maxscore(
             lists.postings, starts, ends, weights, norm_index, norm_inverse, norm_lengths, block_first,
@@ -648,11 +650,11 @@ def top_postings(
     )
 
 
-@dataclass(frozen=True)
-class QueryPlan:
+class QueryPlan(NamedTuple):
     """A query analyzed against this index: per segment, the posting ranges to score and their weights."""
 
     per_segment: tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]  # starts, ends, weights, blocks
+    postings: tuple[int, ...]  # per segment, the ranges' total length (what "auto" decides by)
 
 
 class Norms(NamedTuple):
@@ -688,19 +690,21 @@ class BM25Searcher:
     # -- query processing
 
     def plan(self, query: str | Sequence[str]) -> QueryPlan:
-        """query: text to analyze, or terms already analyzed."""
+        """query: text to analyze, or terms already analyzed. Built from Python numbers with two numpy calls a
+        segment: on short lists, planning costs as much as scoring."""
         terms = self.analyzer.analyze(query) if isinstance(query, str) else list(query)
-        boosts = Counter(terms)  # a repeated query term counts once per occurrence, as in Anserini
-        entries = self._entries(list(boosts))
-        weights = np.array([e[0] for e in entries], dtype=np.float32) * np.array(
-            list(boosts.values()), dtype=np.float32
-        )
-        per_segment = []
+        counts = Counter(terms) if len(set(terms)) < len(terms) else dict.fromkeys(terms, 1)
+        entries = self._entries(list(counts))
+        # a term repeated in the query counts once per occurrence, as in Anserini; idf and count are float32
+        # values, so their product in double precision rounds to the float32 product
+        weights = [idf * count for (idf, _), count in zip(entries, counts.values())]
+        per_segment, postings = [], []
         for i in range(len(self.segments)):
-            found = [j for j, e in enumerate(entries) if e[1][i] is not None]
-            ranges = np.array([entries[j][1][i] for j in found], dtype=np.int64).reshape(-1, 3)
-            per_segment.append((ranges[:, 0].copy(), ranges[:, 1].copy(), weights[found], ranges[:, 2].copy()))
-        return QueryPlan(tuple(per_segment))
+            found = [(entry[1][i], weight) for entry, weight in zip(entries, weights) if entry[1][i] is not None]
+            ranges = np.array([where for where, _ in found], dtype=np.int64).reshape(-1, 3).T.copy()
+            per_segment.append((ranges[0], ranges[1], np.array([w for _, w in found], dtype=np.float32), ranges[2]))
+            postings.append(sum(end - start for (start, end, _), _ in found))
+        return QueryPlan(tuple(per_segment), tuple(postings))
 
     def _entries(self, terms: list[str]) -> list[tuple]:
         """Per term: its idf (float32, from the global document frequency) and, per segment, its posting range and
@@ -779,9 +783,10 @@ class BM25Searcher:
                 continue
             docs, scores = top_postings(
                 segment, starts, ends, weights, block_first, norms.per_segment[i], norms.inverse, norms.lengths, k,
-                algorithm, partial(self._scratch, i), mask=masks[i], keys=self.reader.tie_keys[i],
+                algorithm, partial(self._scratch, i), mask=masks[i], keys=segment.tie_keys,
+                postings=plan.postings[i],
             )  # fmt: skip
-            found_docs.append(docs + self.reader.bases[i])
+            found_docs.append(docs + self.reader.bases[i] if i else docs)
             found_scores.append(scores)
         return self.reader.merge_tops(found_docs, found_scores, k)
 
@@ -797,7 +802,9 @@ class BM25Searcher:
         """BM25 top-k. documents=True ranks documents by their best passage (the default for split indexes).
         filter: an expression over the index's fields (engine/fields.py); the result is exactly the top k of the
         passages it matches."""
-        return self.batch_search([query], k, params, documents, 1, algorithm, filter)[0]
+        _check(k, algorithm)
+        return self._results([self.plan(query)], k, params or self.default_params, documents, 1, algorithm,
+                             self.reader.filter_masks(filter))[0]  # fmt: skip
 
     def batch_search(
         self,
@@ -812,18 +819,21 @@ class BM25Searcher:
         """Many queries at once, in order. Queries are planned on the calling thread and scored on a pool of
         threads: the kernels release the GIL, so scoring uses every core. Results equal single searches."""
         _check(k, algorithm)
-        threads = threads or os.cpu_count() or 1
-        params = params or self.default_params
         masks = self.reader.filter_masks(filter)
         plans = [self.plan(q) for q in queries]
+        return self._results(plans, k, params or self.default_params, documents, threads or os.cpu_count() or 1,
+                             algorithm, masks)  # fmt: skip
 
-        def top(rows: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
-            return self._map(threads, lambda row: self._top_passages(plans[row], depth, params, algorithm, masks),
-                             rows.tolist())  # fmt: skip
-
+    def _results(self, plans: list[QueryPlan], k: int, params: BM25Params, documents: bool, threads: int,
+                 algorithm: str, masks: list) -> list[Results]:  # fmt: skip
         if documents and self.reader.split_passages:
+            def top(rows: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
+                return self._map(threads, lambda row: self._top_passages(plans[row], depth, params, algorithm, masks),
+                                 rows.tolist())  # fmt: skip
+
             return rank_documents(self.reader, top, len(plans), k, self.reader.passages)
-        return [self.reader.hits(docs, scores, as_documents=False) for docs, scores in top(np.arange(len(plans)), k)]
+        tops = self._map(threads, lambda plan: self._top_passages(plan, k, params, algorithm, masks), plans)
+        return [self.reader.hits(docs, scores, as_documents=False) for docs, scores in tops]
 
     def _map(self, threads: int, function, items: Sequence) -> list:
         """function over items on a persistent pool, one contiguous chunk per thread (a future per item costs
