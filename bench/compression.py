@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes[postings] = {"index_bytes": directory_bytes(path), "postings_bytes": postings_bytes(indexes[postings])}
     del passages
     plans = [indexes["raw"].bm25.plan(terms) for terms in queries]
-    terms = [query for query, plan in zip(queries, plans) if len(plan.per_segment[0][0])]
+    terms = [query for query, plan in zip(queries, plans) if plan.postings[0]]
     rows = []
     for k in (10, 1000):
         for algorithm in ("exhaustive", "maxscore", "auto"):

@@ -116,7 +116,7 @@ def run(corpus: str, max_queries: int, ks: list[int], repeats: int) -> dict:
     blocks = segment.blocks
     accumulator = np.zeros(segment.passages, dtype=np.float32)
     touched = np.empty(segment.passages, dtype=np.int64)
-    plans = [searcher.plan(q).per_segment[0] for q in queries]
+    plans = [searcher.ranges(searcher.plan(q), 0) for q in queries]
     postings = np.array([int((ends - starts).sum()) for starts, ends, _, _ in plans])
     context = (segment, blocks, norms, norm_index, inverse, accumulator, touched, plans, queries, searcher)
     rows, per_query = [], {}

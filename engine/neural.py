@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from functools import partial
 
 import numpy as np
 
@@ -13,7 +12,7 @@ from engine.encoders import BiEncoder, SpladeEncoder
 from engine.errors import SiftError
 from engine.format import IndexFormatError, PostingLists, parse_meta, verify_files
 from engine.reader import IndexReader, Results, rank_documents
-from engine.sparse import ALGORITHMS, term_ranges, top_postings
+from engine.sparse import ALGORITHMS, KERNEL_CODES, NO_MASK, search_segment
 
 
 class NeuralSearchError(SiftError):
@@ -131,18 +130,19 @@ class ImpactSearcher:
             raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         masks = self.index.live if masks is None else masks
         tokens = list(weights)
-        values = np.array([weights[t] for t in tokens], dtype=np.float64) / self.scale
+        values = (np.array([weights[t] for t in tokens], dtype=np.float64) / self.scale).astype(np.float32)
         found_passages, found_scores = [], []
+        no_norms = (np.ones(1, dtype=np.float32), np.zeros(1, dtype=np.int64))
         for i, lists in enumerate(self.lists):
-            starts, ends, blocks, found, _ = term_ranges(lists.terms.find_many(tokens), lists.offsets,
-                                                         lists.blocks.offsets)  # fmt: skip
-            if not len(starts) or (masks[i] is not None and not masks[i].any()):
+            if masks[i] is not None and not masks[i].any():
                 continue
-            passages, scores = top_postings(
-                lists, starts, ends, values[found].astype(np.float32), blocks, self._no_norms[i],
-                np.ones(1, dtype=np.float32), np.zeros(1, dtype=np.int64), k, algorithm, partial(self._scratch, i),
-                linear=True, mask=masks[i], keys=self.index.tie_keys[i],
+            passages, scores = search_segment(
+                lists.postings, lists.offsets, lists.block_arrays, lists.terms.find_many(tokens), values,
+                (self._no_norms[i], *no_norms), k, KERNEL_CODES[algorithm], self._scratch(i), True,
+                NO_MASK if masks[i] is None else masks[i], self.index.tie_keys[i],
             )  # fmt: skip
+            if not len(passages):
+                continue
             found_passages.append(passages + self.index.bases[i])
             found_scores.append(scores)
         return self.index.merge_tops(found_passages, found_scores, k)

@@ -415,11 +415,12 @@ class TreeSearcher:
         for i, segment in enumerate(self.reader.segments):
             found = {}
             for term in terms:
-                located = entries[term][1][i]
-                if located is not None:
-                    docs, tfs = read_postings(segment.postings, located[0], located[1], located[2],
+                term_id = entries[term][1][i]
+                if term_id >= 0:
+                    start, end = int(segment.offsets[term_id]), int(segment.offsets[term_id + 1])
+                    docs, tfs = read_postings(segment.postings, start, end, int(segment.blocks.offsets[term_id]),
                                               segment.blocks.last_doc)  # fmt: skip
-                    found[None, term] = (docs, tfs, located[0])
+                    found[None, term] = (docs, tfs, start)
             postings.append(found)
         self._add_field_postings(keys, postings, idfs, params)
         masks = masks if masks is not None else self.reader.live

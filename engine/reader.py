@@ -241,7 +241,7 @@ class IndexReader:
         """segments None: one segment, local numbers known to be in range (the kernels' results)."""
         if segments is None or len(self.segments) == 1:
             segment = self.segments[0]
-            doc_ids = segment.doc_ids.take(segment.passage_doc[local])
+            doc_ids = segment.doc_ids.take(local, via=segment.passage_doc)
             parts = segment.passage_part[local].tolist() if self.split_passages else None
         else:
             doc_ids = [""] * len(local)

@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from typing import NamedTuple
 
 import numba
@@ -28,7 +27,7 @@ from numba import njit
 
 from engine.analysis import Analyzer
 from engine.codec import BLOCK, decode_block
-from engine.format import PostingLists, Segment
+from engine.format import Segment
 from engine.reader import IndexReader, Results, rank_documents
 
 DEFAULT_K1 = 0.9
@@ -602,59 +601,55 @@ def _check(k: int, algorithm: str) -> None:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
 
 
+KERNEL_CODES = {"auto": -1, "exhaustive": 0, "maxscore": 1}  # search_segment's algorithm argument
+
+
+@njit(nogil=True, cache=True)
+def chosen_kernel(code, postings, k):
+    """0 for the exhaustive kernel, 1 for MaxScore: code -1 ("auto") decides by the total length of the query's
+    posting lists in the segment and k."""
+    if code >= 0:
+        return code
+    return 1 if postings >= max(_PRUNE_MIN_POSTINGS, _PRUNE_POSTINGS_PER_RESULT * k) else 0
+
+
 def choose_algorithm(algorithm: str, postings: int, k: int) -> str:
-    """The kernel a query gets in one segment: "auto" resolved by the total length of its posting lists and k."""
-    if algorithm != "auto":
-        return algorithm
-    return "maxscore" if postings >= max(_PRUNE_MIN_POSTINGS, _PRUNE_POSTINGS_PER_RESULT * k) else "exhaustive"
+    """The kernel a query gets in one segment, by name."""
+    return ("exhaustive", "maxscore")[chosen_kernel(KERNEL_CODES[algorithm], postings, k)]
 
 
-def top_postings(
-    lists: PostingLists,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    weights: np.ndarray,
-    block_first: np.ndarray,
-    norm_index: np.ndarray,
-    norm_inverse: np.ndarray,
-    norm_lengths: np.ndarray,
-    k: int,
-    algorithm: str,
-    scratch,
-    linear: bool = False,
-    mask: np.ndarray | None = None,
-    keys: np.ndarray = NO_KEYS,
-    postings: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The top k of one set of posting lists for the query terms' ranges, by the kernel the algorithm picks; every
-    kernel returns the same. scratch() gives the exhaustive kernels their (accumulator, touched) buffers; mask
-    (uint8 per passage, None for all) the passages that may be returned; postings: the ranges' total length, if
-    the caller knows it."""
-    mask = NO_MASK if mask is None else mask
-    postings = int((ends - starts).sum()) if postings is None else postings
-    if choose_algorithm(algorithm, postings, k) == "maxscore":
-        blocks = lists.blocks
-        return bm25_maxscore(
-            lists.postings, starts, ends, weights, norm_index, norm_inverse, norm_lengths, block_first,
-            blocks.max_tf, blocks.min_length, blocks.last_doc, k, linear, mask, keys,
-        )  # fmt: skip
-    accumulator, touched = scratch()
-    if lists.packed:
-        return bm25_exhaustive_packed(
-            lists.postings, starts, ends, block_first, lists.blocks.last_doc, weights, norm_index, norm_inverse, k,
-            accumulator, touched, linear, mask, keys,
-        )  # fmt: skip
-    return bm25_exhaustive(
-        lists.docs, lists.tfs, starts, ends, weights, norm_index, norm_inverse, k, accumulator, touched, linear, mask,
-        keys,
-    )
+@njit(nogil=True, cache=True)
+def search_segment(postings, offsets, blocks, term_ids, weights, norms, k, algorithm, scratch, linear=False,
+                   mask=NO_MASK, keys=NO_KEYS):  # fmt: skip
+    """One segment's top k for a query given as term numbers there (-1: absent) and a weight per term: the posting
+    ranges looked up and the kernel chosen (algorithm: a KERNEL_CODES value) in one compiled call. From Python,
+    every call and every numpy operation costs ~10 us once the caches are cold (as between a service's queries),
+    which is most of a short query. blocks: PostingLists.block_arrays; norms: (norm index per passage, the table
+    it indexes, the length each entry stands for); scratch: the exhaustive kernels' (accumulator, touched)."""
+    block_offsets, max_tf, min_length, last_doc = blocks
+    starts, ends, first, found, _ = term_ranges(term_ids, offsets, block_offsets)
+    present = weights[found]
+    norm_index, norm_inverse, norm_lengths = norms
+    total = 0
+    for q in range(len(starts)):
+        total += ends[q] - starts[q]
+    if chosen_kernel(algorithm, total, k) == 1:
+        return bm25_maxscore(postings, starts, ends, present, norm_index, norm_inverse, norm_lengths, first, max_tf,
+                             min_length, last_doc, k, linear, mask, keys)  # fmt: skip
+    accumulator, touched = scratch
+    if postings[0]:
+        return bm25_exhaustive_packed(postings, starts, ends, first, last_doc, present, norm_index, norm_inverse, k,
+                                      accumulator, touched, linear, mask, keys)  # fmt: skip
+    return bm25_exhaustive(postings[1], postings[2], starts, ends, present, norm_index, norm_inverse, k, accumulator,
+                           touched, linear, mask, keys)  # fmt: skip
 
 
 class QueryPlan(NamedTuple):
-    """A query analyzed against this index: per segment, the posting ranges to score and their weights."""
+    """A query analyzed against this index: each term's number in each segment and its weight."""
 
-    per_segment: tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]  # starts, ends, weights, blocks
-    postings: tuple[int, ...]  # per segment, the ranges' total length (what "auto" decides by)
+    term_ids: np.ndarray  # int64 [segments, terms]: -1 where a segment lacks the term
+    weights: np.ndarray  # float32 [terms]: idf times the term's count in the query
+    postings: tuple[int, ...]  # per segment, the total length of the query's posting lists (what "auto" decides by)
 
 
 class Norms(NamedTuple):
@@ -663,6 +658,7 @@ class Norms(NamedTuple):
     per_segment: list[np.ndarray]  # a passage's index into inverse and lengths
     inverse: np.ndarray  # float32 1 / (k1 * (1 - b + b * length / avgdl))
     lengths: np.ndarray  # int64, ascending: the length each index stands for
+    for_kernels: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per segment: (its norm index, inverse, lengths)
 
 
 class BM25Searcher:
@@ -690,27 +686,30 @@ class BM25Searcher:
     # -- query processing
 
     def plan(self, query: str | Sequence[str]) -> QueryPlan:
-        """query: text to analyze, or terms already analyzed. Built from Python numbers with two numpy calls a
-        segment: on short lists, planning costs as much as scoring."""
+        """query: text to analyze, or terms already analyzed. Two numpy calls, whatever the number of segments."""
         terms = self.analyzer.analyze(query) if isinstance(query, str) else list(query)
         counts = Counter(terms) if len(set(terms)) < len(terms) else dict.fromkeys(terms, 1)
         entries = self._entries(list(counts))
         # a term repeated in the query counts once per occurrence, as in Anserini; idf and count are float32
         # values, so their product in double precision rounds to the float32 product
-        weights = [idf * count for (idf, _), count in zip(entries, counts.values())]
-        per_segment, postings = [], []
-        for i in range(len(self.segments)):
-            found = [(entry[1][i], weight) for entry, weight in zip(entries, weights) if entry[1][i] is not None]
-            ranges = np.array([where for where, _ in found], dtype=np.int64).reshape(-1, 3).T.copy()
-            per_segment.append((ranges[0], ranges[1], np.array([w for _, w in found], dtype=np.float32), ranges[2]))
-            postings.append(sum(end - start for (start, end, _), _ in found))
-        return QueryPlan(tuple(per_segment), tuple(postings))
+        weights = np.array([idf * count for (idf, _, _), count in zip(entries, counts.values())], dtype=np.float32)
+        segments = range(len(self.segments))
+        term_ids = np.array([[ids[i] for _, ids, _ in entries] for i in segments], dtype=np.int64)
+        postings = tuple(sum(lengths[i] for _, _, lengths in entries) for i in segments)
+        return QueryPlan(term_ids.reshape(len(segments), len(entries)), weights, postings)
+
+    def ranges(self, plan: QueryPlan, segment: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The posting ranges a plan scores in one segment: (starts, ends, weights, first blocks) of the terms the
+        segment holds, for calling the kernels one by one (benchmarks)."""
+        lists = self.segments[segment]
+        starts, ends, first, found, _ = term_ranges(plan.term_ids[segment], lists.offsets, lists.blocks.offsets)
+        return starts, ends, plan.weights[found], first
 
     def _entries(self, terms: list[str]) -> list[tuple]:
-        """Per term: its idf (float32, from the global document frequency) and, per segment, its posting range and
-        first block, or None. Query terms repeat, so lookups are cached (a cached plan costs a third of a fresh one);
-        a full cache starts afresh, and what a query needs is taken from its own lookups, never from the cache
-        after the fact (another thread may clear it at any time)."""
+        """Per term: its idf (float32, from the global document frequency) and, per segment, its number there (-1
+        if absent) and its posting count. Query terms repeat, so lookups are cached (a cached plan costs a third of
+        a fresh one); a full cache starts afresh, and what a query needs is taken from its own lookups, never from
+        the cache after the fact (another thread may clear it at any time)."""
         cache = self._term_cache
         found = {term: entry for term in terms if (entry := cache.get(term)) is not None}
         missing = [term for term in terms if term not in found]
@@ -724,18 +723,16 @@ class BM25Searcher:
 
     def _look_up(self, terms: list[str]) -> dict[str, tuple]:
         term_ids = [segment.terms.find_many(terms) for segment in self.segments]
-        ranges = [term_ranges(ids, segment.offsets, segment.blocks.offsets)
-                  for ids, segment in zip(term_ids, self.segments)]  # fmt: skip
-        df = np.sum([r[4] for r in ranges], axis=0) if ranges else np.zeros(len(terms), dtype=np.int64)
+        lengths = [term_ranges(ids, segment.offsets, segment.blocks.offsets)[4]
+                   for ids, segment in zip(term_ids, self.segments)]  # fmt: skip
+        df = np.sum(lengths, axis=0) if lengths else np.zeros(len(terms), dtype=np.int64)
         for ids, deletions in zip(term_ids, self.reader.deletions):
             if len(deletions.passages):
                 df = df - deletions.df_taken(ids)
         idfs = idf(df, self.reader.scored_passages).tolist()
-        per_segment = []
-        for starts, ends, blocks, found, _ in ranges:
-            located = iter(zip(starts.tolist(), ends.tolist(), blocks.tolist()))
-            per_segment.append([next(located) if present else None for present in found.tolist()])
-        return {term: (idfs[j], tuple(segment[j] for segment in per_segment)) for j, term in enumerate(terms)}
+        ids_by_term = list(zip(*(ids.tolist() for ids in term_ids))) or [()] * len(terms)
+        lengths_by_term = list(zip(*(n.tolist() for n in lengths))) or [()] * len(terms)
+        return {term: (idfs[j], ids_by_term[j], lengths_by_term[j]) for j, term in enumerate(terms)}
 
     def norms(self, params: BM25Params) -> Norms:
         """Cached per parameter set: computing norm indexes touches every passage."""
@@ -748,7 +745,8 @@ class BM25Searcher:
                 indexes = [np.asarray(s.lengths) for s in self.segments]
                 lengths = np.arange(max((int(s.lengths.max()) for s in self.segments if s.passages), default=0) + 1)
             inverse = norm_inverse_table(params, self.reader.avgdl, len(lengths) - 1)
-            self._norm_cache[key] = Norms(indexes, inverse, lengths.astype(np.int64))
+            lengths = lengths.astype(np.int64)
+            self._norm_cache[key] = Norms(indexes, inverse, lengths, [(i, inverse, lengths) for i in indexes])
         return self._norm_cache[key]
 
     def _scratch(self, segment: int) -> tuple[np.ndarray, np.ndarray]:
@@ -776,15 +774,16 @@ class BM25Searcher:
     def _top_passages(self, plan: QueryPlan, k: int, params: BM25Params, algorithm: str, masks: list):
         """The kernels for one planned query; they release the GIL, so threads run this in parallel. masks: per
         segment, the passages that may be returned (deletions and a filter), None for all."""
-        norms = self.norms(params)
+        norms = self.norms(params).for_kernels
+        code = KERNEL_CODES[algorithm]
         found_docs, found_scores = [], []
-        for i, (segment, (starts, ends, weights, block_first)) in enumerate(zip(self.segments, plan.per_segment)):
-            if not len(starts):
+        for i, segment in enumerate(self.segments):
+            if not plan.postings[i]:
                 continue
-            docs, scores = top_postings(
-                segment, starts, ends, weights, block_first, norms.per_segment[i], norms.inverse, norms.lengths, k,
-                algorithm, partial(self._scratch, i), mask=masks[i], keys=segment.tie_keys,
-                postings=plan.postings[i],
+            mask = masks[i]
+            docs, scores = search_segment(
+                segment.postings, segment.offsets, segment.block_arrays, plan.term_ids[i], plan.weights, norms[i],
+                k, code, self._scratch(i), False, NO_MASK if mask is None else mask, segment.tie_keys,
             )  # fmt: skip
             found_docs.append(docs + self.reader.bases[i] if i else docs)
             found_scores.append(scores)
