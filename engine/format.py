@@ -285,14 +285,25 @@ class StringTable(Sequence[str]):
         indices = np.asarray(indices, dtype=np.int64)
         if not len(indices):
             return []
-        rows = _NO_ROWS if via is None else via
-        joined = _gather_strings(self._bytes, self._offsets, indices, rows).tobytes().decode("utf-8").split("\0")
-        if len(joined) == len(indices):
-            return joined
+        return self.split(gather_strings(self._bytes, self._offsets, indices, NO_ROWS if via is None else via),
+                          indices, via)  # fmt: skip
+
+    def split(self, joined: np.ndarray, indices: np.ndarray, via: np.ndarray | None = None) -> list[str]:
+        """The strings of gather_strings' output for these indices (and via), as take returns them."""
+        if not len(indices):
+            return []
+        strings = joined.tobytes().decode("utf-8").split("\0")
+        if len(strings) == len(indices):
+            return strings
         blob = self._blob  # a string holds NUL itself: one at a time
         if via is not None:
             indices = np.asarray(via[indices], dtype=np.int64)
         return [str(blob[a:b], "utf-8") for a, b in zip(self._offsets[indices], self._offsets[indices + 1])]
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(bytes, offsets): what gather_strings reads."""
+        return self._bytes, self._offsets
 
     @cached_property
     def _bytes(self) -> np.ndarray:
@@ -311,14 +322,14 @@ class StringTable(Sequence[str]):
         return int(self.find_many([key])[0])
 
 
-_NO_ROWS = np.zeros(0, dtype=np.uint32)  # _gather_strings' rows when indices are the table's own
+NO_ROWS = np.zeros(0, dtype=np.uint32)  # gather_strings' rows when indices are the table's own
 
 
 @numba.njit(nogil=True, cache=True)
-def _gather_strings(blob, offsets, indices, rows):
+def gather_strings(blob, offsets, indices, rows):
     """The bytes of the chosen strings (rows[indices], or indices when rows is empty), each followed by a NUL
     except the last."""
-    size = len(indices) - 1
+    size = max(len(indices) - 1, 0)
     for j in indices:
         i = rows[j] if len(rows) else j
         size += offsets[i + 1] - offsets[i]

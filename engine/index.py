@@ -51,6 +51,8 @@ class Index(IndexReader):
         (engine/typos.py; plain syntax; in the lucene syntax, write term~1). fields: where words without field: are
         searched, e.g. "title^2,text" or {"title": 2.0, "text": 1.0} (each field its own BM25, the scores summed);
         default: title and text together (contents), as Lucene's parity index; a positional index for the others."""
+        if syntax == "plain" and typos == "off" and fields is None and not offset and type(k) is int:
+            return self.bm25.search(query, k, params, documents, algorithm, filter)  # the usual query, in few steps
         if typos not in ("off", "auto"):
             raise ValueError(f'typos must be "off" or "auto", got {typos!r}')
         if typos == "auto":

@@ -27,7 +27,7 @@ from numba import njit
 
 from engine.analysis import Analyzer
 from engine.codec import BLOCK, decode_block
-from engine.format import Segment
+from engine.format import Segment, gather_strings
 from engine.reader import IndexReader, Results, rank_documents
 
 DEFAULT_K1 = 0.9
@@ -644,6 +644,16 @@ def search_segment(postings, offsets, blocks, term_ids, weights, norms, k, algor
                            touched, linear, mask, keys)  # fmt: skip
 
 
+@njit(nogil=True, cache=True)
+def search_segment_ids(postings, offsets, blocks, term_ids, weights, norms, k, algorithm, scratch, mask, keys,
+                       strings, string_offsets, passage_doc):  # fmt: skip
+    """search_segment, and the ids of the passages found (StringTable.split reads them): an index of one segment
+    answers a query in one compiled call."""
+    docs, scores = search_segment(postings, offsets, blocks, term_ids, weights, norms, k, algorithm, scratch, False,
+                                  mask, keys)  # fmt: skip
+    return docs, scores, gather_strings(strings, string_offsets, docs, passage_doc)
+
+
 class QueryPlan(NamedTuple):
     """A query analyzed against this index: each term's number in each segment and its weight."""
 
@@ -686,17 +696,29 @@ class BM25Searcher:
     # -- query processing
 
     def plan(self, query: str | Sequence[str]) -> QueryPlan:
-        """query: text to analyze, or terms already analyzed. Two numpy calls, whatever the number of segments."""
-        terms = self.analyzer.analyze(query) if isinstance(query, str) else list(query)
-        counts = Counter(terms) if len(set(terms)) < len(terms) else dict.fromkeys(terms, 1)
-        entries = self._entries(list(counts))
-        # a term repeated in the query counts once per occurrence, as in Anserini; idf and count are float32
-        # values, so their product in double precision rounds to the float32 product
-        weights = np.array([idf * count for (idf, _, _), count in zip(entries, counts.values())], dtype=np.float32)
-        segments = range(len(self.segments))
-        term_ids = np.array([[ids[i] for _, ids, _ in entries] for i in segments], dtype=np.int64)
-        postings = tuple(sum(lengths[i] for _, _, lengths in entries) for i in segments)
-        return QueryPlan(term_ids.reshape(len(segments), len(entries)), weights, postings)
+        """query: text to analyze, or terms already analyzed. Kept to a few lines and two numpy calls for the usual
+        query (terms cached, none repeated, one segment): with cold caches, as between a service's queries, every
+        Python and numpy operation costs microseconds, and planning cost as much as scoring."""
+        terms = self.analyzer.analyze(query) if isinstance(query, str) else query
+        get = self._term_cache.get
+        entries = [get(term) for term in terms]
+        if None in entries or len(set(terms)) < len(terms):  # a term to look up, or a repeated one
+            counts = Counter(terms)
+            entries = self._entries(list(counts))
+            # a term repeated in the query counts once per occurrence, as in Anserini; idf and count are float32
+            # values, so their product in double precision rounds to the float32 product
+            weights = [idf * count for (idf, _, _), count in zip(entries, counts.values())]
+        else:
+            weights = [idf for idf, _, _ in entries]
+        if len(self.segments) == 1:
+            term_ids = np.array([[ids[0] for _, ids, _ in entries]], dtype=np.int64)
+            postings: tuple[int, ...] = (sum([lengths[0] for _, _, lengths in entries]),)
+        else:
+            segments = range(len(self.segments))
+            term_ids = np.array([[ids[i] for _, ids, _ in entries] for i in segments], dtype=np.int64)
+            term_ids = term_ids.reshape(len(segments), len(entries))
+            postings = tuple(sum(lengths[i] for _, _, lengths in entries) for i in segments)
+        return QueryPlan(term_ids, np.array(weights, dtype=np.float32), postings)
 
     def ranges(self, plan: QueryPlan, segment: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The posting ranges a plan scores in one segment: (starts, ends, weights, first blocks) of the terms the
@@ -802,8 +824,24 @@ class BM25Searcher:
         filter: an expression over the index's fields (engine/fields.py); the result is exactly the top k of the
         passages it matches."""
         _check(k, algorithm)
+        masks = self.reader.filter_masks(filter)
+        if len(self.segments) == 1 and not self.reader.split_passages:
+            return self._one_segment(self.plan(query), k, params or self.default_params, algorithm, masks[0])
         return self._results([self.plan(query)], k, params or self.default_params, documents, 1, algorithm,
-                             self.reader.filter_masks(filter))[0]  # fmt: skip
+                             masks)[0]  # fmt: skip
+
+    def _one_segment(self, plan: QueryPlan, k: int, params: BM25Params, algorithm: str, mask) -> Results:
+        """search on an index of one segment whose passages are documents: the kernel and the hits' ids in one
+        compiled call (each call from Python costs tens of microseconds when the caches are cold)."""
+        segment = self.segments[0]
+        ids = segment.doc_ids
+        docs, scores, joined = search_segment_ids(
+            segment.postings, segment.offsets, segment.block_arrays, plan.term_ids[0], plan.weights,
+            self.norms(params).for_kernels[0], k, KERNEL_CODES[algorithm], self._scratch(0),
+            NO_MASK if mask is None else mask, segment.tie_keys, *ids.arrays, segment.passage_doc,
+        )  # fmt: skip
+        names = ids.split(joined, docs, segment.passage_doc)
+        return Results(names, names, scores, docs)
 
     def batch_search(
         self,
