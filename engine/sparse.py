@@ -162,11 +162,65 @@ def _sorted_heap(heap_scores, heap_docs, heap_keys, size):
     return heap_docs[:size].copy(), heap_scores[:size].copy()
 
 
+# top_k selects (a partition, then a sort of the best) rather than keeping a heap when k is large and most
+# candidates would enter the heap. Measured per query on the touched passages of real queries (2026-12-01): Debian,
+# 3,580 candidates: selection 177 vs 216 us at k=1000, but 100 vs 89 at k=200; 1M synthetic, 790k candidates: the
+# heap 3x faster at k=1000, since nearly every candidate falls below its root at one comparison.
+SELECT_MIN_K = 200
+SELECT_MAX_CANDIDATES_PER_RESULT = 4
+
+
 @numba.njit(nogil=True, cache=True)
 def top_k(candidates, scores, k, keys=NO_KEYS):
     """The k best candidates by (score desc, tie key asc), sorted; candidates are passage ids, scores indexed by id.
     keys (int64 per passage) orders exact score ties, by document id so that results do not depend on how passages
     are numbered across segments; empty: by passage id."""
+    if k >= SELECT_MIN_K and k < len(candidates) <= SELECT_MAX_CANDIDATES_PER_RESULT * k:
+        return top_k_by_selection(candidates, scores, k, keys)
+    return top_k_by_heap(candidates, scores, k, keys)
+
+
+@numba.njit(nogil=True, cache=True)
+def top_k_by_selection(candidates, scores, k, keys=NO_KEYS):
+    """top_k by partitioning at the k-th best score, then sorting what reaches it (ties at it included, ordered by
+    key): O(n + k log k), where the heap pays O(n log k) once most candidates enter it."""
+    n = len(candidates)
+    values = np.empty(n, dtype=np.float32)
+    for j in range(n):
+        values[j] = scores[candidates[j]]
+    kth = np.partition(values, n - k)[n - k] if n > k else -np.inf
+    count = 0
+    for j in range(n):
+        if values[j] >= kth:
+            count += 1
+    docs = np.empty(count, dtype=np.int64)
+    negated = np.empty(count, dtype=np.float32)  # ascending order is best first
+    i = 0
+    for j in range(n):
+        if values[j] >= kth:
+            docs[i] = candidates[j]
+            negated[i] = -values[j]
+            i += 1
+    order = np.argsort(negated)
+    i = 0
+    while i < count:  # a run of equal scores, by key
+        j = i + 1
+        while j < count and negated[order[j]] == negated[order[i]]:
+            j += 1
+        if j - i > 1:
+            run = order[i:j].copy()
+            ties = np.empty(j - i, dtype=np.int64)
+            for r in range(j - i):
+                ties[r] = _key(keys, docs[run[r]])
+            order[i:j] = run[np.argsort(ties)]
+        i = j
+    order = order[:k]
+    return docs[order], -negated[order]
+
+
+@numba.njit(nogil=True, cache=True)
+def top_k_by_heap(candidates, scores, k, keys=NO_KEYS):
+    """top_k with a min-heap of the k best so far: a candidate below its root costs one comparison."""
     size = min(k, len(candidates))
     heap_scores = np.empty(size, dtype=np.float32)
     heap_docs = np.empty(size, dtype=np.int64)

@@ -24,6 +24,8 @@ from engine.sparse import (
     norm_inverse_table,
     top_k,
     top_k_and_reset,
+    top_k_by_heap,
+    top_k_by_selection,
 )
 from indexers.corpus import CorpusReader, open_source
 from indexers.inverted import BuildOptions
@@ -111,6 +113,24 @@ def test_top_k_orders_by_score_then_id(values, k):
     expected = sorted(range(len(values)), key=lambda d: (-values[d], d))[:k]
     assert docs.tolist() == expected
     assert best.tolist() == [values[d] for d in expected]
+
+
+@given(st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.25]), min_size=1, max_size=300), st.integers(1, 320), st.booleans(),
+       st.booleans())  # fmt: skip
+def test_top_k_by_selection_equals_the_heap(values, k, keyed, distinct):
+    """Both ways top_k finds the best k (SELECT_MIN_K picks by k) return the same passages in the same order: exact
+    ties (many here) by key, also across the cut at the k-th score."""
+    scores = np.array(values, dtype=np.float32)
+    if distinct:  # few ties: scores spread over many values
+        scores = scores * np.float32(1000) + np.arange(len(values), dtype=np.float32)
+    candidates = np.random.default_rng(len(values)).permutation(len(values)).astype(np.int64)
+    keys = random_keys(len(values)) if keyed else NO_KEYS
+    by_heap = top_k_by_heap(candidates, scores, k, keys)
+    by_selection = top_k_by_selection(candidates, scores, k, keys)
+    assert by_selection[0].tolist() == by_heap[0].tolist()
+    assert by_selection[1].tolist() == by_heap[1].tolist()
+    expected = sorted(candidates.tolist(), key=lambda d: (-scores[d], keys[d] if keyed else d))[:k]
+    assert by_heap[0].tolist() == expected
 
 
 @given(st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.25]), min_size=1, max_size=300), st.integers(1, 320),
