@@ -33,7 +33,15 @@ from bench.first_stage import corpus_stem, load_corpus
 from bench.harness import WORK, publish
 from bench.peers import PeerUnavailable, PisaEngine, SiftEngine
 from engine.codec import BLOCK
-from engine.sparse import NO_KEYS, NO_MASK, _bm25, _load_block, bm25_exhaustive_packed, bm25_maxscore
+from engine.sparse import (
+    NO_KEYS,
+    NO_MASK,
+    _block_bounds,
+    _bm25,
+    _load_block,
+    bm25_exhaustive_packed,
+    bm25_maxscore,
+)
 
 
 @numba.njit(nogil=True)
@@ -87,7 +95,54 @@ def _pisa_query(engine, queries, k: int, i: int) -> None:
     engine.search(queries[i], k)
 
 
-def run(corpus: str, max_queries: int, ks: list[int], repeats: int) -> dict:
+def skipping_bounds(segment, norms, plans: list, hard: np.ndarray, ks: list[int]) -> list[dict]:
+    """What block-max skipping could save at best, from the engine's own block bounds at each query's final k-th
+    score (the highest threshold any run reaches, so these are lower bounds on the work of any safe method):
+    - essential share: the postings of the lists whose bounds, added to those of the weaker lists, reach it (MaxScore
+      reads them in full);
+    - block-max share: of those, the postings whose passage's block-max bound over all the query's lists reaches it
+      (what BMW's pivoting must still score)."""
+    blocks = segment.blocks
+    docs = segment.docs  # decoded in full once: this is an analysis, not a timing
+    accumulator = np.zeros(segment.passages, dtype=np.float32)
+    touched = np.empty(segment.passages, dtype=np.int64)
+    rows = []
+    for k in ks:
+        totals = {"all": np.zeros(3), "hard": np.zeros(3)}  # postings, essential, within block-max bounds
+        for (starts, ends, weights, first), is_hard in zip(plans, hard):
+            if not len(starts):
+                continue
+            _, scores = bm25_exhaustive_packed(
+                segment.postings, starts, ends, first, blocks.last_doc, weights, norms.per_segment[0], norms.inverse,
+                k, accumulator, touched,
+            )  # fmt: skip
+            threshold = scores[-1] if len(scores) == k else 0.0
+            counts = (ends - starts + BLOCK - 1) // BLOCK
+            offsets, bounds, term_bound = _block_bounds(weights, first, counts, blocks.max_tf, blocks.min_length,
+                                                        norms.lengths, norms.inverse, False)  # fmt: skip
+            order = np.argsort(term_bound, kind="stable")
+            essential = order[int(np.sum(np.cumsum(term_bound[order]) <= threshold)):]
+            reach = 0
+            for q in essential:
+                passages = docs[starts[q] : ends[q]].astype(np.int64)
+                bound = np.zeros(len(passages))
+                for r in range(len(starts)):  # the block of list r that may hold each passage
+                    block = np.searchsorted(blocks.last_doc[first[r] : first[r] + counts[r]], passages)
+                    inside = block < counts[r]
+                    bound[inside] += bounds[offsets[r] + block[inside]]
+                reach += int((bound > threshold).sum())
+            found = np.array([(ends - starts).sum(), (ends - starts)[essential].sum(), reach])
+            totals["all"] += found
+            if is_hard:
+                totals["hard"] += found
+        for subset, (postings, essential, reach) in totals.items():
+            if postings:
+                rows.append({"k": k, "queries": subset, "essential_share": round(essential / postings, 3),
+                             "block_max_share": round(reach / postings, 3)})  # fmt: skip
+    return rows
+
+
+def run(corpus: str, max_queries: int, ks: list[int], repeats: int, bounds: bool = False) -> dict:
     passages, queries, hard = load_corpus(corpus, max_queries)
     kept = [i for i, q in enumerate(queries) if q]
     queries, hard = [queries[i] for i in kept], np.array([hard[i] for i in kept], dtype=bool)
@@ -148,7 +203,9 @@ def run(corpus: str, max_queries: int, ks: list[int], repeats: int) -> dict:
                              "us_per_query_p50": round(1e6 * float(np.median(spent)), 1),
                              "us_per_query_p95": round(1e6 * float(np.percentile(spent, 95)), 1)})  # fmt: skip
             print(f"k={k} {subset}: " + ", ".join(f"{r['probe']} {r['ns_per_posting']}" for r in rows[-len(names):]))
+    skipping = skipping_bounds(segment, norms, plans, hard, ks) if bounds else []
     return {"corpus": corpus, "passages": segment.passages, "queries": len(queries), "hard_queries": int(hard.sum()),
+            "skipping_bounds": skipping,
             "postings_per_query_p50": int(np.median(postings)), "repeats": repeats, "results": rows,
             # per query, for fitting auto's choice: its postings, terms, and each probe's best time in microseconds
             "per_query": {"postings": postings.tolist(), "terms": [len(p[0]) for p in plans], "hard": hard.tolist(),
@@ -200,6 +257,13 @@ def render(report: dict) -> str:
     for r in report["results"]:
         lines.append(f"| {r['k']} | {r['queries']} | {r['probe']} | {r['ns_per_posting']} | {r['us_per_query_p50']} | "
                      f"{r['us_per_query_p95']} |")  # fmt: skip
+    if report.get("skipping_bounds"):
+        lines += ["", "What skipping could save at best (`--bounds`), at each query's final k-th score: the share of "
+                  "the postings in lists MaxScore must read in full (essential), and the share whose passage's "
+                  "block-max bound over all the query's lists still reaches that score (what BMW must score).", "",
+                  "| k | queries | essential share | block-max share |", "|---|---|---|---|"]  # fmt: skip
+        for r in report["skipping_bounds"]:
+            lines.append(f"| {r['k']} | {r['queries']} | {r['essential_share']} | {r['block_max_share']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -209,13 +273,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--k", default="10,1000")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes; each query keeps its best")
+    parser.add_argument("--bounds", action="store_true", help="also report what block-max skipping could save "
+                        "at best on these queries (decodes the segment in full)")  # fmt: skip
     parser.add_argument("--fit", nargs="+", metavar="KERNELS.json", help="fit auto's cost model on these reports' "
                         "per-query times and print it (nothing is run)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.fit:
         print(json.dumps(fit_auto(args.fit), indent=1))
         return
-    report = run(args.corpus, args.queries, [int(k) for k in args.k.split(",")], args.repeats)
+    report = run(args.corpus, args.queries, [int(k) for k in args.k.split(",")], args.repeats, args.bounds)
     publish(f"kernels-{corpus_stem(args.corpus)}", report, render)
 
 

@@ -4,8 +4,10 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,3 +83,29 @@ def test_pruning_json_contract(tmp_path):
     assert rows[("random", "bm25", 0.5)]["index_bytes"] < rows[("random", "bm25", 0.0)]["index_bytes"]
     assert (tmp_path / "results" / "pruning-mini.md").exists()
     assert json.loads((tmp_path / "results" / "pruning-mini.json").read_text())["alpha"] == 0.1
+
+
+def test_skipping_bounds_cover_everything_when_k_exceeds_the_matches_and_shrink_for_top_1(tmp_path):
+    """bench.kernels --bounds: with k above every query's matches the threshold is 0, so every list is essential
+    and every posting within its block-max bound; for the top 1, block-max shares never exceed essential ones, and
+    Zipfian lists leave something to skip."""
+    from bench.kernels import skipping_bounds
+    from engine.index import open_index
+    from indexers.corpus import Document
+    from indexers.writer import build_index
+    from tools.synthetic import synthetic_documents
+
+    documents = list(synthetic_documents(3000, seed=1, vocabulary_size=2000))
+    build_index((Document(d["_id"], d["text"]) for d in documents), tmp_path / "idx")
+    index = open_index(tmp_path / "idx")
+    searcher = index.bm25
+    frequent = Counter(word for d in documents for word in d["text"].split()).most_common(1)[0][0]
+    plans = [searcher.ranges(searcher.plan(" ".join([*d["text"].split()[:3], frequent])), 0) for d in documents[:40]]
+    norms = searcher.norms(searcher.default_params)
+    hard = np.arange(len(plans)) % 2 == 0
+    rows = {(r["k"], r["queries"]): r for r in skipping_bounds(index.segments[0], norms, plans, hard, [1, 10**6])}
+    for subset in ("all", "hard"):
+        assert rows[10**6, subset]["essential_share"] == 1.0 and rows[10**6, subset]["block_max_share"] == 1.0
+        top1 = rows[1, subset]
+        assert 0 <= top1["block_max_share"] <= top1["essential_share"] <= 1
+    assert rows[1, "all"]["block_max_share"] < 1
