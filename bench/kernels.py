@@ -57,7 +57,7 @@ def _probe(postings, starts, ends, block_first, block_last_doc, weights, norm_in
         block = block_first[q]
         for start in range(starts[q], ends[q], BLOCK):
             n = min(BLOCK, ends[q] - start)
-            _load_block(postings, block_last_doc, block_first[q], block, start, n, docs, tfs, True)
+            _load_block(postings, block_last_doc, block_first[q], block, start, n, docs, tfs)
             if score:
                 for i in range(n):
                     d = docs[i]

@@ -269,7 +269,7 @@ def read_postings(postings, start, end, first_block, block_last_doc):
     block = first_block
     for at in range(start, end, BLOCK):
         n = min(BLOCK, end - at)
-        _load_block(postings, block_last_doc, first_block, block, at, n, block_docs, block_tfs, True)
+        _load_block(postings, block_last_doc, first_block, block, at, n, block_docs, block_tfs)
         docs[at - start : at - start + n] = block_docs[:n]
         tfs[at - start : at - start + n] = block_tfs[:n]
         block += 1

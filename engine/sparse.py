@@ -393,14 +393,14 @@ def _block_bounds(weights, block_first, block_count, block_max_tf, block_min_len
 
 
 @numba.njit(nogil=True, cache=True)
-def _load_block(postings, block_last_doc, first_block, block, start, n, out_docs, out_tfs, copy=False):
-    """Fills out_docs/out_tfs[:n] with one block of postings: decodes packed ones; copies raw ones only if asked
-    (MaxScore reads raw postings in place)."""
+def _load_block(postings, block_last_doc, first_block, block, start, n, out_docs, out_tfs):
+    """Fills out_docs/out_tfs[:n] with one block of postings: decodes packed ones, copies raw ones (the kernels then
+    read one kind of buffer, which MaxScore's loop measured faster than choosing per posting)."""
     packed, docs, tfs, words, block_word, doc_width, tf_width = postings
     if packed:
         previous = np.int64(block_last_doc[block - 1]) if block > first_block else np.int64(-1)
         decode_block(words, block_word, doc_width, tf_width, block, n, previous, out_docs, out_tfs)
-    elif copy:
+    else:
         for i in range(n):
             out_docs[i] = docs[start + i]
             out_tfs[i] = tfs[start + i]
@@ -422,7 +422,7 @@ def bm25_exhaustive_packed(postings, starts, ends, block_first, block_last_doc, 
         block = block_first[q]
         for start in range(starts[q], ends[q], BLOCK):
             n = min(BLOCK, ends[q] - start)
-            _load_block(postings, block_last_doc, block_first[q], block, start, n, docs, tfs, True)
+            _load_block(postings, block_last_doc, block_first[q], block, start, n, docs, tfs)
             for i in range(n):
                 d = docs[i]
                 if masked and mask[d] == 0:
@@ -433,12 +433,6 @@ def bm25_exhaustive_packed(postings, starts, ends, block_first, block_last_doc, 
                 accumulator[d] += _bm25(w, tfs[i], norm_inverse[norm_index[d]], linear)
             block += 1
     return top_k_and_reset(accumulator, touched, n_touched, scanned, k, keys)
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _posting(packed, raw, buffer, q, block_start, offset):
-    """A posting's value under a cursor: from the decoded buffer, or straight from the raw array (no copy)."""
-    return buffer[q, offset] if packed else np.int64(raw[block_start + offset])
 
 
 @numba.njit(nogil=True, cache=True)
@@ -469,7 +463,6 @@ def bm25_maxscore(
     move the cursors like any other but are never scored or returned; block maxima stay safe bounds.
     """
     masked = len(mask) > 0
-    packed, docs, tfs = postings[0], postings[1], postings[2]
     m = len(starts)
     block_count = np.empty(m, dtype=np.int64)
     for q in range(m):
@@ -518,7 +511,7 @@ def bm25_maxscore(
         _load_block(postings, block_last_doc, block_first[q], block_first[q], starts[q], block_len[q],
                     buffer_docs[q], buffer_tfs[q])  # fmt: skip
         loaded[q] = 0
-        cur_doc[q] = _posting(packed, docs, buffer_docs, q, starts[q], 0)
+        cur_doc[q] = buffer_docs[q, 0]
     current = n_docs
     for q in range(m):
         current = min(current, cur_doc[q])
@@ -530,12 +523,12 @@ def bm25_maxscore(
             doc = cur_doc[q]
             if doc == current:
                 start = starts[q] + block[q] * BLOCK
-                tf = _posting(packed, tfs, buffer_tfs, q, start, offset[q])
+                tf = buffer_tfs[q, offset[q]]
                 contribution[q] = _bm25(weights[q], tf, norm_inverse[norm_index[current]], linear)
                 partial += contribution[q]
                 offset[q] += 1
                 if offset[q] < block_len[q]:
-                    doc = _posting(packed, docs, buffer_docs, q, start, offset[q])
+                    doc = buffer_docs[q, offset[q]]
                 else:
                     block[q] += 1
                     offset[q] = 0
@@ -547,7 +540,7 @@ def bm25_maxscore(
                         _load_block(postings, block_last_doc, block_first[q], block_first[q] + block[q], start,
                                     block_len[q], buffer_docs[q], buffer_tfs[q])  # fmt: skip
                         loaded[q] = block[q]
-                        doc = _posting(packed, docs, buffer_docs, q, start, 0)
+                        doc = buffer_docs[q, 0]
                 cur_doc[q] = doc
             if doc < following:
                 following = doc
@@ -572,12 +565,14 @@ def bm25_maxscore(
                 _load_block(postings, block_last_doc, first, first + block[q], start, min(BLOCK, ends[q] - start),
                             buffer_docs[q], buffer_tfs[q])  # fmt: skip
                 loaded[q] = block[q]
-            while _posting(packed, docs, buffer_docs, q, start, offset[q]) < current:
+            while buffer_docs[q, offset[q]] < current:
                 offset[q] += 1
-            if _posting(packed, docs, buffer_docs, q, start, offset[q]) == current:
-                tf = _posting(packed, tfs, buffer_tfs, q, start, offset[q])
+            if buffer_docs[q, offset[q]] == current:
+                tf = buffer_tfs[q, offset[q]]
                 contribution[q] = _bm25(weights[q], tf, norm_inverse[norm_index[current]], linear)
                 partial += contribution[q]
+        if candidate and partial * margin <= threshold:  # the exact sum cannot reach the k-th score either
+            candidate = False
         if candidate:
             score = np.float32(0)
             for q in range(m):
