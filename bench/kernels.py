@@ -41,6 +41,7 @@ from engine.sparse import (
     _load_block,
     bm25_exhaustive_packed,
     bm25_maxscore,
+    exhaustive_scratch,
 )
 
 
@@ -104,8 +105,7 @@ def skipping_bounds(segment, norms, plans: list, hard: np.ndarray, ks: list[int]
       (what BMW's pivoting must still score)."""
     blocks = segment.blocks
     docs = segment.docs  # decoded in full once: this is an analysis, not a timing
-    accumulator = np.zeros(segment.passages, dtype=np.float32)
-    touched = np.empty(segment.passages, dtype=np.int64)
+    accumulator, touched = exhaustive_scratch(segment.passages)
     rows = []
     for k in ks:
         totals = {"all": np.zeros(3), "hard": np.zeros(3)}  # postings, essential, within block-max bounds
@@ -169,8 +169,7 @@ def run(corpus: str, max_queries: int, ks: list[int], repeats: int, bounds: bool
     norms = searcher.norms(searcher.default_params)
     norm_index, inverse = norms.per_segment[0], norms.inverse
     blocks = segment.blocks
-    accumulator = np.zeros(segment.passages, dtype=np.float32)
-    touched = np.empty(segment.passages, dtype=np.int64)
+    accumulator, touched = exhaustive_scratch(segment.passages)
     plans = [searcher.ranges(searcher.plan(q), 0) for q in queries]
     postings = np.array([int((ends - starts).sum()) for starts, ends, _, _ in plans])
     context = (segment, blocks, norms, norm_index, inverse, accumulator, touched, plans, queries, searcher)

@@ -12,7 +12,7 @@ from engine.encoders import BiEncoder, SpladeEncoder
 from engine.errors import SiftError
 from engine.format import IndexFormatError, PostingLists, parse_meta, verify_files
 from engine.reader import IndexReader, Results, rank_documents
-from engine.sparse import ALGORITHMS, KERNEL_CODES, NO_MASK, search_segment
+from engine.sparse import ALGORITHMS, KERNEL_CODES, NO_MASK, exhaustive_scratch, search_segment
 
 
 class NeuralSearchError(SiftError):
@@ -150,8 +150,7 @@ class ImpactSearcher:
     def _scratch(self, segment: int) -> tuple[np.ndarray, np.ndarray]:
         buffers = self._local.__dict__.setdefault("buffers", {})
         if segment not in buffers:
-            n = self.index.segments[segment].passages
-            buffers[segment] = (np.zeros(n, dtype=np.float32), np.empty(n, dtype=np.int64))
+            buffers[segment] = exhaustive_scratch(self.index.segments[segment].passages)
         return buffers[segment]
 
     def search_many(self, queries: Sequence[str], k: int = 10, algorithm: str = "auto",

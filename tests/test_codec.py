@@ -11,6 +11,7 @@ from engine.sparse import (
     BM25Params,
     bm25_exhaustive,
     bm25_exhaustive_packed,
+    exhaustive_scratch,
     lucene_norm_bytes,
     norm_inverse_table,
 )
@@ -66,7 +67,7 @@ def test_compressed_scores_equal_raw():
     weights = np.array([0.3, 1.2, 3.1, 6.0], dtype=np.float32)
     deleted = (np.random.default_rng(1).random(n_docs) < 0.3).astype(np.uint8) ^ 1
     for k, mask in ((1, NO_MASK), (10, NO_MASK), (1000, NO_MASK), (10, deleted), (1000, deleted)):
-        accumulator, touched = np.zeros(n_docs, dtype=np.float32), np.empty(n_docs, dtype=np.int64)
+        accumulator, touched = exhaustive_scratch(n_docs)
         raw = bm25_exhaustive(docs, tfs, offsets[query], offsets[query + 1], weights, norm_index, table, k,
                               accumulator, touched, False, mask)  # fmt: skip
         for postings in (packed_postings(words, block_word, doc_width, tf_width), raw_postings(docs, tfs)):

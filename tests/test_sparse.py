@@ -18,8 +18,10 @@ from engine.sparse import (
     NO_MASK,
     BM25Params,
     bm25_exhaustive,
+    bm25_exhaustive_packed,
     bm25_maxscore,
     bm25_reference,
+    exhaustive_scratch,
     lucene_norm_bytes,
     norm_inverse_table,
     top_k,
@@ -92,8 +94,7 @@ def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b, linear, 
     else:
         norm_index, table = lengths.astype(np.uint32), norm_inverse_table(params, avgdl, int(lengths.max()))
     starts, ends = offsets[query], offsets[query + 1]
-    accumulator = np.zeros(len(lengths), dtype=np.float32)
-    touched = np.empty(len(lengths), dtype=np.int64)
+    accumulator, touched = exhaustive_scratch(len(lengths))
     got_docs, got_scores = bm25_exhaustive(
         docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched, linear, mask, keys, top
     )
@@ -103,6 +104,33 @@ def test_kernel_equals_numpy_reference(postings, k, length_norm, k1, b, linear, 
     np.testing.assert_allclose(got_scores, want_scores, rtol=0, atol=1e-6)
     assert got_docs.tolist() == want_docs.tolist()
     assert not accumulator.any(), "the kernel must leave its scratch space zeroed"
+
+
+def test_kernels_score_lists_that_touch_every_passage():
+    """Every passage in every query list: the touched list fills up and each later posting is written to its spare
+    entry (the kernels append without a branch), which must neither lose a passage nor write past the scratch."""
+    n_docs, n_terms = 300, 3
+    rng = np.random.default_rng(7)
+    docs = np.tile(np.arange(n_docs, dtype=np.uint32), n_terms)
+    tfs = rng.integers(1, 9, size=n_docs * n_terms).astype(np.uint32)
+    offsets = np.arange(0, n_docs * n_terms + 1, n_docs, dtype=np.int64)
+    lengths = rng.integers(1, 200, size=n_docs)
+    norm_index, table = lucene_norm_bytes(lengths), norm_inverse_table(BM25Params(), float(lengths.mean()), 255)
+    weights = np.array([1.5, 0.7, 2.2], dtype=np.float32)
+    starts, ends = offsets[:-1], offsets[1:]
+    want = bm25_reference(docs, tfs, starts, ends, weights, norm_index, table, n_docs)
+    blocks = compute_blocks(docs, tfs, offsets, lengths)
+    packed = packed_postings(*encode(docs, tfs, offsets))
+    for top in (0, 1):  # a touched list, or a scan
+        accumulator, touched = exhaustive_scratch(n_docs)
+        raw = bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, table, n_docs, accumulator, touched,
+                              False, NO_MASK, NO_KEYS, top)  # fmt: skip
+        from_blocks = bm25_exhaustive_packed(packed, starts, ends, blocks.offsets[:-1], blocks.last_doc, weights,
+                                             norm_index, table, n_docs, accumulator, touched, False, NO_MASK,
+                                             NO_KEYS, top)  # fmt: skip
+        for found in (raw, from_blocks):
+            assert found[0].tolist() == want[0].tolist() and found[1].tolist() == want[1].tolist()
+        assert not accumulator.any()
 
 
 @given(st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.25]), min_size=1, max_size=200), st.integers(1, 250))
@@ -283,8 +311,7 @@ def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params, linear=
         linear, mask, keys,
     )  # fmt: skip
     assert packed[0].tolist() == pruned[0].tolist() and packed[1].tolist() == pruned[1].tolist()
-    accumulator = np.zeros(len(lengths), dtype=np.float32)
-    touched = np.empty(len(lengths), dtype=np.int64)
+    accumulator, touched = exhaustive_scratch(len(lengths))
     exhaustive = bm25_exhaustive(docs, tfs, starts, ends, weights, norm_index, table, k, accumulator, touched, linear,
                                  mask, keys)  # fmt: skip
     return pruned, exhaustive
