@@ -23,11 +23,11 @@ from engine.sparse import (
     bm25_reference,
     exhaustive_scratch,
     lucene_norm_bytes,
+    narrowed_by_histogram,
     norm_inverse_table,
     top_k,
     top_k_and_reset,
     top_k_by_heap,
-    top_k_by_selection,
 )
 from indexers.corpus import CorpusReader, open_source
 from indexers.inverted import BuildOptions
@@ -143,22 +143,29 @@ def test_top_k_orders_by_score_then_id(values, k):
     assert best.tolist() == [values[d] for d in expected]
 
 
-@given(st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.25]), min_size=1, max_size=300), st.integers(1, 320), st.booleans(),
-       st.booleans())  # fmt: skip
-def test_top_k_by_selection_equals_the_heap(values, k, keyed, distinct):
-    """Both ways top_k finds the best k (SELECT_MIN_K picks by k) return the same passages in the same order: exact
-    ties (many here) by key, also across the cut at the k-th score."""
+@given(st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.25]), min_size=1, max_size=300), st.integers(1, 320),
+       st.sampled_from(["few", "many", "close", "signed"]), st.booleans())  # fmt: skip
+def test_top_k_narrowed_by_histogram_equals_the_heap(values, k, spread, keyed):
+    """Narrowing by a histogram keeps the best k, exact ties (many here) at the k-th score included, so the heap
+    then returns the same passages in the same order as on all candidates."""
     scores = np.array(values, dtype=np.float32)
-    if distinct:  # few ties: scores spread over many values
+    if spread == "many":  # few ties: scores over many values
         scores = scores * np.float32(1000) + np.arange(len(values), dtype=np.float32)
+    elif spread == "close":  # distinct scores that share a histogram bucket
+        scores = np.float32(1000) + np.arange(len(values), dtype=np.float32) * np.float32(1e-4)
+    elif spread == "signed":  # zero and negative scores too (the query syntax's boosts), all in the lowest bucket
+        scores = scores - np.float32(2)
     candidates = np.random.default_rng(len(values)).permutation(len(values)).astype(np.int64)
     keys = random_keys(len(values)) if keyed else NO_KEYS
+    narrowed = narrowed_by_histogram(candidates, scores, k)
+    assert len(narrowed) >= min(k, len(values)) and set(narrowed.tolist()) <= set(candidates.tolist())
     by_heap = top_k_by_heap(candidates, scores, k, keys)
-    by_selection = top_k_by_selection(candidates, scores, k, keys)
-    assert by_selection[0].tolist() == by_heap[0].tolist()
-    assert by_selection[1].tolist() == by_heap[1].tolist()
+    after_narrowing = top_k_by_heap(narrowed, scores, k, keys)
+    assert after_narrowing[0].tolist() == by_heap[0].tolist()
+    assert after_narrowing[1].tolist() == by_heap[1].tolist()
     expected = sorted(candidates.tolist(), key=lambda d: (-scores[d], keys[d] if keyed else d))[:k]
     assert by_heap[0].tolist() == expected
+    assert top_k(candidates, scores, k, keys)[0].tolist() == expected
 
 
 @given(st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.25]), min_size=1, max_size=300), st.integers(1, 320),
