@@ -175,8 +175,8 @@ HISTOGRAM_BUCKETS = 2048
 @numba.njit(nogil=True, cache=True)
 def top_k(candidates, scores, k, keys=NO_KEYS):
     """The k best candidates by (score desc, tie key asc), sorted; candidates are passage ids, scores indexed by id.
-    keys (int64 per passage) orders exact score ties, by document id so that results do not depend
-    on how passages are numbered across segments; empty: by passage id."""
+    keys (int64 per passage) orders exact score ties, by document id so that results do not depend on how passages
+    are numbered across segments; empty: by passage id."""
     if k >= HISTOGRAM_MIN_K and k < len(candidates) <= HISTOGRAM_MAX_CANDIDATES_PER_RESULT * k:
         return top_k_by_heap(narrowed_by_histogram(candidates, scores, k), scores, k, keys)
     return top_k_by_heap(candidates, scores, k, keys)
