@@ -678,8 +678,10 @@ ALGORITHMS = ("auto", "maxscore", "exhaustive")  # safe: all return exactly the 
 # Remeasured (2026-12-01, after the branchless exhaustive kernel and MaxScore's one-list loop), the other Debian
 # passages' 1,169 queries at k=10, the total over all queries by threshold, with warm caches and with caches flushed
 # before each query (as between a service's queries, or engines taking turns): 100k 79 / 162 ms, 50k 80 / 151,
-# 20k 85 / 148; 200k synthetic passages: 100k 257 / 297, 50k 252 / 291. 50k: 1% more warm, 7% less cold.
-_PRUNE_MIN_POSTINGS = 50_000
+# 20k 85 / 148; 200k synthetic passages: 100k 257 / 297, 50k 252 / 291. Yet the first-stage benchmark (engines
+# taking turns, caches partly warm) with 50k gave Debian's hard queries at k=10 a p95 of 1.22 ms against 0.81 with
+# 100k (0.82x PISA-BMW against 0.93x), so 100k stays.
+_PRUNE_MIN_POSTINGS = 100_000
 _PRUNE_POSTINGS_PER_RESULT = 1000
 _TERM_CACHE_SIZE = 200_000  # terms whose lookups are kept (about 200 bytes each)
 
