@@ -14,6 +14,7 @@ from engine.format import compute_blocks
 from engine.index import open_index
 from engine.sparse import (
     LUCENE_LENGTH_TABLE,
+    MAXSCORE_WINDOW,
     NO_KEYS,
     NO_MASK,
     BM25Params,
@@ -51,9 +52,9 @@ def test_norm_bytes_round_down_to_representable_lengths(lengths):
 
 
 @st.composite
-def random_postings(draw):
+def random_postings(draw, max_docs: int = 60):
     """A random segment: sorted postings per term, lengths, and a query over some of its terms."""
-    n_docs = draw(st.integers(1, 60))
+    n_docs = draw(st.integers(1, max_docs))
     n_terms = draw(st.integers(1, 8))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     docs, tfs, offsets = [], [], [0]
@@ -331,6 +332,22 @@ def run_maxscore(docs, tfs, offsets, lengths, query, weights, k, params, linear=
     st.booleans(), st.sampled_from([None, 0.0, 0.3, 0.9]), st.booleans(),
 )  # fmt: skip
 def test_maxscore_returns_exactly_the_exhaustive_top_k(postings, k, length_norm, k1, b, linear, masked_share, keyed):
+    check_maxscore(postings, k, length_norm, k1, b, linear, masked_share, keyed)
+
+
+@pytest.mark.slow
+@settings(max_examples=100, deadline=None)
+@given(
+    random_postings(max_docs=3 * MAXSCORE_WINDOW), st.integers(1, 70), st.sampled_from(["lucene", "exact"]),
+    st.floats(0.01, 3), st.floats(0, 1), st.booleans(), st.sampled_from([None, 0.3]), st.booleans(),
+)  # fmt: skip
+def test_maxscore_across_windows_returns_exactly_the_exhaustive_top_k(postings, k, length_norm, k1, b, linear,
+                                                                      masked_share, keyed):  # fmt: skip
+    """Segments of up to three of MaxScore's windows over its essential lists."""
+    check_maxscore(postings, k, length_norm, k1, b, linear, masked_share, keyed)
+
+
+def check_maxscore(postings, k, length_norm, k1, b, linear, masked_share, keyed):
     docs, tfs, offsets, lengths, query, weights = postings
     (got_docs, got_scores), (want_docs, want_scores) = run_maxscore(
         docs, tfs, offsets, lengths, query, weights, k, BM25Params(k1=k1, b=b, length_norm=length_norm), linear,
@@ -359,6 +376,35 @@ def test_maxscore_on_long_zipfian_lists(seed, linear):
     for k in (1, 10, 100, 1000):
         (got_docs, got_scores), (want_docs, want_scores) = run_maxscore(
             docs_all, tfs_all, np.array(offsets), lengths, np.arange(n_terms), weights, k, BM25Params(), linear
+        )
+        assert got_docs.tolist() == want_docs.tolist()
+        assert got_scores.tolist() == want_scores.tolist()
+
+
+def regional_postings(seed: int):
+    """Six terms whose tf, and so whose block maxima, are high in one region and low elsewhere: one window's
+    essential terms differ from the next's, and a term probed in one window is scored in full in a later one."""
+    rng = np.random.default_rng(seed)
+    n_docs = 3 * MAXSCORE_WINDOW + int(rng.integers(0, MAXSCORE_WINDOW))
+    docs, tfs, offsets = [], [], [0]
+    for _ in range(6):
+        chosen = np.sort(rng.choice(n_docs, size=int(rng.choice([60, 140, 300, 2000, 6000])), replace=False))
+        peak = rng.uniform(0, n_docs)
+        docs.append(chosen)
+        tfs.append(rng.integers(1, np.where(np.abs(chosen - peak) < MAXSCORE_WINDOW, 20, 2) + 1))
+        offsets.append(offsets[-1] + len(chosen))
+    lengths = rng.integers(5, 300, size=n_docs)
+    weights = rng.uniform(0.2, 4, size=6).astype(np.float32)
+    docs_all, tfs_all = np.concatenate(docs).astype(np.uint32), np.concatenate(tfs).astype(np.uint32)
+    return docs_all, tfs_all, np.array(offsets), lengths, np.arange(6), weights
+
+
+@pytest.mark.parametrize("seed", [114, 144, *range(8)])  # 114 and 144 once caught a probe's short last block
+def test_maxscore_when_windows_change_which_terms_are_essential(seed):
+    docs, tfs, offsets, lengths, query, weights = regional_postings(seed)
+    for k in (1, 10, 100):
+        (got_docs, got_scores), (want_docs, want_scores) = run_maxscore(
+            docs, tfs, offsets, lengths, query, weights, k, BM25Params()
         )
         assert got_docs.tolist() == want_docs.tolist()
         assert got_scores.tolist() == want_scores.tolist()
