@@ -109,3 +109,29 @@ def test_skipping_bounds_cover_everything_when_k_exceeds_the_matches_and_shrink_
         top1 = rows[1, subset]
         assert 0 <= top1["block_max_share"] <= top1["essential_share"] <= 1
     assert rows[1, "all"]["block_max_share"] < 1
+
+
+@pytest.mark.parametrize("bits", [4, 8, 16])
+def test_impacts_rounded_up_then_rescored_give_the_exact_top_k(tmp_path, bits):
+    """bench.impacts: an impact kernel's candidates rescored exactly equal the exact kernel, ids and scores, also
+    at 4 bits, where many passages share an impact score and the kernel must run again with more candidates."""
+    from bench.impacts import Context
+    from engine.index import open_index
+    from indexers.corpus import Document
+    from indexers.writer import build_index
+    from tools.synthetic import synthetic_documents
+
+    documents = list(synthetic_documents(3000, seed=2, vocabulary_size=500))
+    build_index((Document(d["_id"], d["text"]) for d in documents), tmp_path / "idx")
+    index = open_index(tmp_path / "idx")
+    searcher = index.bm25
+    context = Context(index.segments[0], searcher.norms(searcher.default_params).for_kernels[0], (bits,))
+    plans = [searcher.ranges(searcher.plan(" ".join(d["text"].split()[:4])), 0) for d in documents[:60]]
+    for k in (1, 10, 100):
+        for plan in plans:
+            want_docs, want_scores = context.exact(plan, k, "exhaustive")
+            for algorithm in ("exhaustive", "maxscore"):
+                docs, scores = context.with_impacts(plan, k, algorithm, bits)
+                assert docs.tolist() == want_docs.tolist() and scores.tolist() == want_scores.tolist()
+    if bits == 4:
+        assert context.reruns[4] > 0
