@@ -871,7 +871,9 @@ ALGORITHMS = ("auto", "maxscore", "exhaustive")  # safe: all return exactly the 
 # before each query (as between a service's queries, or engines taking turns): 100k 79 / 162 ms, 50k 80 / 151,
 # 20k 85 / 148; 200k synthetic passages: 100k 257 / 297, 50k 252 / 291. Yet the first-stage benchmark (engines
 # taking turns, caches partly warm) with 50k gave Debian's hard queries at k=10 a p95 of 1.22 ms against 0.81 with
-# 100k (0.82x PISA-BMW against 0.93x), so 100k stays.
+# 100k (0.82x PISA-BMW against 0.93x), so 100k stays. Again with the windowed MaxScore (same day, later): with
+# caches flushed MaxScore was 12% faster at 50-100k postings and 24% slower at 20-50k; in the benchmark 50k gave
+# k=10 0.79x PISA-BMW against 0.78x and the hard queries' p95 0.71 ms against 0.65.
 _PRUNE_MIN_POSTINGS = 100_000
 _PRUNE_POSTINGS_PER_RESULT = 1000
 _TERM_CACHE_SIZE = 200_000  # terms whose lookups are kept (about 200 bytes each)
