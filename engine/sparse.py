@@ -458,7 +458,8 @@ def bm25_exhaustive_packed(postings, starts, ends, block_first, block_last_doc, 
 
 # MaxScore reads its essential terms a window of passages at a time (a multiple of 64). Against the former
 # document-at-a-time merge, one thread, kernels taking turns query by query (2026-12-01): Debian k=10 -9% (hard
-# queries -17%), 1M synthetic passages k=1000 -10%, k=10 +2%. Windows of 1,024 to 16,384 passages were within 3%.
+# queries -17%), 1M synthetic passages k=1000 -10%, k=10 +2%. Windows of 1,024 to 16,384 passages were within 3%
+# of each other on the Debian queries.
 MAXSCORE_WINDOW = 4096
 _DE_BRUIJN_MULTIPLIER = np.uint64(0x03F79D71B4CB0A89)  # the position of a word's lowest set bit, by table lookup
 _DE_BRUIJN = np.zeros(64, dtype=np.int64)
