@@ -118,9 +118,10 @@ class SiftEngine(Engine):
         searcher = self.index.bm25
         served: Counter = Counter()
         for query in queries:
-            for postings in searcher.plan(query).postings:
+            plan = searcher.plan(query)
+            for term_ids, postings in zip(plan.term_ids, plan.postings):
                 if postings:
-                    served[choose_algorithm(self.algorithm, postings, k)] += 1
+                    served[choose_algorithm(self.algorithm, postings, k, int((term_ids >= 0).sum()))] += 1
         return dict(served)
 
 

@@ -877,6 +877,11 @@ ALGORITHMS = ("auto", "maxscore", "exhaustive")  # safe: all return exactly the 
 # k=10 0.79x PISA-BMW against 0.78x and the hard queries' p95 0.71 ms against 0.65.
 _PRUNE_MIN_POSTINGS = 100_000
 _PRUNE_POSTINGS_PER_RESULT = 1000
+# Long queries (a learned sparse query's expansions, pasted text) go to the exhaustive kernel: on the Debian
+# passages, queries of random terms at k=10 (2026-12-01) took with MaxScore / exhaustively 1.1 / 0.63 ms at 16
+# terms and 117k postings, 3.0 / 1.4 at 32 terms, 12.6 / 1.2 at 150 terms and 147k postings with weights as skewed
+# as a learned model's (Pareto); MaxScore's windows do work per term and window.
+_PRUNE_MAX_TERMS = 16
 _TERM_CACHE_SIZE = 200_000  # terms whose lookups are kept (about 200 bytes each)
 
 
@@ -914,17 +919,19 @@ KERNEL_CODES = {"auto": -1, "exhaustive": 0, "maxscore": 1}  # search_segment's 
 
 
 @njit(nogil=True, cache=True)
-def chosen_kernel(code, postings, k):
+def chosen_kernel(code, postings, k, terms):
     """0 for the exhaustive kernel, 1 for MaxScore: code -1 ("auto") decides by the total length of the query's
-    posting lists in the segment and k."""
+    posting lists in the segment, k and the number of its terms the segment holds."""
     if code >= 0:
         return code
+    if terms > _PRUNE_MAX_TERMS:
+        return 0
     return 1 if postings >= max(_PRUNE_MIN_POSTINGS, _PRUNE_POSTINGS_PER_RESULT * k) else 0
 
 
-def choose_algorithm(algorithm: str, postings: int, k: int) -> str:
+def choose_algorithm(algorithm: str, postings: int, k: int, terms: int) -> str:
     """The kernel a query gets in one segment, by name."""
-    return ("exhaustive", "maxscore")[chosen_kernel(KERNEL_CODES[algorithm], postings, k)]
+    return ("exhaustive", "maxscore")[chosen_kernel(KERNEL_CODES[algorithm], postings, k, terms)]
 
 
 @njit(nogil=True, cache=True)
@@ -942,7 +949,7 @@ def search_segment(postings, offsets, blocks, term_ids, weights, norms, k, algor
     total = 0
     for q in range(len(starts)):
         total += ends[q] - starts[q]
-    if chosen_kernel(algorithm, total, k) == 1:
+    if chosen_kernel(algorithm, total, k, len(starts)) == 1:
         return bm25_maxscore(postings, starts, ends, present, norm_index, norm_inverse, norm_lengths, first, max_tf,
                              min_length, last_doc, k, linear, mask, keys)  # fmt: skip
     accumulator, touched = scratch

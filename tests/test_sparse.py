@@ -22,6 +22,7 @@ from engine.sparse import (
     bm25_exhaustive_packed,
     bm25_maxscore,
     bm25_reference,
+    choose_algorithm,
     exhaustive_scratch,
     lucene_norm_bytes,
     narrowed_by_histogram,
@@ -277,6 +278,13 @@ def test_batch_search_equals_single_queries(tmp_path):
     single = [index.search(q, 50) for q in queries]
     assert index.batch_search(queries, 50, threads=4) == single
     assert index.batch_search(queries, 50, threads=1) == single
+
+
+def test_auto_prunes_long_lists_of_few_terms_and_scores_long_queries_exhaustively():
+    assert choose_algorithm("auto", 10**6, 10, 3) == "maxscore"
+    assert choose_algorithm("auto", 10**4, 10, 3) == "exhaustive"
+    assert choose_algorithm("auto", 10**6, 10, 40) == "exhaustive"
+    assert choose_algorithm("maxscore", 10**6, 10, 40) == "maxscore"
 
 
 def test_bad_parameters_are_rejected():
