@@ -563,7 +563,6 @@ def bm25_maxscore(
                     buffer_docs[q], buffer_tfs[q])  # fmt: skip
         loaded[q] = 0
     current = n_docs
-    following = n_docs
     windowed = live >= 2
     global_first = 0  # first_essential by the terms' own bounds, while windowed
     window_end = 0
@@ -794,7 +793,6 @@ def bm25_maxscore(
             for q in range(m):
                 contribution[q] = window_scores[q, slot]
                 window_scores[q, slot] = 0
-        following = n_docs
         candidate = True
         for i in range(-1 if windowed else first_essential - 1, -1, -1):
             if (partial + prefix[i]) * margin <= threshold:
@@ -851,7 +849,6 @@ def bm25_maxscore(
                     first_essential += 1
         for q in range(m):
             contribution[q] = 0
-        current = following
     if size < k:
         for i in range(size // 2 - 1, -1, -1):
             _sift_down(heap_scores, heap_docs, heap_keys, size, i)
