@@ -11,6 +11,8 @@ query, and its time is divided by the postings of the query terms (what an exhau
 - exhaustive, touched list / scan: the whole kernel, keeping the list of touched passages for the top k, or
   scanning every passage for it (engine/sparse.top_k_scan; `auto` picks by the query's share of passages);
 - maxscore: block-max MaxScore; auto: what `sift search` runs;
+- bmw (instrument): block-max WAND with shallow cursor moves, written here to measure it against MaxScore (exact,
+  but slower everywhere it was measured, so not one of the engine's kernels);
 - PISA block_max_wand and block_max_maxscore through pyterrier-pisa (when installed), per posting of the same
   lists: the same queries and k, so their ns/posting is directly comparable.
 
@@ -38,7 +40,10 @@ from engine.sparse import (
     NO_MASK,
     _block_bounds,
     _bm25,
+    _key,
     _load_block,
+    _sift_down,
+    _sorted_heap,
     bm25_exhaustive_packed,
     bm25_maxscore,
     exhaustive_scratch,
@@ -71,8 +76,174 @@ def _probe(postings, starts, ends, block_first, block_last_doc, weights, norm_in
     return checksum
 
 
+@numba.njit(nogil=True, cache=True)
+def bm25_bmw(postings, starts, ends, weights, norm_index, norm_inverse, norm_lengths, block_first, block_max_tf,
+             block_min_length, block_last_doc, k, linear=False, mask=NO_MASK, keys=NO_KEYS):  # fmt: skip
+    """Block-max WAND (Ding & Suel), exactly bm25_exhaustive's top k: an instrument, not one of the engine's kernels.
+
+    The lists are kept in the order of the passage under their cursors. The pivot is the first passage whose lists'
+    bounds, with those of the lists before it, may reach the k-th score; the lists up to it are moved to the block
+    that would hold it without decoding (shallow), and only if those blocks' maxima may reach it is the passage
+    scored (all lists on it) or a list moved up to it; otherwise one list jumps past the nearest block end. Scores
+    are summed in query-term order as the exhaustive kernel sums them, bounds compared with MaxScore's margin.
+    Measured slower than the engine's MaxScore on every corpus (bench/results/kernels-*.md), so `auto` never
+    needs it; every list moved in one place of the loop: the same moves in a helper function cost 5x the time.
+    """
+    masked = len(mask) > 0
+    m = len(starts)
+    n_docs = len(norm_index)
+    block_count = np.empty(m, dtype=np.int64)
+    for q in range(m):
+        block_count[q] = (ends[q] - starts[q] + BLOCK - 1) // BLOCK
+    bound_offsets, bounds, term_bound = _block_bounds(
+        weights, block_first, block_count, block_max_tf, block_min_length, norm_lengths, norm_inverse, linear
+    )
+    block = np.zeros(m, dtype=np.int64)
+    loaded = np.full(m, -1, dtype=np.int64)
+    offset = np.zeros(m, dtype=np.int64)
+    block_len = np.zeros(m, dtype=np.int64)
+    buffer_docs = np.empty((m, BLOCK), dtype=np.int64)
+    buffer_tfs = np.empty((m, BLOCK), dtype=np.int64)
+    current = np.full(m, n_docs, dtype=np.int64)
+    contribution = np.zeros(m, dtype=np.float32)
+    live = 0
+    for q in range(m):
+        if weights[q] > 0 and ends[q] > starts[q]:
+            live += 1
+    order = np.empty(live, dtype=np.int64)
+    j = 0
+    for q in range(m):
+        if weights[q] > 0 and ends[q] > starts[q]:
+            order[j] = q
+            block_len[q] = min(BLOCK, ends[q] - starts[q])
+            _load_block(postings, block_last_doc, block_first[q], block_first[q], starts[q], block_len[q],
+                        buffer_docs[q], buffer_tfs[q])  # fmt: skip
+            loaded[q] = 0
+            current[q] = buffer_docs[q, 0]
+            j += 1
+    for i in range(1, live):
+        q = order[i]
+        j = i - 1
+        while j >= 0 and current[order[j]] > current[q]:
+            order[j + 1] = order[j]
+            j -= 1
+        order[j + 1] = q
+    heap_scores = np.empty(k, dtype=np.float32)
+    heap_docs = np.empty(k, dtype=np.int64)
+    heap_keys = np.empty(k, dtype=np.int64)
+    size = 0
+    threshold = -1.0
+    limit = -1.0  # threshold / margin: a bound above it may reach the k-th score
+    margin = 1.0 + (m + 2) * 2.5e-7
+    while True:
+        # pivot: the first term in document order whose bound, with those before it, may reach the k-th score
+        reach = 0.0
+        pivot = -1
+        for i in range(live):
+            q = order[i]
+            if current[q] == n_docs:
+                break
+            reach += term_bound[q]
+            if reach > limit:
+                pivot = i
+                break
+        if pivot < 0:
+            break
+        pivot_doc = current[order[pivot]]
+        while pivot + 1 < live and current[order[pivot + 1]] == pivot_doc:
+            pivot += 1
+        # shallow: the block each list up to the pivot would hold pivot_doc in, without decoding
+        block_reach = 0.0
+        for i in range(pivot + 1):
+            q = order[i]
+            first = block_first[q]
+            while block[q] < block_count[q] and block_last_doc[first + block[q]] < pivot_doc:
+                block[q] += 1
+            if block[q] < block_count[q]:
+                block_reach += bounds[bound_offsets[q] + block[q]]
+        if block_reach > limit:
+            if current[order[0]] == pivot_doc:
+                if not (masked and mask[pivot_doc] == 0):
+                    for i in range(pivot + 1):
+                        q = order[i]
+                        contribution[q] = _bm25(weights[q], buffer_tfs[q, offset[q]],
+                                                norm_inverse[norm_index[pivot_doc]], linear)  # fmt: skip
+                    score = np.float32(0)
+                    for q in range(m):
+                        score += contribution[q]
+                        contribution[q] = 0
+                    if size < k:
+                        heap_scores[size] = score
+                        heap_docs[size] = pivot_doc
+                        heap_keys[size] = _key(keys, pivot_doc)
+                        size += 1
+                        if size == k:
+                            for i in range(k // 2 - 1, -1, -1):
+                                _sift_down(heap_scores, heap_docs, heap_keys, k, i)
+                            threshold = heap_scores[0]
+                            limit = threshold / margin
+                    elif score > heap_scores[0] or (score == heap_scores[0] and _key(keys, pivot_doc) < heap_keys[0]):
+                        heap_scores[0] = score
+                        heap_docs[0] = pivot_doc
+                        heap_keys[0] = _key(keys, pivot_doc)
+                        _sift_down(heap_scores, heap_docs, heap_keys, k, 0)
+                        threshold = heap_scores[0]
+                        limit = threshold / margin
+                low, high, target = 0, pivot, pivot_doc + 1
+            else:
+                # a list before the pivot (the nearest one not on it) moves up to it
+                i = pivot
+                while current[order[i]] == pivot_doc:
+                    i -= 1
+                low, high, target = i, i, pivot_doc
+        else:
+            # no passage before the end of these blocks (or the next list's position) can make it
+            target = n_docs
+            for i in range(pivot + 1):
+                q = order[i]
+                if block[q] < block_count[q]:
+                    target = min(target, np.int64(block_last_doc[block_first[q] + block[q]]) + 1)
+            if pivot + 1 < live:
+                target = min(target, current[order[pivot + 1]])
+            best = 0
+            for i in range(1, pivot + 1):
+                if term_bound[order[i]] > term_bound[order[best]]:
+                    best = i
+            low, high = best, best
+        # the lists at low..high move to their first passage from target on, then back into document order
+        for i in range(high, low - 1, -1):
+            q = order[i]
+            first = block_first[q]
+            while block[q] < block_count[q] and block_last_doc[first + block[q]] < target:
+                block[q] += 1
+            if block[q] == block_count[q]:
+                current[q] = n_docs
+            else:
+                if loaded[q] != block[q]:
+                    start = starts[q] + block[q] * BLOCK
+                    block_len[q] = min(BLOCK, ends[q] - start)
+                    _load_block(postings, block_last_doc, first, first + block[q], start, block_len[q],
+                                buffer_docs[q], buffer_tfs[q])  # fmt: skip
+                    loaded[q] = block[q]
+                    offset[q] = 0
+                at = offset[q]
+                while buffer_docs[q, at] < target:
+                    at += 1
+                offset[q] = at
+                current[q] = buffer_docs[q, at]
+            j = i
+            while j + 1 < live and current[order[j + 1]] < current[q]:
+                order[j] = order[j + 1]
+                j += 1
+            order[j] = q
+    if size < k:
+        for i in range(size // 2 - 1, -1, -1):
+            _sift_down(heap_scores, heap_docs, heap_keys, size, i)
+    return _sorted_heap(heap_scores, heap_docs, heap_keys, size)
+
+
 PROBES = ("decode", "decode + score", "exhaustive, touched list", "exhaustive, scan", "exhaustive (engine)",
-          "maxscore", "auto")
+          "maxscore", "bmw (instrument)", "auto")  # fmt: skip
 
 
 def _probe_query(context, name: str, k: int, i: int) -> None:
@@ -90,6 +261,9 @@ def _probe_query(context, name: str, k: int, i: int) -> None:
         # slower once another module's kernel with the same defaults had been called
         bm25_maxscore(segment.postings, starts, ends, weights, norm_index, inverse, norms.lengths, first,
                       blocks.max_tf, blocks.min_length, blocks.last_doc, k, False, NO_MASK, NO_KEYS)  # fmt: skip
+    elif name == "bmw (instrument)":
+        bm25_bmw(segment.postings, starts, ends, weights, norm_index, inverse, norms.lengths, first, blocks.max_tf,
+                 blocks.min_length, blocks.last_doc, k, False, NO_MASK, NO_KEYS)  # fmt: skip
     else:
         searcher.search_passages(queries[i], k)
 

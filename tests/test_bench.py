@@ -135,3 +135,40 @@ def test_impacts_rounded_up_then_rescored_give_the_exact_top_k(tmp_path, bits):
                 assert docs.tolist() == want_docs.tolist() and scores.tolist() == want_scores.tolist()
     if bits == 4:
         assert context.reruns[4] > 0
+
+
+def test_block_max_wand_instrument_returns_the_exhaustive_top_k(tmp_path):
+    """bench.kernels' BMW: the same passages and scores as the exhaustive kernel, order and ties included, with and
+    without a mask of deleted passages, on Zipfian lists of many blocks (frequent terms) and short ones."""
+    from bench.kernels import bm25_bmw
+    from engine.index import open_index
+    from engine.sparse import NO_KEYS, NO_MASK, bm25_exhaustive_packed, exhaustive_scratch
+    from indexers.corpus import Document
+    from indexers.writer import build_index
+    from tools.synthetic import synthetic_documents
+
+    documents = list(synthetic_documents(4000, seed=3, vocabulary_size=800))
+    build_index((Document(d["_id"], d["text"]) for d in documents), tmp_path / "idx")
+    index = open_index(tmp_path / "idx")
+    searcher = index.bm25
+    segment = index.segments[0]
+    blocks = segment.blocks
+    norms = searcher.norms(searcher.default_params)
+    norm_index, inverse = norms.per_segment[0], norms.inverse
+    accumulator, touched = exhaustive_scratch(segment.passages)
+    frequent = [w for w, _ in Counter(w for d in documents for w in d["text"].split()).most_common(3)]
+    rng = np.random.default_rng(3)
+    mask = (rng.random(segment.passages) > 0.2).astype(np.uint8)
+    queries = [" ".join(d["text"].split()[:4]) for d in documents[:40]]
+    queries += [" ".join([*frequent[: 1 + i % 3], *d["text"].split()[:2]]) for i, d in enumerate(documents[40:80])]
+    for text in queries:
+        starts, ends, weights, first = searcher.ranges(searcher.plan(text), 0)
+        for k in (1, 10, 100):
+            for chosen in (NO_MASK, mask):
+                want = bm25_exhaustive_packed(segment.postings, starts, ends, first, blocks.last_doc, weights,
+                                              norm_index, inverse, k, accumulator, touched, False, chosen, NO_KEYS,
+                                              -1)  # fmt: skip
+                got = bm25_bmw(segment.postings, starts, ends, weights, norm_index, inverse, norms.lengths, first,
+                               blocks.max_tf, blocks.min_length, blocks.last_doc, k, False, chosen,
+                               NO_KEYS)  # fmt: skip
+                assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist(), (text, k)
