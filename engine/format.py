@@ -58,8 +58,15 @@ class IndexLockedError(SiftError):
 
 
 def failpoint(name: str) -> None:
-    """Crash-test hook: SIGKILLs this process at the named point when SIFT_FAILPOINT names it."""
+    """Crash-test hook: SIGKILLs this process at the named point when SIFT_FAILPOINT names it; only the first
+    process to get there when SIFT_FAILPOINT_ONCE names a file (created then: a retried task then succeeds)."""
     if os.environ.get("SIFT_FAILPOINT") == name:
+        once = os.environ.get("SIFT_FAILPOINT_ONCE")
+        if once:
+            try:
+                os.close(os.open(once, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from engine.query import SHOULD, Group, Term, TreeSearcher, parse_fields, parse_
 from engine.reader import ADAPTIVE_CANDIDATES, Hit, IndexReader, Results, adaptive_k, indexed_text, rank_documents
 from engine.sparse import BM25Params, BM25Searcher
 from engine.typos import correct
+
+if TYPE_CHECKING:
+    from engine.sharded import ShardedIndex
 
 SYNTAXES = ("plain", "lucene")
 
@@ -114,5 +118,9 @@ class Index(IndexReader):
         return self.bm25.search_passages(query, k, params, algorithm, filter)
 
 
-def open_index(path: str | os.PathLike) -> Index:
-    return Index(path)
+def open_index(path: str | os.PathLike) -> Index | ShardedIndex:
+    """The newest commit of the index at path: an Index, or for a sharded index (built with --shards) an
+    engine.sharded.ShardedIndex, which searches, fetches and evaluates alike."""
+    from engine.sharded import ShardedIndex, is_sharded  # engine.sharded builds on this module
+
+    return ShardedIndex(path) if is_sharded(path) else Index(path)

@@ -123,9 +123,12 @@ def adaptive_k(scores: np.ndarray) -> int:
 class IndexReader:
     """A committed generation of an index, memory-mapped. Safe to use from many threads."""
 
-    def __init__(self, path: str | os.PathLike, reuse: Sequence[Segment] = ()) -> None:
-        """reuse: segments already open (an older reader's); those this commit still names are not mapped again."""
+    def __init__(self, path: str | os.PathLike, reuse: Sequence[Segment] = (), collection=None) -> None:
+        """reuse: segments already open (an older reader's); those this commit still names are not mapped again.
+        collection: where BM25 takes N, the average length and document frequencies when this index is one shard
+        of several searched as one (engine/sharded.Collection); None: from this index alone."""
         self.path = Path(path)
+        self.collection = collection
         for _ in range(100):
             self.manifest = read_manifest(self.path)
             try:
@@ -174,9 +177,13 @@ class IndexReader:
         return int(scored)
 
     @cached_property
+    def tokens(self) -> int:
+        """Lucene's sumTotalTermFreq: the live passages' lengths summed."""
+        return int(sum(s.total_tokens - d.tokens for s, d in zip(self.segments, self.deletions)))
+
+    @cached_property
     def avgdl(self) -> float:
-        tokens = sum(s.total_tokens - d.tokens for s, d in zip(self.segments, self.deletions))
-        return float(np.float32(tokens / max(self.scored_passages, 1)))
+        return float(np.float32(self.tokens / max(self.scored_passages, 1)))
 
     @cached_property
     def documents(self) -> int:

@@ -1057,6 +1057,18 @@ class BM25Searcher:
         return [found[term] for term in terms]
 
     def _look_up(self, terms: list[str]) -> dict[str, tuple]:
+        term_ids, lengths, df = self._local_lookup(terms)
+        collection = self.reader.collection
+        if collection is None:
+            idfs = idf(df, self.reader.scored_passages).tolist()
+        else:  # one shard of several: the idf of the whole collection, so that scores equal one index's
+            idfs = idf(collection.document_frequencies(terms), collection.scored_passages).tolist()
+        ids_by_term = list(zip(*(ids.tolist() for ids in term_ids))) or [()] * len(terms)
+        lengths_by_term = list(zip(*(n.tolist() for n in lengths))) or [()] * len(terms)
+        return {term: (idfs[j], ids_by_term[j], lengths_by_term[j]) for j, term in enumerate(terms)}
+
+    def _local_lookup(self, terms: list[str]) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+        """Per segment, the terms' numbers and posting counts there; and their df over this index's live passages."""
         term_ids = [segment.terms.find_many(terms) for segment in self.segments]
         lengths = [term_ranges(ids, segment.offsets, segment.blocks.offsets)[4]
                    for ids, segment in zip(term_ids, self.segments)]  # fmt: skip
@@ -1064,10 +1076,11 @@ class BM25Searcher:
         for ids, deletions in zip(term_ids, self.reader.deletions):
             if len(deletions.passages):
                 df = df - deletions.df_taken(ids)
-        idfs = idf(df, self.reader.scored_passages).tolist()
-        ids_by_term = list(zip(*(ids.tolist() for ids in term_ids))) or [()] * len(terms)
-        lengths_by_term = list(zip(*(n.tolist() for n in lengths))) or [()] * len(terms)
-        return {term: (idfs[j], ids_by_term[j], lengths_by_term[j]) for j, term in enumerate(terms)}
+        return term_ids, lengths, df
+
+    def document_frequencies(self, terms: list[str]) -> np.ndarray:
+        """int64 per term (analyzed): the live passages of this index that hold it."""
+        return self._local_lookup(terms)[2]
 
     def norms(self, params: BM25Params) -> Norms:
         """Cached per parameter set: computing norm indexes touches every passage."""
@@ -1079,7 +1092,8 @@ class BM25Searcher:
             else:
                 indexes = [np.asarray(s.lengths) for s in self.segments]
                 lengths = np.arange(max((int(s.lengths.max()) for s in self.segments if s.passages), default=0) + 1)
-            inverse = norm_inverse_table(params, self.reader.avgdl, len(lengths) - 1)
+            avgdl = (self.reader.collection or self.reader).avgdl
+            inverse = norm_inverse_table(params, avgdl, len(lengths) - 1)
             lengths = lengths.astype(np.int64)
             self._norm_cache[key] = Norms(indexes, inverse, lengths, [(i, inverse, lengths) for i in indexes])
         return self._norm_cache[key]

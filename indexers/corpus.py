@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from engine.analysis import Analyzer
@@ -72,6 +73,11 @@ class SkipReport:
         self.counts[error.problem.split(":")[0]] += 1
         if len(self.examples) < 5:
             self.examples.append(str(error))
+
+    def merge(self, other: SkipReport) -> None:
+        """Adds another reader's report (the tasks of a sharded build each keep their own)."""
+        self.counts.update(other.counts)
+        self.examples.extend(other.examples[: max(0, 5 - len(self.examples))])
 
     @property
     def total(self) -> int:
@@ -139,12 +145,82 @@ class _ByteCounter:
         self.bytes = 0
 
 
-def _binary_lines(path: Path, counter: _ByteCounter) -> Iterator[tuple[int, bytes]]:
+@dataclass(frozen=True)
+class Span:
+    """A part of a line-based file that one task reads: the lines starting in [start, end), the first of which is
+    line number first_line of the file."""
+
+    path: Path
+    start: int
+    end: int
+    first_line: int = 1
+
+
+def splittable(source: CorpusSource) -> bool:
+    """Whether the corpus can be read in spans: uncompressed JSONL or TSV (TREC documents span lines, gzip streams
+    cannot be entered midway)."""
+    return source.format in ("beir", "jsonl", "tsv") and not any(f.name.endswith(".gz") for f in source.files)
+
+
+def corpus_spans(source: CorpusSource, pieces: int) -> list[Span]:
+    """About `pieces` spans of similar size, cut at line ends (found by seeking, not by reading the corpus), with
+    their first line numbers counted (count_lines, one span at a time, possibly in parallel) by line_numbered."""
+    spans = []
+    for path in source.files:
+        size = path.stat().st_size
+        cuts = [0]
+        with open(path, "rb") as f:
+            for i in range(1, pieces):
+                f.seek(max(size * i // pieces - 1, cuts[-1]))
+                f.readline()  # to the end of the line the cut falls in
+                cuts.append(max(min(f.tell(), size), cuts[-1]))
+        cuts.append(size)
+        spans += [Span(path, a, b) for a, b in pairwise(cuts) if b > a]
+    return spans
+
+
+def count_lines(span: Span) -> int:
+    """Lines starting in the span."""
+    lines, last = 0, b"\n"
+    with open(span.path, "rb") as f:
+        f.seek(span.start)
+        left = span.end - span.start
+        while left > 0:
+            chunk = f.read(min(left, 1 << 24))
+            if not chunk:
+                break
+            lines += chunk.count(b"\n")
+            left -= len(chunk)
+            last = chunk[-1:]
+    return lines + (last != b"\n")  # a last line without its newline
+
+
+def line_numbered(spans: list[Span], counts: list[int]) -> list[Span]:
+    """The spans with their first line numbers, from each span's line count (count_lines)."""
+    numbered, line, path = [], 1, None
+    for span, count in zip(spans, counts):
+        line = 1 if span.path != path else line
+        numbered.append(Span(span.path, span.start, span.end, line))
+        line, path = line + count, span.path
+    return numbered
+
+
+def _binary_lines(path: Path, counter: _ByteCounter, span: Span | None = None) -> Iterator[tuple[int, bytes]]:
     raw = open(path, "rb")
     try:
-        stream = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
-        for number, line in enumerate(stream, 1):
-            counter.bytes = raw.tell()
+        if span is None:
+            stream = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
+            for number, line in enumerate(stream, 1):
+                counter.bytes = raw.tell()
+                yield number, line
+            return
+        raw.seek(span.start)
+        position = span.start
+        for number, line in enumerate(raw, span.first_line):
+            if position >= span.end:
+                break
+            position += len(line)
+            counter.bytes = position - span.start
             yield number, line
     except (OSError, EOFError) as e:
         raise CorpusError(path, None, f"unreadable file ({e})") from None
@@ -159,8 +235,9 @@ def _decode(path: Path, number: int, line: bytes) -> str:
         raise CorpusError(path, number, f"invalid UTF-8: byte {line[e.start]:#04x} at column {e.start + 1}") from None
 
 
-def _read_jsonl(source: CorpusSource, path: Path, counter: _ByteCounter) -> Iterator[Document | CorpusError]:
-    for number, raw in _binary_lines(path, counter):
+def _read_jsonl(source: CorpusSource, path: Path, counter: _ByteCounter,
+                span: Span | None = None) -> Iterator[Document | CorpusError]:  # fmt: skip
+    for number, raw in _binary_lines(path, counter, span):
         try:
             line = _decode(path, number, raw).strip()
             if not line:
@@ -203,8 +280,9 @@ def record_document(record, source: CorpusSource, path: Path | str, number: int)
     return Document(str(doc_id), " ".join(p for p in parts if p), title or "", f"{path}:{number}", values)
 
 
-def _read_tsv(source: CorpusSource, path: Path, counter: _ByteCounter) -> Iterator[Document | CorpusError]:
-    for number, raw in _binary_lines(path, counter):
+def _read_tsv(source: CorpusSource, path: Path, counter: _ByteCounter,
+              span: Span | None = None) -> Iterator[Document | CorpusError]:  # fmt: skip
+    for number, raw in _binary_lines(path, counter, span):
         try:
             line = _decode(path, number, raw).rstrip("\r\n")
             if not line.strip():
@@ -272,9 +350,11 @@ _READERS = {"beir": _read_jsonl, "jsonl": _read_jsonl, "tsv": _read_tsv, "trec":
 class CorpusReader:
     """Iterates a corpus's valid documents; checks ids are unique and texts non-empty."""
 
-    def __init__(self, source: CorpusSource, skip_bad: bool = False) -> None:
+    def __init__(self, source: CorpusSource, skip_bad: bool = False, span: Span | None = None) -> None:
+        """span: read only that part of one of the source's files (corpus_spans)."""
         self.source = source
         self.skip_bad = skip_bad
+        self.span = span
         self.skipped = SkipReport()
         self.documents = 0
         self._counter = _ByteCounter()
@@ -286,8 +366,11 @@ class CorpusReader:
 
     def __iter__(self) -> Iterator[Document]:
         seen: set[str] = set()
-        for path in self.source.files:
-            for item in _READERS[self.source.format](self.source, path, self._counter):
+        for path in [self.span.path] if self.span else self.source.files:
+            read = _READERS[self.source.format]
+            items = read(self.source, path, self._counter, self.span) if self.span else read(self.source, path,
+                                                                                              self._counter)
+            for item in items:
                 if isinstance(item, Document):
                     item = self._check(item, seen, path)
                 if isinstance(item, CorpusError):

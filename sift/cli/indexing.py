@@ -90,6 +90,12 @@ def register(commands) -> None:
                        "threshold); ESTIMATOR is random, length, stopwords, inr, cdd, dense-norm, splade-norm, pppl "
                        "or a model trained by `sift train quality`; scores are cached in INDEX_DIR/quality for "
                        "`sift prune`")  # fmt: skip
+    index.add_argument("--shards", type=positive_int, metavar="N", help="partition the documents by a hash of their "
+                       "id into N shards, each an ordinary index under INDEX_DIR/shards/, built in parallel and "
+                       "searched as one index with exactly its scores (sift search, eval and serve take INDEX_DIR)")
+    index.add_argument("--ray", metavar="ADDRESS", help="with --shards: build the shards as Ray tasks; auto joins "
+                       "this machine's Ray cluster or, if there is none, starts a local one (one task per core); "
+                       "or a cluster's address (host:port, ray://...). Needs the distributed extra")  # fmt: skip
     index.add_argument("--json", action="store_true", help="print the build report as one JSON line")
     index.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -153,6 +159,8 @@ def _cmd_index(args) -> int:
     )
     recorded = {"path": str(Path(source.path).resolve()), "format": source.format, "id_field": args.id_field,
                 "text_fields": list(text_fields)}  # fmt: skip
+    if args.shards or args.ray:
+        return _index_sharded(args, source, options, recorded)
     reader = CorpusReader(source, skip_bad=args.skip_bad)
     with IndexWriter(args.index_dir, create=True, overwrite=args.overwrite) as writer:
         pruned, pruning = _plan_pruning(args, source, options)
@@ -193,12 +201,42 @@ def _cmd_index(args) -> int:
 
 
 
+def _index_sharded(args, source, options, recorded: dict) -> int:
+    from tqdm import tqdm
+
+    from indexers.sharded import build_sharded
+
+    if not args.shards:
+        raise ValueError("--ray builds the shards of a sharded index: pass --shards N too")
+    unsupported = [flag for flag, given in (("--dense", args.dense), ("--splade", args.splade),
+                                            ("--prune", args.prune)) if given]  # fmt: skip
+    if unsupported:
+        raise ValueError(f"{unsupported[0]} is not supported with --shards yet; build without it")
+    with tqdm(unit="tasks", desc="sharded build", file=sys.stderr, disable=True if args.quiet else None) as bar:
+        report = build_sharded(source, args.index_dir, args.shards, options, recorded, args.skip_bad, args.ray,
+                               on_progress=lambda done: bar.update(done - bar.n))  # fmt: skip
+    _warm_query_kernels(args.index_dir)
+    summary = report.to_dict()
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"indexed {report.documents:,} documents ({report.passages:,} passages) into {report.index_dir} as "
+          f"{report.shards} shards in {report.seconds:.1f}s ({summary['documents_per_second']:,} docs/s), "
+          f"generation {report.generation}")  # fmt: skip
+    if report.skipped.total:
+        print(f"skipped {report.skipped.total:,} bad records: {dict(report.skipped.counts)}")
+        for example in report.skipped.examples:
+            print(f"  {example}")
+    return 0
+
+
 def _warm_query_kernels(index_dir) -> None:
     """Runs one search per algorithm, so that numba compiles the kernels this index's searches need into its cache
     now (seconds, once per installation) rather than in the first `sift search` (which then takes about a second)."""
     from engine.index import open_index
 
     index = open_index(index_dir)
+    index = index.shards[0] if hasattr(index, "shards") else index
     segment = next((s for s in index.segments if len(s.terms)), None)
     if segment is not None:
         for algorithm in ("exhaustive", "maxscore"):
