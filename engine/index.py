@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.errors import SiftError
 from engine.format import read_manifest
 from engine.query import SHOULD, Group, Term, TreeSearcher, parse_fields, parse_query, query_terms, snippet
 from engine.reader import ADAPTIVE_CANDIDATES, Hit, IndexReader, Results, adaptive_k, indexed_text, rank_documents
@@ -118,9 +119,14 @@ class Index(IndexReader):
         return self.bm25.search_passages(query, k, params, algorithm, filter)
 
 
-def open_index(path: str | os.PathLike) -> Index | ShardedIndex:
+def open_index(path: str | os.PathLike, ray: str | None = None, **sharded) -> Index | ShardedIndex:
     """The newest commit of the index at path: an Index, or for a sharded index (built with --shards) an
-    engine.sharded.ShardedIndex, which searches, fetches and evaluates alike."""
+    engine.sharded.ShardedIndex, which searches, fetches and evaluates alike. ray ("auto" or a cluster's address)
+    serves a sharded index's shards from Ray actors; sharded: ShardedIndex's replicas, timeout, allow_partial."""
     from engine.sharded import ShardedIndex, is_sharded  # engine.sharded builds on this module
 
-    return ShardedIndex(path) if is_sharded(path) else Index(path)
+    if is_sharded(path):
+        return ShardedIndex(path, ray, **sharded)
+    if ray is not None or sharded:
+        raise SiftError(f"{path}: ray= and its options serve the shards of a sharded index; this is one index")
+    return Index(path)

@@ -56,18 +56,19 @@ class Results(Sequence[Hit]):
     """One query's hits, held as columns (ids, doc_ids, scores, passages); a Hit is made only when one is asked for.
     Compares equal to another Results or a list holding the same hits."""
 
-    __slots__ = ("doc_ids", "first_rank", "ids", "passages", "scores", "timings")
+    __slots__ = ("doc_ids", "first_rank", "ids", "missing", "passages", "scores", "timings")
 
     def __init__(self, ids: list[str], doc_ids: list[str], scores: np.ndarray, passages: np.ndarray,
                  first_rank: int = 1) -> None:  # fmt: skip
         self.ids, self.doc_ids, self.scores, self.passages = ids, doc_ids, scores, passages
         self.first_rank = first_rank  # a later page's first hit has the rank it has in the whole ranking
         self.timings: dict[str, float] = {}  # seconds per pipeline stage, for this query (set by pipelines)
+        self.missing: list[int] = []  # shards of a sharded index left out (allow_partial): then not the exact top k
 
     def head(self, k: int) -> Results:
         """The first k hits."""
         head = Results(self.ids[:k], self.doc_ids[:k], self.scores[:k], self.passages[:k], self.first_rank)
-        head.timings = self.timings
+        head.timings, head.missing = self.timings, self.missing
         return head
 
     def page(self, offset: int) -> Results:
@@ -76,7 +77,7 @@ class Results(Sequence[Hit]):
             return self
         page = Results(self.ids[offset:], self.doc_ids[offset:], self.scores[offset:], self.passages[offset:],
                        self.first_rank + offset)  # fmt: skip
-        page.timings = self.timings
+        page.timings, page.missing = self.timings, self.missing
         return page
 
     def __len__(self) -> int:

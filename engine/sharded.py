@@ -12,15 +12,18 @@ shards go by document id as they do across one index's segments.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import threading
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from engine.analysis import Analyzer, AnalyzerConfig
 from engine.errors import SiftError
-from engine.format import IndexFormatError, parse_meta
+from engine.format import IndexFormatError, failpoint, parse_meta
 from engine.index import Index
 from engine.query import query_terms, snippet
 from engine.reader import ADAPTIVE_CANDIDATES, DocumentNotFoundError, Results, adaptive_k
@@ -76,30 +79,218 @@ class Collection:
         return np.sum([shard.bm25.document_frequencies(terms) for shard in self.shards], axis=0)
 
 
+class _LocalShards:
+    """The shards opened in this process."""
+
+    def __init__(self, path: Path, manifest: dict) -> None:
+        self.collection = Collection()
+        self.indexes = [Index(path / folder, collection=self.collection) for folder in manifest["shards"]]
+        self.collection.shards = self.indexes
+        self.generations = [index.manifest["generation"] for index in self.indexes]
+        self.passages = [index.passages for index in self.indexes]
+
+    def search(self, queries: list, k: int, options: dict, allow_partial: bool) -> list[list[Results | None]]:
+        """Per shard, each query's top k there."""
+        return [index.batch_search(queries, k, **options) for index in self.indexes]
+
+    def call(self, shard: int, method: str, *args):
+        return getattr(self.indexes[shard], method)(*args)
+
+    def avgdl(self) -> float:
+        return self.collection.avgdl
+
+
+class ShardUnavailableError(SiftError):
+    """A shard did not answer (its actors died, or the timeout passed)."""
+
+
+class ShardActor:
+    """One shard served by a Ray actor: an ordinary index scoring with the whole collection's N and average length
+    (from the top-level manifest, given at construction, so that an actor Ray restarts after a crash scores alike)
+    and each query term's df (given with every search)."""
+
+    def __init__(self, path: str, scored_passages: int, avgdl: float, expected: tuple[int, int]) -> None:
+        self.statistics = _GivenStatistics(scored_passages, avgdl)
+        self.index = Index(path, collection=self.statistics)
+        found = (self.index.scored_passages, self.index.tokens)
+        if found != tuple(expected):
+            raise IndexFormatError(f"{path}: holds {found[0]} scored passages and {found[1]} tokens, its sharded "
+                                   f"manifest says {expected[0]} and {expected[1]}; the index is damaged")  # fmt: skip
+
+    def local_statistics(self) -> tuple[int, int]:
+        """(passages, generation) of this shard."""
+        return self.index.passages, self.index.manifest["generation"]
+
+    def document_frequencies(self, terms: list[str]) -> np.ndarray:
+        return self.index.bm25.document_frequencies(terms)
+
+    def search(self, queries: list, k: int, options: dict, df: dict[str, int]) -> list[Results]:
+        failpoint("shard-actor-search")
+        self.statistics.df.update(df)
+        return self.index.batch_search(queries, k, **options)
+
+    def call(self, method: str, *args):
+        return getattr(self.index, method)(*args)
+
+
+class _GivenStatistics:
+    def __init__(self, scored_passages: int, avgdl: float) -> None:
+        self.scored_passages, self.avgdl, self.df = scored_passages, avgdl, {}
+
+    def document_frequencies(self, terms: list[str]) -> np.ndarray:
+        return np.array([self.df[term] for term in terms], dtype=np.int64)
+
+
+class _RayShards:
+    """The shards served by Ray actors, `replicas` per shard (requests go round the replicas). A query's terms are
+    analyzed here, their collection df gathered from every shard the first time a term is seen (a first round),
+    then every shard searched with them (the second)."""
+
+    def __init__(self, path: Path, manifest: dict, address: str, replicas: int, timeout: float) -> None:
+        self.ray = connect_ray(address)
+        self.timeout = timeout
+        statistics = manifest["statistics"]
+        self.scored_passages = sum(statistics["scored_passages"])
+        self._avgdl = float(np.float32(sum(statistics["tokens"]) / max(self.scored_passages, 1)))
+        actor = self.ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, scheduling_strategy="SPREAD")(
+            ShardActor
+        )
+        self.actors = [[actor.remote(str(path / folder), self.scored_passages, self._avgdl, expected)
+                        for _ in range(replicas)]
+                       for folder, expected in zip(manifest["shards"], zip(statistics["scored_passages"],
+                                                                           statistics["tokens"]))]  # fmt: skip
+        self._turn = itertools.count()
+        local = self._gather([[a.local_statistics.remote()] for a in self._pick()], allow_partial=False)
+        self.passages, self.generations = (list(column) for column in zip(*(r[0] for r in local)))
+        self.config = AnalyzerConfig.from_dict(manifest["analyzer"])
+        self._local = threading.local()
+        self._df: dict[str, int] = {}
+        self._df_lock = threading.Lock()
+
+    def avgdl(self) -> float:
+        return self._avgdl
+
+    def _pick(self) -> list:
+        turn = next(self._turn)
+        return [replicas[turn % len(replicas)] for replicas in self.actors]
+
+    def _gather(self, refs: list[list], allow_partial: bool) -> list[list | None]:
+        """ray.get per shard within the timeout; a shard that fails or does not answer is an error naming it, or
+        None with allow_partial."""
+        flat = [ref for shard in refs for ref in shard]
+        ready, _ = self.ray.wait(flat, num_returns=len(flat), timeout=self.timeout)
+        ready = set(ready)
+        answers: list[list | None] = []
+        for shard, shard_refs in enumerate(refs):
+            try:
+                if not all(ref in ready for ref in shard_refs):
+                    raise ShardUnavailableError(f"shard {shard} did not answer within {self.timeout:g} s")
+                answers.append(self.ray.get(shard_refs))
+            except (ShardUnavailableError, self.ray.exceptions.RayError) as error:
+                if not allow_partial:
+                    reason = error if isinstance(error, ShardUnavailableError) else type(error).__name__
+                    raise ShardUnavailableError(f"shard {shard} ({self.actors[shard][0]}) is unavailable: {reason}; "
+                                                "pass allow_partial=True for the other shards' results") from None
+                answers.append(None)
+        return answers
+
+    def _analyzer(self) -> Analyzer:
+        analyzer = getattr(self._local, "analyzer", None)
+        if analyzer is None:
+            analyzer = self._local.analyzer = Analyzer(self.config)
+        return analyzer
+
+    def search(self, queries: list, k: int, options: dict, allow_partial: bool) -> list[list[Results | None]]:
+        analyzer = self._analyzer()
+        terms = [analyzer.analyze(q) if isinstance(q, str) else list(q) for q in queries]
+        wanted = {term for query in terms for term in query}
+        with self._df_lock:
+            missing = sorted(wanted - self._df.keys())
+        partial_df = {}
+        if missing:
+            counts = self._gather([[a.document_frequencies.remote(missing)] for a in self._pick()], allow_partial)
+            total = np.sum([c[0] for c in counts if c is not None], axis=0)
+            if all(c is not None for c in counts):
+                with self._df_lock:
+                    self._df.update(zip(missing, total.tolist()))
+            else:  # partial results: these terms' df from the shards that answered, never kept
+                partial_df = dict(zip(missing, total.tolist()))
+        with self._df_lock:
+            df = {term: partial_df[term] if term in partial_df else self._df[term] for term in wanted}
+        answers = self._gather([[a.search.remote(terms, k, options, df)] for a in self._pick()], allow_partial)
+        return [answer[0] if answer is not None else [None] * len(queries) for answer in answers]
+
+    def call(self, shard: int, method: str, *args):
+        replicas = self.actors[shard]
+        return self._gather([[replicas[next(self._turn) % len(replicas)].call.remote(method, *args)]], False)[0][0]
+
+
+def connect_ray(address: str):
+    """Ray, connected: address "auto" joins the cluster this machine belongs to (RAY_ADDRESS, or one started with
+    `ray start`) and, when there is none, starts a local one in this process; any other address must answer."""
+    try:
+        import ray
+    except ImportError:
+        raise SiftError("Ray is not installed: pip install 'sift-engine[distributed]'") from None
+    if ray.is_initialized():
+        return ray
+    options = {"log_to_driver": False, "include_dashboard": False, "configure_logging": False}
+    if address != "auto":
+        try:
+            ray.init(address=address, **options)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise SiftError(f"cannot reach the Ray cluster at {address}: {e}") from None
+        return ray
+    try:
+        ray.init(address="auto", **options)
+    except (ConnectionError, RuntimeError, ValueError):
+        ray.init(num_cpus=os.cpu_count() or 1, **options)
+    return ray
+
+
 class ShardedIndex:
     """One commit of a sharded index, with the search, batch_search, fetch and texts of an Index (engine/index.py).
-    Passage numbers are global: shard s's passage p is bases[s] + p. Safe to search from many threads."""
+    Passage numbers are global: shard s's passage p is bases[s] + p. Safe to search from many threads.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    ray: None searches the shards in this process; "auto" or a cluster's address serves each shard from Ray actors
+    (`replicas` per shard, restarted by Ray if they die, a task retried on the restarted actor); a shard that does
+    not answer within `timeout` seconds is a ShardUnavailableError naming it, or with allow_partial=True the other
+    shards' hits, the results' `missing` listing the shards left out (their scores are exact if the query's terms
+    were seen while every shard answered; else those terms' df counts the answering shards only)."""
+
+    def __init__(self, path: str | os.PathLike, ray: str | None = None, replicas: int = 1, timeout: float = 30.0,
+                 allow_partial: bool = False) -> None:  # fmt: skip
         self.path = Path(path)
         self.manifest = read_sharded_manifest(self.path)
-        self.collection = Collection()
-        self.shards = [Index(self.path / folder, collection=self.collection) for folder in self.manifest["shards"]]
-        self.collection.shards = self.shards
-        generations = [shard.manifest["generation"] for shard in self.shards]
-        if generations != self.manifest["generations"]:
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, got {replicas}")
+        if ray is None:
+            self._shards: _LocalShards | _RayShards = _LocalShards(self.path, self.manifest)
+        else:
+            self._shards = _RayShards(self.path, self.manifest, ray, replicas, timeout)
+        self.allow_partial = allow_partial
+        self._options = {"ray": ray, "replicas": replicas, "timeout": timeout, "allow_partial": allow_partial}
+        if self._shards.generations != self.manifest["generations"]:
             raise IndexFormatError(f"{self.path}: its shards were changed apart from {SHARDED_MANIFEST} (generations "
-                                   f"{generations}, expected {self.manifest['generations']}); the index is damaged")
-        self.bases = np.cumsum([0] + [shard.passages for shard in self.shards])
-        self.split_passages = self.shards[0].split_passages
+                                   f"{self._shards.generations}, expected {self.manifest['generations']}); the index "
+                                   "is damaged")  # fmt: skip
+        self.bases = np.cumsum([0, *self._shards.passages])
+        self.split_passages = bool(self.manifest["passages"].get("window"))
+
+    @property
+    def shards(self) -> list[Index]:
+        """The shards' indexes, when they are searched in this process."""
+        if not isinstance(self._shards, _LocalShards):
+            raise SiftError("the shards are served by Ray actors, not opened in this process")
+        return self._shards.indexes
 
     @property
     def default_params(self) -> BM25Params:
-        return self.shards[0].default_params
+        return BM25Params(**self.manifest["bm25"])
 
     @property
     def fields(self) -> dict[str, str]:
-        return self.shards[0].fields
+        return self.manifest.get("fields") or {}
 
     @property
     def passages(self) -> int:
@@ -123,32 +314,33 @@ class ShardedIndex:
             return ranked.head(adaptive_k(ranked.scores)).page(offset)
         if not isinstance(k, int) or isinstance(k, bool):
             raise ValueError(f'k must be a whole number or "auto", got {k!r}')
-        depth = k + offset
-        found = [shard.search(query, depth, params, documents, algorithm, filter) for shard in self.shards]
-        return self._merge(found, depth).page(offset)
+        return self.batch_search([query], k + offset, params, documents, 1, algorithm, filter)[0].page(offset)
 
     def batch_search(self, queries: Sequence[str | Sequence[str]], k: int = 10, params: BM25Params | None = None,
                      documents: bool = False, threads: int | None = None, algorithm: str = "auto",
                      filter: str | None = None) -> list[Results]:  # fmt: skip
         """Many queries at once, in order; each shard scores them on its pool of threads."""
-        per_shard = [shard.batch_search(queries, k, params, documents, threads, algorithm, filter)
-                     for shard in self.shards]  # fmt: skip
+        options = {"params": params, "documents": documents, "threads": threads, "algorithm": algorithm,
+                   "filter": filter}  # fmt: skip
+        per_shard = self._shards.search(list(queries), k, options, self.allow_partial)
         return [self._merge([found[i] for found in per_shard], k) for i in range(len(queries))]
 
-    def _merge(self, found: list[Results], k: int) -> Results:
+    def _merge(self, found: list[Results | None], k: int) -> Results:
         """The best k of the shards' own top k: by score, exact ties by (document id, part) as within one index."""
         keys = []
         for shard, results in enumerate(found):
+            if results is None:
+                continue
             parts = [int(i.rpartition("#")[2]) if i != doc else 0 for i, doc in zip(results.ids, results.doc_ids)]
             for j, (score, doc_id, part) in enumerate(zip(results.scores.tolist(), results.doc_ids, parts)):
                 keys.append((-score, doc_id.encode("utf-8"), part, shard, j))
         keys.sort()
-        best = keys[:k]
-        ids = [found[shard].ids[j] for *_, shard, j in best]
-        doc_ids = [found[shard].doc_ids[j] for *_, shard, j in best]
-        scores = np.array([found[shard].scores[j] for *_, shard, j in best], dtype=np.float32)
-        passages = np.array([found[shard].passages[j] + self.bases[shard] for *_, shard, j in best], dtype=np.int64)
-        return Results(ids, doc_ids, scores, passages)
+        best = [(found[shard], shard, j) for *_, shard, j in keys[:k]]
+        merged = Results([r.ids[j] for r, _, j in best], [r.doc_ids[j] for r, _, j in best],
+                         np.array([r.scores[j] for r, _, j in best], dtype=np.float32),
+                         np.array([r.passages[j] + self.bases[shard] for r, shard, j in best], dtype=np.int64))
+        merged.missing = [shard for shard, results in enumerate(found) if results is None]
+        return merged
 
     # -- stored passages
 
@@ -162,49 +354,48 @@ class ShardedIndex:
     def passage_number(self, passage_id: str) -> int:
         """The global number of a document id (its first passage) or of "docid#n"."""
         doc_id, _, part = passage_id.rpartition("#")
-        candidates = [passage_id] + ([doc_id] if doc_id and part.isdigit() else [])
-        for name in candidates:
-            shard = shard_of(name, len(self.shards))
+        for name in [passage_id] + ([doc_id] if doc_id and part.isdigit() else []):
+            shard = shard_of(name, len(self.bases) - 1)
             try:
-                return int(self.shards[shard].passage_number(passage_id)) + int(self.bases[shard])
+                return int(self._shards.call(shard, "passage_number", passage_id)) + int(self.bases[shard])
             except DocumentNotFoundError:
                 continue
         raise DocumentNotFoundError(f"{self.path}: no document or passage {passage_id!r}")
 
     def document_passages(self, doc_id: str) -> np.ndarray:
-        shard = shard_of(doc_id, len(self.shards))
-        return self.shards[shard].document_passages(doc_id) + self.bases[shard]
+        shard = shard_of(doc_id, len(self.bases) - 1)
+        return self._shards.call(shard, "document_passages", doc_id) + self.bases[shard]
 
     def fetch(self, passage: int | str) -> dict:
         number = self.passage_number(passage) if isinstance(passage, str) else passage
         shards, local = self._locate(np.array([number]))
-        return self.shards[int(shards[0])].fetch(int(local[0]))
+        return self._shards.call(int(shards[0]), "fetch", int(local[0]))
 
     def texts(self, passages: np.ndarray) -> list[str]:
         shards, local = self._locate(passages)
         texts = [""] * len(local)
         for shard in np.unique(shards).tolist():
             where = np.flatnonzero(shards == shard)
-            for i, text in zip(where.tolist(), self.shards[shard].texts(local[where])):
+            for i, text in zip(where.tolist(), self._shards.call(shard, "texts", local[where])):
                 texts[i] = text
         return texts
 
     def snippets(self, hits: Results, query: str, syntax: str = "plain", length: int = 200) -> list[str]:
-        analyzer = self.shards[0].bm25.analyzer
+        analyzer = Analyzer(AnalyzerConfig.from_dict(self.manifest["analyzer"]))
         terms, memo = query_terms(query, analyzer, syntax), {}
         return [snippet(text, terms, analyzer, length, memo=memo) for text in self.texts(hits.passages)]
 
     # -- the commit
 
     def stats(self) -> dict:
-        shards = [shard.stats() for shard in self.shards]
+        shards = [self._shards.call(shard, "stats") for shard in range(len(self.bases) - 1)]
         return {
             "passages": sum(s["passages"] for s in shards),
             "documents": sum(s["documents"] for s in shards),
             "deleted_passages": sum(s["deleted_passages"] for s in shards),
             "deleted_documents": sum(s["deleted_documents"] for s in shards),
-            "avgdl": self.collection.avgdl,
-            "shards": len(self.shards),
+            "avgdl": self._shards.avgdl(),
+            "shards": len(shards),
             "shard_sizes": [
                 {"folder": folder, "passages": s["passages"], "documents": s["documents"]}
                 for folder, s in zip(self.manifest["shards"], shards)
@@ -216,5 +407,4 @@ class ShardedIndex:
         """The newest commit: self when nothing newer was committed."""
         if read_sharded_manifest(self.path)["generation"] == self.manifest["generation"]:
             return self
-        return ShardedIndex(self.path)
-
+        return ShardedIndex(self.path, **self._options)

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from engine.errors import SiftError
 from engine.format import (
     MANIFEST,
     STAGING_PREFIX,
@@ -34,10 +33,12 @@ from engine.format import (
     read_manifest,
     write_json,
 )
+from engine.reader import IndexReader
 from engine.sharded import (
     SHARDED_FORMAT,
     SHARDED_MANIFEST,
     SHARDED_VERSION,
+    connect_ray,
     is_sharded,
     read_sharded_manifest,
     shard_of,
@@ -161,8 +162,10 @@ def _build_shard(shard: int, spill: Path, units: int, directory: Path, options: 
             generation = writer.commit()
     except CorpusError as error:
         return {"shard": shard, "error": (str(error.path), error.line, error.problem)}
+    built = IndexReader(directory)
     return {"shard": shard, "documents": report.documents, "passages": report.passages, "generation": generation,
-            "skipped": skipped, "seconds": time.perf_counter() - started}  # fmt: skip
+            "scored_passages": built.scored_passages, "tokens": built.tokens, "skipped": skipped,
+            "seconds": time.perf_counter() - started}  # fmt: skip
 
 
 class _Tasks:
@@ -190,29 +193,6 @@ class _Tasks:
             results[pending[done[0]]] = result
             on_done(result)
         return results
-
-
-def connect_ray(address: str):
-    """Ray, connected: address "auto" joins the cluster this machine belongs to (RAY_ADDRESS, or one started with
-    `ray start`) and, when there is none, starts a local one in this process; any other address must answer."""
-    try:
-        import ray
-    except ImportError:
-        raise SiftError("--ray needs Ray: pip install 'sift-engine[distributed]'") from None
-    if ray.is_initialized():
-        return ray
-    options = {"log_to_driver": False, "include_dashboard": False, "configure_logging": False}
-    if address != "auto":
-        try:
-            ray.init(address=address, **options)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise SiftError(f"cannot reach the Ray cluster at {address}: {e}") from None
-        return ray
-    try:
-        ray.init(address="auto", **options)
-    except (ConnectionError, RuntimeError, ValueError):
-        ray.init(num_cpus=os.cpu_count() or 1, **options)
-    return ray
 
 
 def _check_target(index_dir: Path, overwrite: bool) -> tuple[int, str | None]:
@@ -299,6 +279,9 @@ def build_sharded(source: CorpusSource, index_dir: str | os.PathLike, shards: in
                 "root": root,
                 "shards": [f"{root}/{shard:03d}" for shard in range(shards)],
                 "generations": [result["generation"] for result in built],
+                # what BM25 over the shards needs besides df (a shard's own passages and tokens): Ray actors read it
+                "statistics": {"scored_passages": [result["scored_passages"] for result in built],
+                               "tokens": [result["tokens"] for result in built]},
                 "partition": {"hash": "blake2b-64 of the UTF-8 id, modulo shards", "shards": shards},
                 "analyzer": shard_manifest["analyzer"],
                 "bm25": shard_manifest["bm25"],

@@ -33,6 +33,7 @@ from engine.errors import SiftError
 from engine.format import IndexLockedError, read_manifest
 from engine.index import open_index
 from engine.reader import ADAPTIVE_CANDIDATES, DocumentNotFoundError
+from engine.sharded import ShardUnavailableError, is_sharded
 from indexers.corpus import CorpusError, CorpusSource, record_document
 from sift.answers import SearchRequest, answer
 
@@ -191,9 +192,10 @@ class Service:
     """One index directory: the reader searches answer from, and the one writer changes go through."""
 
     def __init__(self, index_dir: str | Path, api_key: str | None = None, limits: Limits | None = None,
-                 commit_interval: float = 1.0) -> None:  # fmt: skip
+                 commit_interval: float = 1.0, ray: str | None = None, replicas: int = 1) -> None:  # fmt: skip
+        """ray, replicas: a sharded index's shards served from Ray actors (engine/sharded.py)."""
         self.index_dir = Path(index_dir)
-        self.index = open_index(self.index_dir)
+        self.index = open_index(self.index_dir, ray, replicas=replicas) if ray else open_index(self.index_dir)
         self.api_key = api_key or None
         self.limits = limits or Limits()
         self.commit_interval = commit_interval
@@ -240,8 +242,10 @@ class Service:
         dense, sparse = sorted(manifest.get("dense", {})), sorted(manifest.get("impact", {}))
         pipelines = ["bm25", *(["dense", "hybrid", "rrf(bm25,dense)"] if dense else [])]
         pipelines += ["splade"] if sparse else []
+        segments = getattr(index, "segments", None)  # None: a sharded index, which takes no phrase queries yet
+        positions = segments is not None and all(s.positions is not None for s in segments)
         return {**index.stats(), "pipelines": pipelines, "models": {"dense": dense, "splade": sparse},
-                "fields": index.fields, "positions": all(s.positions is not None for s in index.segments),
+                "fields": index.fields, "positions": positions,
                 "writable": self.api_key is not None}  # fmt: skip
 
     # -- writing
@@ -260,6 +264,8 @@ class Service:
     def _write(self, change, commit: str) -> dict:
         from indexers.writer import IndexWriter
 
+        if is_sharded(self.index_dir):
+            raise SiftError(f"{self.index_dir}: live changes to a sharded index are not supported yet; rebuild it")
         if self._writer is None:  # held from the first staged change to its commit, then freed for others
             self._writer = IndexWriter(self.index_dir, timeout=10, reuse=self.index.segments).__enter__()
         done = change(self._writer)  # add and delete check everything before they stage anything
@@ -391,6 +397,10 @@ def create_app(service: Service, threads: int | None = None) -> FastAPI:
     @app.exception_handler(ValueError)
     async def bad_request(request: Request, error: Exception):
         return JSONResponse({"detail": str(error)}, 400)
+
+    @app.exception_handler(ShardUnavailableError)
+    async def shard_unavailable(request: Request, error: Exception):
+        return JSONResponse({"detail": str(error)}, 503, headers={"Retry-After": "1"})
 
     @app.exception_handler(IndexLockedError)
     async def locked(request: Request, error: Exception):
@@ -552,13 +562,17 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(index_dir: str, host: str = "127.0.0.1", port: int = 8765, api_key: str | None = None,
-          threads: int | None = None, commit_interval: float = 1.0, log_level: str = "warning") -> None:  # fmt: skip
+          threads: int | None = None, commit_interval: float = 1.0, log_level: str = "warning",
+          ray: str | None = None, replicas: int = 1) -> None:  # fmt: skip
     import uvicorn
 
     if not is_loopback(host) and not api_key:
         raise SiftError(f"refusing to listen on {host} without an API key: anyone who reaches it could search the "
                         "index; pass --api-key KEY (or set SIFT_API_KEY), or bind to 127.0.0.1")  # fmt: skip
-    read_manifest(Path(index_dir))
-    service = Service(index_dir, api_key, commit_interval=commit_interval)
+    if not is_sharded(index_dir):
+        read_manifest(Path(index_dir))
+    elif ray is None and replicas != 1:
+        raise SiftError("--replicas serves each shard from that many Ray actors: pass --ray too")
+    service = Service(index_dir, api_key, commit_interval=commit_interval, ray=ray, replicas=replicas)
     uvicorn.run(create_app(service, threads), host=host, port=port, log_level=log_level,
                 timeout_graceful_shutdown=30)  # fmt: skip

@@ -273,3 +273,26 @@ def test_fuzzing_the_openapi_document_finds_no_server_error(server):
         assert result.returncode == 0, result.stdout[-3000:]
         generated += int(re.search(r"(\d+) generated", result.stdout).group(1))
     assert generated >= 1000
+
+
+@pytest.mark.slow
+def test_a_sharded_index_served_from_ray_actors_answers_as_one_index(tmp_path, corpus, index_dir):
+    """sift serve --ray auto over `sift index --shards 3`: /search equals one index's answer (ids and scores) with
+    filters and pages, /stats counts every shard, and a write is a clear 400, not a change to one shard."""
+    pytest.importorskip("ray")
+    sharded = tmp_path / "sharded"
+    assert main(["index", str(corpus), str(sharded), "--shards", "3", "--field", "year:int", "--quiet"]) == 0
+    one, served = Server(index_dir, None), Server(sharded, KEY, "--ray", "auto", "--replicas", "2")
+    try:
+        for body in ({"q": "quick brown fox", "k": 10}, {"q": "river bank", "k": 5, "offset": 5},
+                     {"q": "money stream", "k": 20, "filter": "year >= 2010"}):  # fmt: skip
+            want = one.client.post("/search", json=body).json()["results"]
+            got = served.client.post("/search", json=body).json()["results"]
+            assert [(r["id"], r["score"], r["rank"]) for r in got] == [(r["id"], r["score"], r["rank"]) for r in want]
+        assert served.client.get("/stats").json()["documents"] == 300
+        refused = served.client.post("/documents", json=[{"_id": "x", "text": "new"}],
+                                     headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+        assert refused.status_code == 400 and "sharded" in refused.json()["detail"]
+    finally:
+        one.stop()
+        served.stop()

@@ -198,3 +198,49 @@ def test_scifact_three_shards_give_the_unsharded_run_and_ndcg(tmp_path):
     ndcg = evaluate(run, read_qrels(DATA / "scifact" / "qrels.test.txt")).to_dict()["nDCG@10"]
     assert abs(ndcg - 0.6789) < 5e-5
     shutil.rmtree(tmp_path / "one")
+
+
+@pytest.mark.slow
+def test_ray_actors_serve_the_shards_survive_a_killed_actor_and_name_a_lost_shard(tmp_path, corpus, monkeypatch):
+    """Shards served by Ray actors (two replicas each) give one index's results; an actor killed during a batch is
+    restarted by Ray and the batch retried with the same results; a shard whose actors are all gone is an error
+    naming it, or with allow_partial the other shards' exact merge, marked."""
+    from engine.sharded import ShardUnavailableError
+
+    ray = pytest.importorskip("ray")
+    source = open_source(corpus, fields={"year": "int"})
+    options = BuildOptions(fields={"year": "int"})
+    build_index(CorpusReader(source), tmp_path / "one", options)
+    build_sharded(source, tmp_path / "sharded", 3, options)
+    one, local = open_index(tmp_path / "one"), open_index(tmp_path / "sharded")
+    queries = _queries()
+    monkeypatch.setenv("SIFT_FAILPOINT", "shard-actor-search")
+    monkeypatch.setenv("SIFT_FAILPOINT_ONCE", str(tmp_path / "killed"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        served = open_index(tmp_path / "sharded", ray="auto", replicas=2, timeout=60)
+        _same(one.batch_search(queries, 20), served.batch_search(queries, 20))  # an actor died and was retried
+        assert (tmp_path / "killed").exists()
+        _same(one.batch_search(queries, 10, filter="year < 2010", documents=True),
+              served.batch_search(queries, 10, filter="year < 2010", documents=True))  # fmt: skip
+        for query in queries[:5]:
+            _same([one.search(query, 4, offset=2)], [served.search(query, 4, offset=2)])
+        hit = served.search(queries[0], 1)[0]
+        assert served.fetch(hit.id) == served.fetch(hit.passage) == one.fetch(hit.id)
+        assert served.stats()["documents"] == 1500 and served.stats()["avgdl"] == one.avgdl
+        for actor in served._shards.actors[1]:
+            ray.kill(actor, no_restart=True)
+        with pytest.raises(ShardUnavailableError, match="shard 1"):
+            served.batch_search(queries, 10)
+        partial = open_index(tmp_path / "sharded", ray="auto", timeout=60, allow_partial=True)
+        partial.batch_search(queries, 10)  # the terms' df, gathered while every shard answers
+        for actor in partial._shards.actors[1]:
+            ray.kill(actor, no_restart=True)
+        found = partial.batch_search(queries, 10)
+        assert all(results.missing == [1] for results in found)
+        for results, full in zip(found, local.batch_search(queries, 10)):
+            kept = [(i, s) for i, s, p in zip(full.ids, full.scores.tolist(), full.passages.tolist())
+                    if not local.bases[1] <= p < local.bases[2]]  # fmt: skip
+            assert results.pairs()[: len(kept)] == kept
+    finally:
+        ray.shutdown()

@@ -113,6 +113,11 @@ def register(commands) -> None:
     serve.add_argument("--commit-interval", type=float, default=1.0, metavar="SECONDS",
                        help="writes with ?commit=auto are committed within this long (1)")  # fmt: skip
     serve.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--ray", metavar="ADDRESS", help="a sharded index's shards served by Ray actors: auto joins "
+                       "this machine's Ray cluster or starts a local one; or a cluster's address (default: the shards "
+                       "are searched in this process)")  # fmt: skip
+    serve.add_argument("--replicas", type=positive_int, default=1, help="with --ray: actors per shard, requests "
+                       "spread across them (1)")  # fmt: skip
 
     serve.set_defaults(handler=_cmd_serve)
     search.set_defaults(handler=_cmd_search)
@@ -152,7 +157,8 @@ def _cmd_serve(args) -> int:
     except ImportError as missing:
         raise ValueError(f"sift serve needs the serve extra ({missing.name} is missing): "
                          "pip install 'sift-engine[serve]'") from None  # fmt: skip
-    serve(args.index_dir, args.host, args.port, args.api_key, args.threads, args.commit_interval, args.log_level)
+    serve(args.index_dir, args.host, args.port, args.api_key, args.threads, args.commit_interval, args.log_level,
+          args.ray, args.replicas)
     return 0
 
 
