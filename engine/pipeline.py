@@ -114,7 +114,9 @@ class _Neural(Stage):
         raise NotImplementedError
 
     def search(self, queries: Sequence[str], k: int = 10, filter: str | None = None) -> list[Results]:
-        self._searcher = self._searcher or self._load()
+        if self._searcher is None:
+            sharded = getattr(self.index, "neural_searcher", None)  # a sharded index searches its shards' own
+            self._searcher = sharded(self.name, self.model, self.threads) if sharded else self._load()
         return _timed(self, lambda: self._searcher.search_many(list(queries), k, filter=filter), len(queries))
 
 

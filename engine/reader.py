@@ -124,13 +124,18 @@ def adaptive_k(scores: np.ndarray) -> int:
 class IndexReader:
     """A committed generation of an index, memory-mapped. Safe to use from many threads."""
 
-    def __init__(self, path: str | os.PathLike, reuse: Sequence[Segment] = (), collection=None) -> None:
+    def __init__(self, path: str | os.PathLike, reuse: Sequence[Segment] = (), collection=None,
+                 manifest: dict | None = None) -> None:  # fmt: skip
         """reuse: segments already open (an older reader's); those this commit still names are not mapped again.
         collection: where BM25 takes N, the average length and document frequencies when this index is one shard
-        of several searched as one (engine/sharded.Collection); None: from this index alone."""
+        of several searched as one (engine/sharded.Collection); None: from this index alone. manifest: open that
+        commit rather than the newest (a sharded index's manifest names each shard's)."""
         self.path = Path(path)
         self.collection = collection
-        for _ in range(100):
+        if manifest is not None:
+            self.manifest = manifest
+            self._open(reuse)
+        for _ in range(0 if manifest is not None else 100):
             self.manifest = read_manifest(self.path)
             try:
                 self._open(reuse)
@@ -321,11 +326,12 @@ class IndexReader:
         return [segment.tie_keys for segment in self.segments]
 
     def merge_tops(self, passages: list[np.ndarray], scores: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The best k of the segments' own top k lists (global passage numbers, scores best first)."""
+        """The best k of the segments' own top k lists (global passage numbers, scores best first), exact ties by
+        document id (faiss returns its ties in no such order)."""
         if not passages:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        if len(passages) == 1:
-            return passages[0], scores[0]
+        if len(passages) == 1 and not (scores[0][1:] == scores[0][:-1]).any():
+            return passages[0], scores[0]  # one list without ties (a kernel's list orders its ties already)
         joined, joined_scores = np.concatenate(passages), np.concatenate(scores)
         order = self.order_ties(joined, joined_scores, k)
         return joined[order], joined_scores[order]

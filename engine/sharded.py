@@ -84,9 +84,9 @@ class _LocalShards:
 
     def __init__(self, path: Path, manifest: dict) -> None:
         self.collection = Collection()
-        self.indexes = [Index(path / folder, collection=self.collection) for folder in manifest["shards"]]
+        self.indexes = [Index(path / folder, collection=self.collection, manifest=shard)
+                        for folder, shard in zip(manifest["shards"], manifest["shard_manifests"])]  # fmt: skip
         self.collection.shards = self.indexes
-        self.generations = [index.manifest["generation"] for index in self.indexes]
         self.passages = [index.passages for index in self.indexes]
 
     def search(self, queries: list, k: int, options: dict, allow_partial: bool) -> list[list[Results | None]]:
@@ -99,6 +99,19 @@ class _LocalShards:
     def avgdl(self) -> float:
         return self.collection.avgdl
 
+    def neural(self, kind: str, model: str | None, threads: int | None, queries: list, k: int, filter: str | None,
+               allow_partial: bool) -> list[list[Results | None]]:  # fmt: skip
+        searchers = self.__dict__.setdefault("_neural", {})
+        if (kind, model) not in searchers:
+            searchers[kind, model] = [_neural_searcher(index, kind, model, threads) for index in self.indexes]
+        return [searcher.search_many(queries, k, filter=filter) for searcher in searchers[kind, model]]
+
+
+def _neural_searcher(index: Index, kind: str, model: str | None, threads: int | None):
+    from engine.neural import DenseSearcher, ImpactSearcher
+
+    return (DenseSearcher if kind == "dense" else ImpactSearcher)(index, model, threads)
+
 
 class ShardUnavailableError(SiftError):
     """A shard did not answer (its actors died, or the timeout passed)."""
@@ -109,17 +122,18 @@ class ShardActor:
     (from the top-level manifest, given at construction, so that an actor Ray restarts after a crash scores alike)
     and each query term's df (given with every search)."""
 
-    def __init__(self, path: str, scored_passages: int, avgdl: float, expected: tuple[int, int]) -> None:
+    def __init__(self, path: str, manifest: dict, scored_passages: int, avgdl: float,
+                 expected: tuple[int, int]) -> None:  # fmt: skip
+        """manifest: the shard's commit that the sharded index's manifest names."""
         self.statistics = _GivenStatistics(scored_passages, avgdl)
-        self.index = Index(path, collection=self.statistics)
+        self.index = Index(path, collection=self.statistics, manifest=manifest)
         found = (self.index.scored_passages, self.index.tokens)
         if found != tuple(expected):
             raise IndexFormatError(f"{path}: holds {found[0]} scored passages and {found[1]} tokens, its sharded "
                                    f"manifest says {expected[0]} and {expected[1]}; the index is damaged")  # fmt: skip
 
-    def local_statistics(self) -> tuple[int, int]:
-        """(passages, generation) of this shard."""
-        return self.index.passages, self.index.manifest["generation"]
+    def passages(self) -> int:
+        return self.index.passages
 
     def document_frequencies(self, terms: list[str]) -> np.ndarray:
         return self.index.bm25.document_frequencies(terms)
@@ -131,6 +145,13 @@ class ShardActor:
 
     def call(self, method: str, *args):
         return getattr(self.index, method)(*args)
+
+    def neural(self, kind: str, model: str | None, threads: int | None, queries: list, k: int,
+               filter: str | None) -> list[Results]:  # fmt: skip
+        searchers = self.__dict__.setdefault("_neural", {})
+        if (kind, model) not in searchers:
+            searchers[kind, model] = _neural_searcher(self.index, kind, model, threads)
+        return searchers[kind, model].search_many(queries, k, filter=filter)
 
 
 class _GivenStatistics:
@@ -152,16 +173,16 @@ class _RayShards:
         statistics = manifest["statistics"]
         self.scored_passages = sum(statistics["scored_passages"])
         self._avgdl = float(np.float32(sum(statistics["tokens"]) / max(self.scored_passages, 1)))
-        actor = self.ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, scheduling_strategy="SPREAD")(
+        actor = self.ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, max_concurrency=8,
+                                scheduling_strategy="SPREAD")(
             ShardActor
         )
-        self.actors = [[actor.remote(str(path / folder), self.scored_passages, self._avgdl, expected)
+        expected = zip(statistics["scored_passages"], statistics["tokens"])
+        self.actors = [[actor.remote(str(path / folder), shard, self.scored_passages, self._avgdl, counts)
                         for _ in range(replicas)]
-                       for folder, expected in zip(manifest["shards"], zip(statistics["scored_passages"],
-                                                                           statistics["tokens"]))]  # fmt: skip
+                       for folder, shard, counts in zip(manifest["shards"], manifest["shard_manifests"], expected)]
         self._turn = itertools.count()
-        local = self._gather([[a.local_statistics.remote()] for a in self._pick()], allow_partial=False)
-        self.passages, self.generations = (list(column) for column in zip(*(r[0] for r in local)))
+        self.passages = [answer[0] for answer in self._gather([[a.passages.remote()] for a in self._pick()], False)]
         self.config = AnalyzerConfig.from_dict(manifest["analyzer"])
         self._local = threading.local()
         self._df: dict[str, int] = {}
@@ -220,6 +241,12 @@ class _RayShards:
         answers = self._gather([[a.search.remote(terms, k, options, df)] for a in self._pick()], allow_partial)
         return [answer[0] if answer is not None else [None] * len(queries) for answer in answers]
 
+    def neural(self, kind: str, model: str | None, threads: int | None, queries: list, k: int, filter: str | None,
+               allow_partial: bool) -> list[list[Results | None]]:  # fmt: skip
+        refs = [[a.neural.remote(kind, model, threads, queries, k, filter)] for a in self._pick()]
+        return [answer[0] if answer is not None else [None] * len(queries)
+                for answer in self._gather(refs, allow_partial)]  # fmt: skip
+
     def call(self, shard: int, method: str, *args):
         replicas = self.actors[shard]
         return self._gather([[replicas[next(self._turn) % len(replicas)].call.remote(method, *args)]], False)[0][0]
@@ -270,10 +297,6 @@ class ShardedIndex:
             self._shards = _RayShards(self.path, self.manifest, ray, replicas, timeout)
         self.allow_partial = allow_partial
         self._options = {"ray": ray, "replicas": replicas, "timeout": timeout, "allow_partial": allow_partial}
-        if self._shards.generations != self.manifest["generations"]:
-            raise IndexFormatError(f"{self.path}: its shards were changed apart from {SHARDED_MANIFEST} (generations "
-                                   f"{self._shards.generations}, expected {self.manifest['generations']}); the index "
-                                   "is damaged")  # fmt: skip
         self.bases = np.cumsum([0, *self._shards.passages])
         self.split_passages = bool(self.manifest["passages"].get("window"))
 
@@ -324,6 +347,17 @@ class ShardedIndex:
                    "filter": filter}  # fmt: skip
         per_shard = self._shards.search(list(queries), k, options, self.allow_partial)
         return [self._merge([found[i] for found in per_shard], k) for i in range(len(queries))]
+
+    def neural_searcher(self, kind: str, model: str | None = None, threads: int | None = None) -> _ShardedNeural:
+        """A dense ("dense") or SPLADE ("splade") first stage over every shard, as engine.neural's searchers are
+        over one index (what pipelines use)."""
+        built = self.manifest.get("dense" if kind == "dense" else "impact") or {}
+        if not built:
+            flag = "--dense" if kind == "dense" else "--splade"
+            raise SiftError(f"{self.path}: no {kind} index; build the shards with: sift index ... --shards N {flag}")
+        if model is not None and model not in built:
+            raise SiftError(f"{self.path}: no {kind} index for {model!r}; it has: {', '.join(built)}")
+        return _ShardedNeural(self, "dense" if kind == "dense" else "splade", model, threads)
 
     def _merge(self, found: list[Results | None], k: int) -> Results:
         """The best k of the shards' own top k: by score, exact ties by (document id, part) as within one index."""
@@ -395,6 +429,7 @@ class ShardedIndex:
             "deleted_passages": sum(s["deleted_passages"] for s in shards),
             "deleted_documents": sum(s["deleted_documents"] for s in shards),
             "avgdl": self._shards.avgdl(),
+            "segments": sum(s["segments"] for s in shards),
             "shards": len(shards),
             "shard_sizes": [
                 {"folder": folder, "passages": s["passages"], "documents": s["documents"]}
@@ -407,4 +442,19 @@ class ShardedIndex:
         """The newest commit: self when nothing newer was committed."""
         if read_sharded_manifest(self.path)["generation"] == self.manifest["generation"]:
             return self
-        return ShardedIndex(self.path, **self._options)
+        return type(self)(self.path, **self._options)
+
+
+class _ShardedNeural:
+    """A dense or SPLADE first stage over every shard: each shard's exact top k (of its live, matching passages),
+    merged by score with ties by document id, as one index merges its segments."""
+
+    def __init__(self, index: ShardedIndex, kind: str, model: str | None, threads: int | None) -> None:
+        self.index, self.kind, self.model, self.threads = index, kind, model, threads
+
+    def search_many(self, queries: Sequence[str], k: int = 10, filter: str | None = None) -> list[Results]:
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        per_shard = self.index._shards.neural(self.kind, self.model, self.threads, list(queries), k, filter,
+                                              self.index.allow_partial)  # fmt: skip
+        return [self.index._merge([found[i] for found in per_shard], k) for i in range(len(queries))]

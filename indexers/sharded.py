@@ -23,10 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from engine.encoders import BiEncoder, SpladeEncoder
 from engine.format import (
     MANIFEST,
     STAGING_PREFIX,
     WriteLock,
+    collect_garbage,
+    commit_manifest,
     failpoint,
     fsync_path,
     live_folders,
@@ -147,8 +150,9 @@ def _spilled(spill: Path, units: int, shard: int, skip_bad: bool, skipped: SkipR
 
 
 def _build_shard(shard: int, spill: Path, units: int, directory: Path, options: BuildOptions, recorded: dict,
-                 skip_bad: bool) -> dict:  # fmt: skip
-    """Round 2: one shard's ordinary index, committed in its own folder (replaced whole if a retry finds one)."""
+                 skip_bad: bool, neural: dict) -> dict:  # fmt: skip
+    """Round 2: one shard's ordinary index, committed in its own folder (replaced whole if a retry finds one), with
+    the dense and SPLADE parts neural asks for ({"dense": (model, faiss kind), "splade": model})."""
     started = time.perf_counter()
     skipped = SkipReport()
     if not any((spill / f"{_unit_name(unit)}.shard-{shard:03d}").exists() for unit in range(units)):
@@ -158,6 +162,12 @@ def _build_shard(shard: int, spill: Path, units: int, directory: Path, options: 
         with IndexWriter(directory, create=True, overwrite=True) as writer:
             documents = _spilled(spill, units, shard, skip_bad, skipped)
             report = writer.build_inverted(documents, replace(options, overwrite=True), recorded)
+            threads = neural.get("threads")  # a Ray task holds one core: one thread each, not one per core each
+            if neural.get("dense"):
+                model, faiss_kind = neural["dense"]
+                writer.add_dense(BiEncoder(model, threads), faiss_kind)
+            if neural.get("splade"):
+                writer.add_impact(SpladeEncoder(neural["splade"], threads))
             failpoint("sharded-build-shard")
             generation = writer.commit()
     except CorpusError as error:
@@ -220,10 +230,12 @@ def _check_target(index_dir: Path, overwrite: bool) -> tuple[int, str | None]:
 
 def build_sharded(source: CorpusSource, index_dir: str | os.PathLike, shards: int, options: BuildOptions,
                   recorded: dict | None = None, skip_bad: bool = False, ray_address: str | None = None,
-                  on_progress: Callable[[int], None] | None = None) -> ShardedBuildReport:  # fmt: skip
+                  on_progress: Callable[[int], None] | None = None, dense: tuple[str, str] | None = None,
+                  splade: str | None = None) -> ShardedBuildReport:  # fmt: skip
     """Builds and commits a sharded index of `shards` shards from source. ray_address: None builds in this process,
     one task after another; "auto" or a cluster's address runs the tasks on Ray. on_progress: called with the
-    number of tasks finished so far (of spans + shards)."""
+    number of tasks finished so far (of spans + shards). dense: (model, faiss kind) and splade: a model, encoded in
+    each shard's task (a faiss kind "auto" is chosen by each shard's size)."""
     if not 1 <= shards <= MAX_SHARDS:
         raise ValueError(f"shards must be between 1 and {MAX_SHARDS}, got {shards}")
     started = time.perf_counter()
@@ -264,7 +276,9 @@ def build_sharded(source: CorpusSource, index_dir: str | os.PathLike, shards: in
             report.tasks["partition_seconds"] = round(sum(r["seconds"] for r in partitioned), 3)
             options = replace(options, overwrite=True)
             built = tasks.map(_build_shard, [(shard, staging, len(units), index_dir / root / f"{shard:03d}", options,
-                                              recorded or {}, skip_bad) for shard in range(shards)], done)  # fmt: skip
+                                              recorded or {}, skip_bad,
+                                              {"dense": dense, "splade": splade, "threads": 1 if tasks.ray else None})
+                                             for shard in range(shards)], done)  # fmt: skip
             _raise_first(built)
             report.tasks["build_seconds"] = round(sum(r["seconds"] for r in built), 3)
             for result in built:
@@ -278,23 +292,25 @@ def build_sharded(source: CorpusSource, index_dir: str | os.PathLike, shards: in
                 "generation": generation,
                 "root": root,
                 "shards": [f"{root}/{shard:03d}" for shard in range(shards)],
-                "generations": [result["generation"] for result in built],
+                "shard_manifests": [read_manifest(index_dir / root / f"{shard:03d}") for shard in range(shards)],
                 # what BM25 over the shards needs besides df (a shard's own passages and tokens): Ray actors read it
                 "statistics": {"scored_passages": [result["scored_passages"] for result in built],
-                               "tokens": [result["tokens"] for result in built]},
+                               "tokens": [result["tokens"] for result in built],
+                               "documents": [result["documents"] for result in built]},
                 "partition": {"hash": "blake2b-64 of the UTF-8 id, modulo shards", "shards": shards},
                 "analyzer": shard_manifest["analyzer"],
                 "bm25": shard_manifest["bm25"],
                 "passages": shard_manifest["passages"],
                 "fields": shard_manifest.get("fields") or {},
+                "dense": {model: {k: v for k, v in entry.items() if k != "segments"}
+                          for model, entry in shard_manifest.get("dense", {}).items()},
+                "impact": {model: {k: v for k, v in entry.items() if k != "segments"}
+                           for model, entry in shard_manifest.get("impact", {}).items()},
                 "documents": report.documents,
                 "source": recorded or {},
                 "committed": time.time(),
             }
-            temporary = index_dir / f"{SHARDED_MANIFEST}.tmp"
-            write_json(temporary, manifest)
-            os.replace(temporary, index_dir / SHARDED_MANIFEST)
-            fsync_path(index_dir)
+            _commit_sharded(index_dir, manifest)
             committed = True
             _remove_former(index_dir, former_root)
     finally:
@@ -305,6 +321,133 @@ def build_sharded(source: CorpusSource, index_dir: str | os.PathLike, shards: in
                 shutil.rmtree(index_dir, ignore_errors=True)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _commit_sharded(index_dir: Path, manifest: dict) -> None:
+    """The one atomic step of a sharded build or change: the new sharded manifest replaces the old by rename."""
+    temporary = index_dir / f"{SHARDED_MANIFEST}.tmp"
+    write_json(temporary, {**manifest, "committed": time.time()})
+    failpoint("before-sharded-manifest-rename")
+    os.replace(temporary, index_dir / SHARDED_MANIFEST)
+    fsync_path(index_dir)
+
+
+class ShardedWriter:
+    """Live changes to a sharded index: each document added, replaced or deleted in the shard its id hashes to.
+
+    A commit commits the changed shards keeping their former segments, then replaces the sharded manifest (which
+    names each shard's commit and the statistics BM25 and Ray actors read), then removes what no commit names.
+    Readers open the shard commits the sharded manifest names, so until its rename they, and a crash, see the
+    former commit whole; a writer opened after a crash first puts each shard back to the commit named there (the
+    crashed commit's folders are then collected)."""
+
+    def __init__(self, index_dir: str | os.PathLike, timeout: float = 0, commit_on_exit: bool = False) -> None:
+        """timeout: seconds to wait for another writer (0: fail at once). commit_on_exit: a `with` block that ends
+        without an exception commits what is staged (an exception always rolls back)."""
+        self.index_dir = Path(index_dir)
+        self.commit_on_exit = commit_on_exit
+        self.manifest = read_sharded_manifest(self.index_dir)  # the error that says what is missing, if anything
+        self._lock = WriteLock(self.index_dir, timeout)
+        self._timeout = timeout
+        self.writers: dict[int, IndexWriter] = {}
+
+    def __enter__(self) -> ShardedWriter:
+        self._lock.__enter__()
+        try:
+            self.manifest = read_sharded_manifest(self.index_dir)
+            for folder, named in zip(self.manifest["shards"], self.manifest["shard_manifests"]):
+                if read_manifest(self.index_dir / folder)["generation"] != named["generation"]:
+                    commit_manifest(self.index_dir / folder, {k: v for k, v in named.items() if k != "checksum"})
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        exc = (kind, value, traceback)
+        try:
+            if kind is None and self.commit_on_exit and self.pending:
+                self.commit()
+        except BaseException:
+            exc = (None, None, None)
+            self._close(exc)
+            raise
+        self._close(exc)
+
+    def _close(self, exc: tuple) -> None:
+        try:
+            for writer in self.writers.values():
+                writer.__exit__(*exc)
+        finally:
+            self.writers = {}
+            self._lock.__exit__(*exc)
+
+    def _writer(self, shard: int) -> IndexWriter:
+        if shard not in self.writers:
+            writer = IndexWriter(self.index_dir / self.manifest["shards"][shard], timeout=self._timeout)
+            self.writers[shard] = writer.__enter__()
+        return self.writers[shard]
+
+    def _by_shard(self, items, key) -> dict[int, list]:
+        shards: dict[int, list] = {}
+        for item in items:
+            shards.setdefault(shard_of(key(item), len(self.manifest["shards"])), []).append(item)
+        return dict(sorted(shards.items()))
+
+    def add(self, documents) -> tuple[int, int]:
+        """Adds documents, replacing those whose ids the index holds; returns (added, replaced)."""
+        added = replaced = 0
+        for shard, chosen in self._by_shard(documents, lambda doc: doc.id).items():
+            a, r = self._writer(shard).add(chosen)
+            added, replaced = added + a, replaced + r
+        return added, replaced
+
+    def delete(self, ids) -> list[str]:
+        """Deletes documents by id; returns the ids the index did not hold."""
+        missing = []
+        for shard, chosen in self._by_shard(ids, lambda doc_id: doc_id).items():
+            missing += self._writer(shard).delete(chosen)
+        return missing
+
+    def compact(self, max_segments: int = 1) -> None:
+        for shard in range(len(self.manifest["shards"])):
+            self._writer(shard).compact(max_segments)
+
+    @property
+    def pending(self) -> bool:
+        return any(writer.pending for writer in self.writers.values())
+
+    def rollback(self) -> None:
+        for writer in self.writers.values():
+            writer.rollback()
+
+    def commit(self) -> int:
+        """Publishes every staged change at once; returns the sharded index's new generation."""
+        changed = [shard for shard, writer in self.writers.items() if writer.pending]
+        if not changed:
+            return self.manifest["generation"]
+        manifest = {**self.manifest, "generation": self.manifest["generation"] + 1}
+        shard_manifests, statistics = list(manifest["shard_manifests"]), dict(manifest["statistics"])
+        statistics = {name: list(values) for name, values in statistics.items()}
+        for shard in changed:
+            self.writers[shard].commit(collect=False)
+            directory = self.index_dir / manifest["shards"][shard]
+            shard_manifests[shard] = read_manifest(directory)
+            reader = IndexReader(directory, manifest=shard_manifests[shard])
+            statistics["scored_passages"][shard], statistics["tokens"][shard] = reader.scored_passages, reader.tokens
+            statistics["documents"][shard] = reader.documents
+        failpoint("sharded-after-shard-commits")
+        manifest.update(shard_manifests=shard_manifests, statistics=statistics, documents=sum(statistics["documents"]))
+        _commit_sharded(self.index_dir, manifest)
+        for shard in changed:
+            collect_garbage(self.index_dir / manifest["shards"][shard], live_folders(shard_manifests[shard]))
+        self.manifest = manifest
+        return manifest["generation"]
+
+
+def open_writer(index_dir: str | os.PathLike, timeout: float = 0) -> IndexWriter | ShardedWriter:
+    """The writer of an index or of a sharded index, whichever index_dir holds."""
+    return ShardedWriter(index_dir, timeout) if is_sharded(index_dir) else IndexWriter(index_dir, timeout=timeout)
 
 
 def _raise_first(results: list[dict]) -> None:

@@ -453,8 +453,9 @@ class IndexWriter:
 
     # -- the one commit
 
-    def commit(self) -> int:
-        """Publishes everything staged as the next generation; returns its number."""
+    def commit(self, collect: bool = True) -> int:
+        """Publishes everything staged as the next generation; returns its number. collect=False keeps the former
+        generation's folders (a sharded index's commit removes them once every shard has committed)."""
         if self._inverted is None and not self.base:
             raise SiftError(f"{self.index_dir}: nothing to commit; build the inverted index first")
         generation = int(self.base.get("generation", 0)) + 1
@@ -489,7 +490,8 @@ class IndexWriter:
         commit_manifest(self.index_dir, manifest)
         self.committed = generation
         failpoint("after-commit")
-        collect_garbage(self.index_dir, live_folders(manifest))
+        if collect:
+            collect_garbage(self.index_dir, live_folders(manifest))
         self.base = read_manifest(self.index_dir)
         self._reuse = self._reader.segments if self._reader is not None else []
         self._reader = None

@@ -4,7 +4,7 @@ Names are loaded on first use, so that `sift --help` does not pay for the engine
 
 from __future__ import annotations
 
-__all__ = ["Document", "Index", "IndexWriter", "MergePolicy", "open_index"]
+__all__ = ["Document", "Index", "IndexWriter", "MergePolicy", "ShardedIndex", "ShardedWriter", "open_index"]
 
 
 def __getattr__(name: str):

@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 
 from engine import index as engine_index
+from engine import sharded as engine_sharded
 from indexers.corpus import Document
+from indexers.sharded import ShardedWriter
 from indexers.writer import IndexWriter, MergePolicy
 
-__all__ = ["Document", "Index", "IndexWriter", "MergePolicy", "open_index"]
+__all__ = ["Document", "Index", "IndexWriter", "MergePolicy", "ShardedIndex", "ShardedWriter", "open_index"]
 
 
 class Index(engine_index.Index):
@@ -31,6 +33,18 @@ class Index(engine_index.Index):
                            reuse=self.segments)
 
 
-def open_index(path: str | os.PathLike) -> Index:
-    """The newest commit of the index at path."""
+class ShardedIndex(engine_sharded.ShardedIndex):
+    """One commit of a sharded index (sift index --shards N), searchable from many threads, and the way to change
+    it: each document goes to its shard, a commit publishes every shard's changes at once."""
+
+    def writer(self, timeout: float = 0) -> ShardedWriter:
+        return ShardedWriter(self.path, timeout=timeout, commit_on_exit=True)
+
+
+def open_index(path: str | os.PathLike, ray: str | None = None, **sharded) -> Index | ShardedIndex:
+    """The newest commit of the index at path (a sharded index too: ray and sharded as engine.index.open_index)."""
+    if engine_sharded.is_sharded(path):
+        return ShardedIndex(path, ray, **sharded)
+    if ray is not None or sharded:
+        return engine_index.open_index(path, ray, **sharded)  # the error that says why
     return Index(path)

@@ -265,7 +265,8 @@ class Service:
         from indexers.writer import IndexWriter
 
         if is_sharded(self.index_dir):
-            raise SiftError(f"{self.index_dir}: live changes to a sharded index are not supported yet; rebuild it")
+            raise SiftError(f"{self.index_dir}: the service takes no writes to a sharded index yet; change it with "
+                            "sift add / sift delete (the service sees their commits)")  # fmt: skip
         if self._writer is None:  # held from the first staged change to its commit, then freed for others
             self._writer = IndexWriter(self.index_dir, timeout=10, reuse=self.index.segments).__enter__()
         done = change(self._writer)  # add and delete check everything before they stage anything

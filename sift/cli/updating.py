@@ -65,19 +65,26 @@ def register(commands) -> None:
     compact.set_defaults(handler=_cmd_compact)
 
 
-def _cmd_add(args) -> int:
+def _manifest(index_dir: str) -> dict:
+    """The manifest of an index or of a sharded index (its analyzer, fields and source alike)."""
     from engine.format import read_manifest
-    from indexers.corpus import CorpusReader, open_source
-    from indexers.writer import IndexWriter
+    from engine.sharded import is_sharded, read_sharded_manifest
 
-    manifest = read_manifest(Path(args.index_dir))
+    return read_sharded_manifest(index_dir) if is_sharded(index_dir) else read_manifest(Path(index_dir))
+
+
+def _cmd_add(args) -> int:
+    from indexers.corpus import CorpusReader, open_source
+    from indexers.sharded import open_writer
+
+    manifest = _manifest(args.index_dir)
     recorded = manifest.get("source", {})
     text = args.text_fields.split(",") if args.text_fields else recorded.get("text_fields") or ["title", "text"]
     source = open_source(args.corpus, args.format, id_field=args.id_field or recorded.get("id_field"),
                          text_fields=tuple(f.strip() for f in text if f.strip()),
                          fields=manifest.get("fields") or {})  # fmt: skip
     reader = CorpusReader(source, skip_bad=args.skip_bad)
-    with IndexWriter(args.index_dir, timeout=args.wait) as writer:
+    with open_writer(args.index_dir, timeout=args.wait) as writer:
         with Progress(source.size_bytes, reader, enabled=not args.quiet) as progress:
             added, replaced = writer.add(_counting(reader, progress.update))
         generation = writer.commit()
@@ -98,7 +105,7 @@ def _counting(documents, on_progress):
 
 
 def _cmd_delete(args) -> int:
-    from indexers.writer import IndexWriter
+    from indexers.sharded import open_writer
 
     ids = list(args.ids)
     if args.ids_file:
@@ -107,7 +114,7 @@ def _cmd_delete(args) -> int:
     if not ids:
         raise ValueError("no ids to delete: give them as arguments or with --ids-file")
     ids = list(dict.fromkeys(ids))
-    with IndexWriter(args.index_dir, timeout=args.wait) as writer:
+    with open_writer(args.index_dir, timeout=args.wait) as writer:
         missing = writer.delete(ids)
         generation = writer.commit()
     deleted = len(ids) - len(missing)
@@ -123,9 +130,9 @@ def _cmd_delete(args) -> int:
 
 def _cmd_compact(args) -> int:
     from engine.index import open_index
-    from indexers.writer import IndexWriter
+    from indexers.sharded import open_writer
 
-    with IndexWriter(args.index_dir, timeout=args.wait) as writer:
+    with open_writer(args.index_dir, timeout=args.wait) as writer:
         writer.compact(args.max_segments)
         generation = writer.commit()
     stats = open_index(args.index_dir).stats()
