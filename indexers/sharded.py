@@ -19,13 +19,14 @@ import pickle
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.encoders import BiEncoder, SpladeEncoder
 from engine.format import (
     MANIFEST,
+    QUALITY_FOLDER,
     STAGING_PREFIX,
     WriteLock,
     collect_garbage,
@@ -150,9 +151,10 @@ def _spilled(spill: Path, units: int, shard: int, skip_bad: bool, skipped: SkipR
 
 
 def _build_shard(shard: int, spill: Path, units: int, directory: Path, options: BuildOptions, recorded: dict,
-                 skip_bad: bool, neural: dict) -> dict:  # fmt: skip
+                 skip_bad: bool, neural: dict, pruning: tuple) -> dict:  # fmt: skip
     """Round 2: one shard's ordinary index, committed in its own folder (replaced whole if a retry finds one), with
-    the dense and SPLADE parts neural asks for ({"dense": (model, faiss kind), "splade": model})."""
+    the dense and SPLADE parts neural asks for ({"dense": (model, faiss kind), "splade": model}) and without the
+    passages pruning leaves out ((passage keys, how they were chosen))."""
     started = time.perf_counter()
     skipped = SkipReport()
     if not any((spill / f"{_unit_name(unit)}.shard-{shard:03d}").exists() for unit in range(units)):
@@ -161,7 +163,8 @@ def _build_shard(shard: int, spill: Path, units: int, directory: Path, options: 
     try:
         with IndexWriter(directory, create=True, overwrite=True) as writer:
             documents = _spilled(spill, units, shard, skip_bad, skipped)
-            report = writer.build_inverted(documents, replace(options, overwrite=True), recorded)
+            pruned, how = pruning
+            report = writer.build_inverted(documents, replace(options, overwrite=True), recorded, None, pruned, how)
             threads = neural.get("threads")  # a Ray task holds one core: one thread each, not one per core each
             if neural.get("dense"):
                 model, faiss_kind = neural["dense"]
@@ -222,7 +225,7 @@ def _check_target(index_dir: Path, overwrite: bool) -> tuple[int, str | None]:
         if not overwrite:
             raise IndexExistsError(f"{index_dir}: already holds an index; pass --overwrite to replace it")
         return 1, None
-    ours = (STAGING_PREFIX, "write.lock")
+    ours = (STAGING_PREFIX, "write.lock", QUALITY_FOLDER)  # quality: scores cached by --prune before the build
     if [p.name for p in index_dir.iterdir() if not p.name.startswith(ours)]:
         raise IndexExistsError(f"{index_dir}: is not empty and holds no Sift index; choose another directory")
     return 1, None
@@ -231,11 +234,13 @@ def _check_target(index_dir: Path, overwrite: bool) -> tuple[int, str | None]:
 def build_sharded(source: CorpusSource, index_dir: str | os.PathLike, shards: int, options: BuildOptions,
                   recorded: dict | None = None, skip_bad: bool = False, ray_address: str | None = None,
                   on_progress: Callable[[int], None] | None = None, dense: tuple[str, str] | None = None,
-                  splade: str | None = None) -> ShardedBuildReport:  # fmt: skip
+                  splade: str | None = None, pruned: Collection[str] = frozenset(),
+                  pruning: dict | None = None) -> ShardedBuildReport:  # fmt: skip
     """Builds and commits a sharded index of `shards` shards from source. ray_address: None builds in this process,
     one task after another; "auto" or a cluster's address runs the tasks on Ray. on_progress: called with the
     number of tasks finished so far (of spans + shards). dense: (model, faiss kind) and splade: a model, encoded in
-    each shard's task (a faiss kind "auto" is chosen by each shard's size)."""
+    each shard's task (a faiss kind "auto" is chosen by each shard's size). pruned: keys of passages left out (as
+    build_inverted takes them, chosen over the whole corpus), each shard given its own; pruning: how."""
     if not 1 <= shards <= MAX_SHARDS:
         raise ValueError(f"shards must be between 1 and {MAX_SHARDS}, got {shards}")
     started = time.perf_counter()
@@ -275,9 +280,13 @@ def build_sharded(source: CorpusSource, index_dir: str | os.PathLike, shards: in
                 report.skipped.merge(result["skipped"])
             report.tasks["partition_seconds"] = round(sum(r["seconds"] for r in partitioned), 3)
             options = replace(options, overwrite=True)
+            by_shard: dict[int, set[str]] = {}
+            for key in pruned:  # "docid#part": a passage goes where its document goes
+                by_shard.setdefault(shard_of(key.rpartition("#")[0], shards), set()).add(key)
             built = tasks.map(_build_shard, [(shard, staging, len(units), index_dir / root / f"{shard:03d}", options,
                                               recorded or {}, skip_bad,
-                                              {"dense": dense, "splade": splade, "threads": 1 if tasks.ray else None})
+                                              {"dense": dense, "splade": splade, "threads": 1 if tasks.ray else None},
+                                              (by_shard.get(shard, frozenset()), pruning))
                                              for shard in range(shards)], done)  # fmt: skip
             _raise_first(built)
             report.tasks["build_seconds"] = round(sum(r["seconds"] for r in built), 3)

@@ -208,13 +208,12 @@ def _index_sharded(args, source, options, recorded: dict) -> int:
 
     if not args.shards:
         raise ValueError("--ray builds the shards of a sharded index: pass --shards N too")
-    if args.prune:
-        raise ValueError("--prune is not supported with --shards yet; build without it")
+    pruned, pruning = _plan_pruning(args, source, options)  # scored in this process, over the whole corpus
     with tqdm(unit="tasks", desc="sharded build", file=sys.stderr, disable=True if args.quiet else None) as bar:
         report = build_sharded(source, args.index_dir, args.shards, options, recorded, args.skip_bad, args.ray,
                                on_progress=lambda done: bar.update(done - bar.n),
-                               dense=(args.dense, args.faiss) if args.dense else None,
-                               splade=args.splade)  # fmt: skip
+                               dense=(args.dense, args.faiss) if args.dense else None, splade=args.splade,
+                               pruned=pruned, pruning=pruning)  # fmt: skip
     _warm_query_kernels(args.index_dir)
     summary = report.to_dict()
     if args.json:
