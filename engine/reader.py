@@ -230,11 +230,7 @@ class IndexReader:
 
     def _locate(self, passages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(segment number, passage number within it) of global passage numbers."""
-        passages = np.asarray(passages, dtype=np.int64)
-        if len(passages) and (passages.min() < 0 or passages.max() >= self.passages):
-            raise IndexError(f"passage numbers must be in [0, {self.passages})")
-        segments = np.searchsorted(self.bases, passages, side="right") - 1
-        return segments, passages - self.bases[segments]
+        return locate(self.bases, passages)
 
     def document_keys(self, passages: np.ndarray) -> np.ndarray:
         """A number per document, equal for passages of the same document."""
@@ -407,6 +403,15 @@ class IndexReader:
         else:
             passage_ids, doc_ids = self.ids(passages)
         return Results(doc_ids if as_documents else passage_ids, doc_ids, scores, passages)
+
+
+def locate(bases: np.ndarray, passages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(part, number within it) of global passage numbers, parts (segments, shards) starting at bases."""
+    passages = np.asarray(passages, dtype=np.int64)
+    if len(passages) and (passages.min() < 0 or passages.max() >= bases[-1]):
+        raise IndexError(f"passage numbers must be in [0, {int(bases[-1])})")
+    parts = np.searchsorted(bases, passages, side="right") - 1
+    return parts, passages - bases[parts]
 
 
 def rank_documents(reader: IndexReader, top, queries: int, k: int, total: int) -> list[Results]:

@@ -26,7 +26,7 @@ from engine.errors import SiftError
 from engine.format import IndexFormatError, failpoint, parse_meta
 from engine.index import Index
 from engine.query import query_terms, snippet
-from engine.reader import ADAPTIVE_CANDIDATES, DocumentNotFoundError, Results, adaptive_k
+from engine.reader import ADAPTIVE_CANDIDATES, DocumentNotFoundError, Results, adaptive_k, locate
 from engine.sparse import BM25Params
 
 SHARDED_MANIFEST = "sharded.json"
@@ -379,11 +379,8 @@ class ShardedIndex:
     # -- stored passages
 
     def _locate(self, passages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        passages = np.asarray(passages, dtype=np.int64)
-        if len(passages) and (passages.min() < 0 or passages.max() >= self.passages):
-            raise IndexError(f"passage numbers must be in [0, {self.passages})")
-        shards = np.searchsorted(self.bases, passages, side="right") - 1
-        return shards, passages - self.bases[shards]
+        """(shard, passage number within it) of global passage numbers."""
+        return locate(self.bases, passages)
 
     def passage_number(self, passage_id: str) -> int:
         """The global number of a document id (its first passage) or of "docid#n"."""
