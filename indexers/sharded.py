@@ -105,11 +105,10 @@ def _partition(source: CorpusSource, span: Span | None, unit: int, shards: int, 
             if batch:
                 _spill(outputs, temporary, spill, unit, shard, batch)
     except CorpusError as error:
+        return {"unit": unit, "error": (str(error.path), error.line, error.problem)}
+    finally:
         for f in outputs.values():
             f.close()
-        return {"unit": unit, "error": (str(error.path), error.line, error.problem)}
-    for f in outputs.values():
-        f.close()
     for name in temporary:
         os.replace(spill / name, spill / name.removesuffix(".tmp"))
     return {"unit": unit, "documents": reader.documents, "skipped": reader.skipped,
@@ -436,8 +435,8 @@ class ShardedWriter:
         if not changed:
             return self.manifest["generation"]
         manifest = {**self.manifest, "generation": self.manifest["generation"] + 1}
-        shard_manifests, statistics = list(manifest["shard_manifests"]), dict(manifest["statistics"])
-        statistics = {name: list(values) for name, values in statistics.items()}
+        shard_manifests = list(manifest["shard_manifests"])
+        statistics = {name: list(values) for name, values in manifest["statistics"].items()}
         for shard in changed:
             self.writers[shard].commit(collect=False)
             directory = self.index_dir / manifest["shards"][shard]
